@@ -1,0 +1,359 @@
+//! Configuration shared by both services: defaults < TOML file < `TELEMETRY_LAKE_` environment.
+//!
+//! Both binaries read the same file, so every section is known to both and unknown keys are an
+//! error naming the key. [`Config::validate`] checks cross-field rules; the rest of the code can
+//! trust a validated `Config`.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+
+use bytesize::ByteSize;
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+/// Environment variable naming the config file when `--config` is not given.
+pub const CONFIG_ENV: &str = "TELEMETRY_LAKE_CONFIG";
+/// Prefix of environment overrides; `__` separates nested keys.
+pub const ENV_PREFIX: &str = "TELEMETRY_LAKE_";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub otlp: OtlpConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    pub kafka: KafkaConfig,
+    pub staging: StagingConfig,
+    pub flush: FlushConfig,
+    pub iceberg: IcebergConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// OTLP/gRPC `LogsService` and `grpc.health.v1`.
+    pub grpc_endpoint: SocketAddr,
+    /// OTLP/HTTP `POST /v1/logs`.
+    pub http_endpoint: SocketAddr,
+    /// Largest request accepted, checked after decompression.
+    pub max_recv_msg_size: ByteSize,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            grpc_endpoint: ([0, 0, 0, 0], 4317).into(),
+            http_endpoint: ([0, 0, 0, 0], 4318).into(),
+            max_recv_msg_size: ByteSize::mib(16),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Admin gRPC (`Flush`, `Stats`), health and reflection.
+    pub grpc_endpoint: SocketAddr,
+    /// `POST /flush`, `GET /stats`, `GET /metrics`, `GET /healthz`, `GET /readyz`.
+    pub http_endpoint: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            grpc_endpoint: ([0, 0, 0, 0], 4320).into(),
+            http_endpoint: ([0, 0, 0, 0], 8080).into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".into(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated. Empty in the appender means embedded mode.
+    pub brokers: String,
+    pub topic: String,
+    /// Partitions of the topic when the ingester creates it; more than one.
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub group_id: String,
+    /// Topic for records the appender cannot decode; empty disables it.
+    pub dead_letter_topic: String,
+    /// Passed through to librdkafka's producer (e.g. `compression.type`, `linger.ms`).
+    pub producer: BTreeMap<String, String>,
+    /// Passed through to librdkafka's consumer.
+    pub consumer: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: String::new(),
+            topic: "otel-logs".into(),
+            partitions: 12,
+            replication_factor: 1,
+            group_id: "telemetry-lake-appender".into(),
+            dead_letter_topic: "otel-logs-dlq".into(),
+            producer: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StagingConfig {
+    /// The DuckDB database file rows are staged in until they are committed.
+    pub path: String,
+    /// DuckDB's own `memory_limit`.
+    pub memory_limit: ByteSize,
+    /// Staged bytes past which new records are refused with a retryable error.
+    pub max_bytes: ByteSize,
+}
+
+impl Default for StagingConfig {
+    fn default() -> Self {
+        Self {
+            path: "data/staging.duckdb".into(),
+            memory_limit: ByteSize::mib(256),
+            max_bytes: ByteSize::gib(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FlushConfig {
+    /// Commit at least this often while anything is staged.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Commit once this many records are staged.
+    pub max_records: u64,
+    /// Commit once this many bytes are staged.
+    pub max_bytes: ByteSize,
+}
+
+impl Default for FlushConfig {
+    fn default() -> Self {
+        Self { interval: Duration::from_secs(30), max_records: 500_000, max_bytes: ByteSize::mib(128) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogType {
+    #[default]
+    Sql,
+    Rest,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IcebergConfig {
+    pub catalog_type: CatalogType,
+    pub catalog_name: String,
+    /// `sqlite://PATH`, `postgres://…` (sql) or `http://host:8181` (rest).
+    pub catalog_uri: String,
+    /// A local path, `file://…` or `s3://bucket/prefix`.
+    pub warehouse: String,
+    pub namespace: String,
+    pub table: String,
+    /// Target size of a Parquet data file.
+    pub target_file_size: ByteSize,
+    /// Passed to the catalog and FileIO (`s3.endpoint`, `s3.access-key-id`, …).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for IcebergConfig {
+    fn default() -> Self {
+        Self {
+            catalog_type: CatalogType::Sql,
+            catalog_name: "telemetry_lake".into(),
+            catalog_uri: "sqlite://data/catalog.db".into(),
+            warehouse: "data/warehouse".into(),
+            namespace: "default".into(),
+            table: "logs".into(),
+            target_file_size: ByteSize::mib(128),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `TELEMETRY_LAKE_*` variables, and validates.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid {
+                    key: "--config",
+                    reason: format!("file {} does not exist", file.display()),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(
+            Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__").lowercase(true),
+        );
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Rules serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        if self.otlp.max_recv_msg_size.as_u64() == 0 {
+            return invalid("otlp.max_recv_msg_size", "must be larger than 0");
+        }
+        if self.kafka.partitions < 2 {
+            return invalid("kafka.partitions", "must be at least 2 so the topic can scale out");
+        }
+        if self.kafka.replication_factor < 1 {
+            return invalid("kafka.replication_factor", "must be at least 1");
+        }
+        if self.kafka.topic.is_empty() {
+            return invalid("kafka.topic", "must not be empty");
+        }
+        if self.flush.interval.is_zero() {
+            return invalid("flush.interval", "must be longer than 0s");
+        }
+        if self.flush.max_records == 0 {
+            return invalid("flush.max_records", "must be larger than 0");
+        }
+        if self.flush.max_bytes.as_u64() == 0 {
+            return invalid("flush.max_bytes", "must be larger than 0");
+        }
+        if self.staging.max_bytes < self.flush.max_bytes {
+            return invalid("staging.max_bytes", "must be at least flush.max_bytes");
+        }
+        if self.staging.path.is_empty() {
+            return invalid("staging.path", "must not be empty");
+        }
+        if self.iceberg.namespace.is_empty() || self.iceberg.table.is_empty() {
+            return invalid("iceberg.table", "namespace and table must not be empty");
+        }
+        if self.iceberg.catalog_type == CatalogType::Rest && !self.iceberg.catalog_uri.starts_with("http") {
+            return invalid("iceberg.catalog_uri", "a rest catalog needs an http:// or https:// uri");
+        }
+        Ok(())
+    }
+
+    /// Whether the appender runs without Kafka (OTLP straight into staging).
+    pub fn embedded(&self) -> bool {
+        self.kafka.brokers.trim().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_contract() {
+        let c = Config::default();
+        assert_eq!(c.otlp.grpc_endpoint.to_string(), "0.0.0.0:4317");
+        assert_eq!(c.otlp.http_endpoint.to_string(), "0.0.0.0:4318");
+        assert_eq!(c.admin.grpc_endpoint.to_string(), "0.0.0.0:4320");
+        assert_eq!(c.admin.http_endpoint.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.otlp.max_recv_msg_size, ByteSize::mib(16));
+        assert_eq!(c.kafka.topic, "otel-logs");
+        assert_eq!(c.kafka.partitions, 12);
+        assert_eq!(c.kafka.group_id, "telemetry-lake-appender");
+        assert_eq!(c.staging.path, "data/staging.duckdb");
+        assert_eq!(c.staging.memory_limit, ByteSize::mib(256));
+        assert_eq!(c.flush.interval, Duration::from_secs(30));
+        assert_eq!(c.flush.max_records, 500_000);
+        assert_eq!(c.flush.max_bytes, ByteSize::mib(128));
+        assert_eq!(c.iceberg.catalog_name, "telemetry_lake");
+        assert_eq!((c.iceberg.namespace.as_str(), c.iceberg.table.as_str()), ("default", "logs"));
+        assert!(c.embedded());
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "lake.toml",
+                r#"
+                [flush]
+                interval = "10s"
+                max_bytes = "64MiB"
+                [kafka.producer]
+                "linger.ms" = "5"
+                [iceberg.properties]
+                "s3.region" = "eu-west-1"
+                "#,
+            )?;
+            jail.set_env("TELEMETRY_LAKE_FLUSH__MAX_RECORDS", "1000");
+            jail.set_env("TELEMETRY_LAKE_OTLP__GRPC_ENDPOINT", "127.0.0.1:14317");
+            let c = Config::load(Some(Path::new("lake.toml"))).expect("valid config");
+            assert_eq!(c.flush.interval, Duration::from_secs(10));
+            assert_eq!(c.flush.max_bytes, ByteSize::mib(64));
+            assert_eq!(c.flush.max_records, 1000);
+            assert_eq!(c.otlp.grpc_endpoint.to_string(), "127.0.0.1:14317");
+            assert_eq!(c.kafka.producer.get("linger.ms").map(String::as_str), Some("5"));
+            assert_eq!(c.iceberg.properties.get("s3.region").map(String::as_str), Some("eu-west-1"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("lake.toml", "[flush]\nintervall = \"10s\"\n")?;
+            let err = Config::load(Some(Path::new("lake.toml"))).unwrap_err().to_string();
+            assert!(err.contains("intervall"), "{err}");
+            jail.create_file("lake.toml", "")?;
+            jail.set_env("TELEMETRY_LAKE_STAGING__PATHH", "x");
+            let err = Config::load(Some(Path::new("lake.toml"))).unwrap_err().to_string();
+            assert!(err.contains("pathh"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("lake.toml", "[kafka]\npartitions = 1\n")?;
+            let err = Config::load(Some(Path::new("lake.toml"))).unwrap_err().to_string();
+            assert!(err.contains("kafka.partitions"), "{err}");
+            jail.create_file("lake.toml", "[flush]\ninterval = \"soon\"\n")?;
+            let err = Config::load(Some(Path::new("lake.toml"))).unwrap_err().to_string();
+            assert!(err.contains("interval"), "{err}");
+            Ok(())
+        });
+    }
+}
