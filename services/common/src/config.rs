@@ -62,10 +62,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self {
-            grpc_endpoint: ([0, 0, 0, 0], 4320).into(),
-            http_endpoint: ([0, 0, 0, 0], 8080).into(),
-        }
+        Self { grpc_endpoint: ([0, 0, 0, 0], 4320).into(), http_endpoint: ([0, 0, 0, 0], 8080).into() }
     }
 }
 
@@ -224,9 +221,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(file));
         }
-        figment = figment.merge(
-            Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__").lowercase(true),
-        );
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__").lowercase(true));
         let config: Config = figment.extract().map_err(Box::new)?;
         config.validate()?;
         Ok(config)

@@ -1,6 +1,11 @@
 //! The runtime both services share: configuration, tracing, the OTLP logs receivers (gRPC and
 //! HTTP, one `export` path), the admin plane (gRPC `Admin`, health, reflection; HTTP `/flush`,
-//! `/stats`, `/metrics`, `/healthz`, `/readyz`) and graceful shutdown.
+//! `/stats`, `/metrics`, `/healthz`, `/readyz`), the server assembly and graceful shutdown.
 
+pub mod admin;
 pub mod config;
+pub mod health;
 pub mod otlp;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;

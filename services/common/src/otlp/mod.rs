@@ -1,1 +1,382 @@
-//! placeholder, being written
+//! The OTLP logs receivers both services share, and the one export path behind them.
+//!
+//! ```text
+//!  OTLP/gRPC Export --(grpc.rs: tonic decodes, gzip/zstd, size limit)----------+
+//!                                                                             +--> export_request
+//!  OTLP/HTTP POST /v1/logs --(http.rs: media type, streaming inflate, limit)--+         |
+//!                                                                                       v
+//!                                                                          LogsExporter::export
+//!  Ok(ExportOutcome)  -> ExportLogsServiceResponse (partial_success only if something was rejected)
+//!  Err(ExportError)   -> gRPC status / HTTP 4xx-5xx with a google.rpc.Status body
+//! ```
+//!
+//! Guarantee: a receiver answers success only after the service's [`LogsExporter::export`]
+//! returned `Ok`, which the exporter promises only once the records are durable. Every
+//! request is counted in [`ReceiverMetrics`]; server faults are logged, client faults counted
+//! and logged at debug.
+
+pub mod error;
+pub mod grpc;
+pub mod http;
+
+mod body;
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
+    metrics::{counter::Counter, family::Family},
+    registry::Registry,
+};
+
+pub use error::ExportError;
+use error::Outcome;
+pub use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+
+/// What an exporter accepted: everything, or all but `rejected_log_records` (OTLP partial
+/// success).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportOutcome {
+    /// Records that were dropped for good; 0 when all were accepted.
+    pub rejected_log_records: i64,
+    /// Why they were rejected, for the client's developer; may be empty.
+    pub error_message: String,
+}
+
+impl ExportOutcome {
+    /// Every record was accepted.
+    pub fn ok() -> Self {
+        Self::default()
+    }
+
+    /// `rejected` records were rejected, for `message`.
+    pub fn partial(rejected: i64, message: impl Into<String>) -> Self {
+        Self { rejected_log_records: rejected, error_message: message.into() }
+    }
+
+    /// The OTLP response: `partial_success` is set only when something was rejected or there
+    /// is a message to pass on.
+    pub fn into_response(self) -> ExportLogsServiceResponse {
+        let partial_success = (self.rejected_log_records != 0 || !self.error_message.is_empty()).then_some(
+            ExportLogsPartialSuccess {
+                rejected_log_records: self.rejected_log_records,
+                error_message: self.error_message,
+            },
+        );
+        ExportLogsServiceResponse { partial_success }
+    }
+}
+
+/// The service side of the OTLP receivers: one implementation per service, called by both the
+/// gRPC and the HTTP receiver.
+pub trait LogsExporter: Send + Sync + 'static {
+    /// Answer only once the records are durable (the service decides what that means).
+    fn export(
+        &self,
+        request: ExportLogsServiceRequest,
+    ) -> impl std::future::Future<Output = Result<ExportOutcome, ExportError>> + Send;
+}
+
+/// The number of log records in a request.
+pub fn count_records(request: &ExportLogsServiceRequest) -> u64 {
+    request
+        .resource_logs
+        .iter()
+        .flat_map(|resource| &resource.scope_logs)
+        .map(|scope| scope.log_records.len() as u64)
+        .sum()
+}
+
+/// Which receiver a request came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Grpc,
+    Http,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Http => "http",
+        }
+    }
+}
+
+impl EncodeLabelValue for Transport {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+impl EncodeLabelValue for Outcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    transport: Transport,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TransportLabels {
+    transport: Transport,
+}
+
+/// Counters of the OTLP receivers, registered once per process and shared by both transports.
+///
+/// - `otlp_requests_total{transport, outcome}`: outcome is `ok` (including partial success),
+///   `client_error`, `server_error` or `retryable`.
+/// - `otlp_records_received_total{transport}`: records in requests that were decoded.
+/// - `otlp_records_accepted_total{transport}`: records the exporter accepted.
+/// - `otlp_records_rejected_total{transport}`: partial-success rejections plus the records of
+///   requests that failed.
+#[derive(Debug, Default)]
+pub struct ReceiverMetrics {
+    requests: Family<RequestLabels, Counter>,
+    records_received: Family<TransportLabels, Counter>,
+    records_accepted: Family<TransportLabels, Counter>,
+    records_rejected: Family<TransportLabels, Counter>,
+}
+
+impl ReceiverMetrics {
+    /// Registers the counters in `registry` (names get `_total` from prometheus-client).
+    pub fn register(registry: &mut Registry) -> Arc<Self> {
+        let metrics = Self::default();
+        registry.register(
+            "otlp_requests",
+            "OTLP export requests by transport and outcome",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "otlp_records_received",
+            "Log records in decoded OTLP export requests",
+            metrics.records_received.clone(),
+        );
+        registry.register(
+            "otlp_records_accepted",
+            "Log records accepted by the exporter",
+            metrics.records_accepted.clone(),
+        );
+        registry.register(
+            "otlp_records_rejected",
+            "Log records rejected by partial success or failed requests",
+            metrics.records_rejected.clone(),
+        );
+        // Series exist from the start, so rate() works before the first request.
+        for transport in [Transport::Grpc, Transport::Http] {
+            let labels = TransportLabels { transport };
+            let _ = metrics.records_received.get_or_create(&labels);
+            let _ = metrics.records_accepted.get_or_create(&labels);
+            let _ = metrics.records_rejected.get_or_create(&labels);
+            let _ = metrics.requests.get_or_create(&RequestLabels { transport, outcome: Outcome::Ok });
+        }
+        Arc::new(metrics)
+    }
+
+    fn request(&self, transport: Transport, outcome: Outcome) {
+        self.requests.get_or_create(&RequestLabels { transport, outcome }).inc();
+    }
+
+    fn records(family: &Family<TransportLabels, Counter>, transport: Transport, n: u64) {
+        if n > 0 {
+            family.get_or_create(&TransportLabels { transport }).inc_by(n);
+        }
+    }
+
+    /// Counts a request that failed before it could be decoded (or while decoding) and logs it.
+    pub(crate) fn undecodable(&self, transport: Transport, error: &ExportError) {
+        self.request(transport, error.outcome());
+        log_failure(transport, 0, error);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn requests_count(&self, transport: Transport, outcome: &str) -> u64 {
+        let outcome = match outcome {
+            "ok" => Outcome::Ok,
+            "client_error" => Outcome::ClientError,
+            "server_error" => Outcome::ServerError,
+            "retryable" => Outcome::Retryable,
+            other => panic!("unknown outcome {other}"),
+        };
+        self.requests.get_or_create(&RequestLabels { transport, outcome }).get()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn records_count(&self, transport: Transport, kind: &str) -> u64 {
+        let family = match kind {
+            "received" => &self.records_received,
+            "accepted" => &self.records_accepted,
+            "rejected" => &self.records_rejected,
+            other => panic!("unknown kind {other}"),
+        };
+        family.get_or_create(&TransportLabels { transport }).get()
+    }
+}
+
+fn log_failure(transport: Transport, records: u64, error: &ExportError) {
+    let transport = transport.as_str();
+    match error.outcome() {
+        Outcome::ClientError => {
+            tracing::debug!(transport, records, error = %error, "rejected otlp request")
+        }
+        Outcome::Retryable => {
+            tracing::warn!(transport, records, error = %error, "otlp export failed, client asked to retry")
+        }
+        Outcome::ServerError | Outcome::Ok => {
+            tracing::error!(transport, records, error = %error, "otlp export failed")
+        }
+    }
+}
+
+/// The export path both receivers call once they have a decoded request: count, export, count
+/// the outcome, log faults.
+pub(crate) async fn export_request<E: LogsExporter>(
+    exporter: &E,
+    request: ExportLogsServiceRequest,
+    transport: Transport,
+    metrics: &ReceiverMetrics,
+) -> Result<ExportLogsServiceResponse, ExportError> {
+    let records = count_records(&request);
+    ReceiverMetrics::records(&metrics.records_received, transport, records);
+    match exporter.export(request).await {
+        Ok(outcome) => {
+            // A misbehaving exporter must not make the counters go backwards or overflow.
+            let rejected = u64::try_from(outcome.rejected_log_records).unwrap_or(0).min(records);
+            metrics.request(transport, Outcome::Ok);
+            ReceiverMetrics::records(&metrics.records_accepted, transport, records - rejected);
+            ReceiverMetrics::records(&metrics.records_rejected, transport, rejected);
+            if rejected > 0 {
+                tracing::debug!(
+                    transport = transport.as_str(),
+                    records,
+                    rejected,
+                    message = %outcome.error_message,
+                    "otlp export partially accepted"
+                );
+            }
+            Ok(outcome.into_response())
+        }
+        Err(error) => {
+            metrics.request(transport, error.outcome());
+            ReceiverMetrics::records(&metrics.records_rejected, transport, records);
+            log_failure(transport, records, &error);
+            Err(error)
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    //! A scriptable exporter and request builders for the receiver tests.
+
+    use std::sync::Mutex;
+
+    use opentelemetry_proto::tonic::{
+        common::v1::{AnyValue, any_value},
+        logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+    };
+
+    use super::*;
+
+    /// Records what it was given and answers with `answer`.
+    #[derive(Debug)]
+    pub struct MockExporter {
+        pub answer: Mutex<Result<ExportOutcome, ExportError>>,
+        pub received: Mutex<Vec<ExportLogsServiceRequest>>,
+    }
+
+    impl MockExporter {
+        pub fn answering(answer: Result<ExportOutcome, ExportError>) -> Arc<Self> {
+            Arc::new(Self { answer: Mutex::new(answer), received: Mutex::new(Vec::new()) })
+        }
+
+        pub fn ok() -> Arc<Self> {
+            Self::answering(Ok(ExportOutcome::ok()))
+        }
+
+        pub fn received(&self) -> Vec<ExportLogsServiceRequest> {
+            self.received.lock().unwrap().clone()
+        }
+    }
+
+    impl LogsExporter for MockExporter {
+        async fn export(&self, request: ExportLogsServiceRequest) -> Result<ExportOutcome, ExportError> {
+            self.received.lock().unwrap().push(request);
+            self.answer.lock().unwrap().clone()
+        }
+    }
+
+    /// A request with `n` records with string bodies and a trace id.
+    pub fn request(n: usize) -> ExportLogsServiceRequest {
+        let log_records = (0..n)
+            .map(|i| LogRecord {
+                time_unix_nano: 1_700_000_000_000_000_000 + i as u64,
+                severity_text: "INFO".into(),
+                body: Some(AnyValue { value: Some(any_value::Value::StringValue(format!("line {i}"))) }),
+                trace_id: vec![0xab; 16],
+                span_id: vec![0xcd; 8],
+                ..Default::default()
+            })
+            .collect();
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs { log_records, ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{test_support::*, *};
+
+    #[test]
+    fn counts_records_across_resources_and_scopes() {
+        let mut req = request(3);
+        req.resource_logs.push(request(2).resource_logs.remove(0));
+        req.resource_logs[0].scope_logs.push(request(4).resource_logs[0].scope_logs[0].clone());
+        assert_eq!(count_records(&req), 9);
+        assert_eq!(count_records(&ExportLogsServiceRequest::default()), 0);
+    }
+
+    #[test]
+    fn partial_success_only_when_something_to_say() {
+        assert_eq!(ExportOutcome::ok().into_response().partial_success, None);
+        let resp = ExportOutcome::partial(2, "too old").into_response();
+        let partial = resp.partial_success.expect("partial success");
+        assert_eq!(partial.rejected_log_records, 2);
+        assert_eq!(partial.error_message, "too old");
+    }
+
+    #[tokio::test]
+    async fn export_request_counts_outcomes() {
+        let mut registry = Registry::default();
+        let metrics = ReceiverMetrics::register(&mut registry);
+
+        let exporter = MockExporter::answering(Ok(ExportOutcome::partial(1, "bad record")));
+        export_request(&*exporter, request(3), Transport::Http, &metrics).await.unwrap();
+        assert_eq!(metrics.requests_count(Transport::Http, "ok"), 1);
+        assert_eq!(metrics.records_count(Transport::Http, "received"), 3);
+        assert_eq!(metrics.records_count(Transport::Http, "accepted"), 2);
+        assert_eq!(metrics.records_count(Transport::Http, "rejected"), 1);
+
+        let failing = MockExporter::answering(Err(ExportError::Internal("disk on fire".into())));
+        let err = export_request(&*failing, request(5), Transport::Grpc, &metrics).await.unwrap_err();
+        assert_eq!(err, ExportError::Internal("disk on fire".into()));
+        assert_eq!(metrics.requests_count(Transport::Grpc, "server_error"), 1);
+        assert_eq!(metrics.records_count(Transport::Grpc, "rejected"), 5);
+        assert_eq!(metrics.records_count(Transport::Grpc, "accepted"), 0);
+
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains(r#"otlp_requests_total{transport="grpc",outcome="server_error"} 1"#), "{text}");
+        assert!(text.contains(r#"otlp_records_accepted_total{transport="http"} 2"#), "{text}");
+    }
+}

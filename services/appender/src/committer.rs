@@ -1,0 +1,252 @@
+//! The committer: sealed staging sets in, Iceberg snapshots out.
+//!
+//! It wakes on `flush.interval`, on a threshold note from staging (`flush.max_records`,
+//! `flush.max_bytes`) and on flush requests (admin gRPC/HTTP, SIGUSR1, start-up, shutdown).
+//! Each flush commits a leftover sealed set first, then seals what is staged and commits it:
+//! one snapshot per sealed set, whose summary carries this staging file's writer id and the
+//! seal id. A sealed set is released from staging only after its commit; one that may already
+//! be in the lake (found sealed at start-up, or after a failed attempt) is looked up in the
+//! snapshot summaries first, so a retry never commits it twice. Failures keep the rows staged,
+//! turn health NOT_SERVING and are retried with backoff.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use telemetry_lake_admin_proto::v1::{FlushResponse, LastFlush};
+use telemetry_lake_common::{admin::FlushTrigger, health::Health, otlp::ExportError};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{
+    lake::{Lake, LakeError},
+    metrics::AppenderMetrics,
+    staging::{self, Sealed, Staging, StagingError, Threshold},
+};
+
+/// Snapshot summary key: the staging file that committed the rows.
+pub const WRITER_ID_PROPERTY: &str = "telemetry-lake.writer-id";
+/// Snapshot summary key: the sealed set the rows came from.
+pub const SEAL_ID_PROPERTY: &str = "telemetry-lake.seal-id";
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// A request to flush now; `reply` (if any) gets the outcome.
+pub struct FlushRequest {
+    pub trigger: FlushTrigger,
+    pub reply: Option<oneshot::Sender<Result<FlushResponse, ExportError>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum FlushError {
+    #[error(transparent)]
+    Staging(#[from] StagingError),
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+}
+
+/// What `Stats` reports about flushing.
+pub struct FlushState {
+    pub last_success: Mutex<Instant>,
+    pub last_flush: Mutex<LastFlush>,
+}
+
+impl Default for FlushState {
+    fn default() -> Self {
+        Self {
+            last_success: Mutex::new(Instant::now()),
+            last_flush: Mutex::new(LastFlush { outcome: "none".into(), ..Default::default() }),
+        }
+    }
+}
+
+pub struct Committer {
+    pub staging: Staging,
+    pub lake: Arc<Lake>,
+    pub health: Health,
+    pub state: Arc<FlushState>,
+    pub metrics: Arc<AppenderMetrics>,
+    pub interval: Duration,
+}
+
+impl Committer {
+    /// Runs until `requests` is closed; every request gets an answer.
+    pub async fn run(
+        self,
+        mut requests: mpsc::Receiver<FlushRequest>,
+        mut thresholds: mpsc::Receiver<Threshold>,
+    ) {
+        let mut failures = 0u32;
+        let mut due = tokio::time::Instant::now() + self.interval;
+        loop {
+            let (trigger, mut replies) = tokio::select! {
+                request = requests.recv() => match request {
+                    Some(request) => {
+                        let mut replies = vec![request.reply];
+                        // Requests queued meanwhile are answered by the same flush.
+                        while let Ok(more) = requests.try_recv() { replies.push(more.reply); }
+                        (request.trigger, replies)
+                    }
+                    None => break,
+                },
+                Some(threshold) = thresholds.recv() => {
+                    let trigger = match threshold {
+                        Threshold::MaxRecords => FlushTrigger::MaxRecords,
+                        Threshold::MaxBytes => FlushTrigger::MaxBytes,
+                    };
+                    (trigger, Vec::new())
+                }
+                _ = tokio::time::sleep_until(due) => {
+                    if self.staging.counters().records.load(Ordering::Relaxed) == 0 {
+                        due = tokio::time::Instant::now() + self.interval;
+                        continue;
+                    }
+                    (FlushTrigger::Interval, Vec::new())
+                }
+            };
+            let result = self.flush(trigger).await;
+            due = match &result {
+                Ok(_) => {
+                    failures = 0;
+                    tokio::time::Instant::now() + self.interval
+                }
+                Err(_) => {
+                    failures += 1;
+                    let backoff =
+                        Duration::from_secs(1 << failures.min(5)).min(MAX_BACKOFF).min(self.interval);
+                    tokio::time::Instant::now() + backoff
+                }
+            };
+            for reply in replies.drain(..).flatten() {
+                let _ = reply.send(result.clone());
+            }
+        }
+        tracing::debug!("committer stopped");
+    }
+
+    async fn flush(&self, trigger: FlushTrigger) -> Result<FlushResponse, ExportError> {
+        let started = Instant::now();
+        let result = self.flush_staged().await;
+        let duration = started.elapsed();
+        let finished_at = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let mut last = LastFlush {
+            trigger: trigger.as_str().into(),
+            duration_seconds: duration.as_secs_f64(),
+            finished_at_unix_seconds: finished_at,
+            ..Default::default()
+        };
+        self.metrics.flush_duration.observe(duration.as_secs_f64());
+        self.metrics.observe_staging(self.staging.counters());
+        match result {
+            Ok(mut done) => {
+                done.duration_seconds = duration.as_secs_f64();
+                last.outcome = "ok".into();
+                (last.records, last.bytes, last.data_files, last.snapshot_id) =
+                    (done.records, done.bytes, done.data_files, done.snapshot_id);
+                *self.state.last_success.lock().expect("flush state lock") = Instant::now();
+                *self.state.last_flush.lock().expect("flush state lock") = last;
+                self.metrics.record_flush(true, &done);
+                if done.records > 0 {
+                    tracing::info!(
+                        trigger = trigger.as_str(),
+                        records = done.records,
+                        data_files = done.data_files,
+                        snapshot_id = done.snapshot_id,
+                        seconds = done.duration_seconds,
+                        "flushed"
+                    );
+                }
+                self.health.set_serving(true, "flush succeeded").await;
+                Ok(done)
+            }
+            Err(err) => {
+                tracing::error!(trigger = trigger.as_str(), error = %err, "flush failed, rows stay staged");
+                last.outcome = "failed".into();
+                last.error = err.to_string();
+                *self.state.last_flush.lock().expect("flush state lock") = last;
+                self.metrics.record_flush(false, &FlushResponse::default());
+                let retryable = match &err {
+                    FlushError::Lake(e) => e.is_retryable(),
+                    FlushError::Staging(_) => true,
+                };
+                if retryable {
+                    self.health.set_serving(false, "flush failed").await;
+                }
+                let message = format!("flush failed, rows stay staged and will be retried: {err}");
+                Err(if retryable {
+                    ExportError::Unavailable { message, retry_after: Duration::from_secs(5) }
+                } else {
+                    ExportError::Internal(message)
+                })
+            }
+        }
+    }
+
+    /// Commits a leftover sealed set (if any), then everything staged now.
+    async fn flush_staged(&self) -> Result<FlushResponse, FlushError> {
+        let mut done = FlushResponse::default();
+        for _ in 0..2 {
+            let Some((sealed, reader)) = self.staging.seal().await? else { break };
+            let snapshot = self.commit_sealed(&sealed, reader).await?;
+            self.staging.release(sealed.seal_id).await?;
+            done.records += sealed.records;
+            done.bytes += sealed.bytes;
+            if let Some((snapshot_id, data_files)) = snapshot {
+                done.snapshot_id = snapshot_id;
+                done.data_files += data_files;
+            }
+            if !sealed.resumed {
+                break;
+            }
+        }
+        Ok(done)
+    }
+
+    /// Commits one sealed set unless it is already in the lake; returns (snapshot id, files).
+    async fn commit_sealed(
+        &self,
+        sealed: &Sealed,
+        reader: duckdb::Connection,
+    ) -> Result<Option<(i64, u32)>, FlushError> {
+        if sealed.resumed
+            && let Some(snapshot_id) = self.find_committed(sealed).await?
+        {
+            tracing::info!(
+                seal_id = sealed.seal_id,
+                snapshot_id,
+                "sealed rows were already committed, releasing them"
+            );
+            return Ok(Some((snapshot_id, 0)));
+        }
+        let (tx, rx) = mpsc::channel(2);
+        let expected = sealed.records;
+        std::thread::Builder::new()
+            .name("staging-reader".into())
+            .spawn(move || {
+                let read = staging::read_sealed(&reader, |batch| tx.blocking_send(Ok(batch)).is_ok());
+                let problem = match read {
+                    Ok(rows) if rows == expected => return,
+                    Ok(rows) => format!("read {rows} sealed rows where {expected} were staged"),
+                    Err(e) => e,
+                };
+                let _ = tx.blocking_send(Err(LakeError::staging(problem)));
+            })
+            .map_err(|e| LakeError::staging(format!("cannot start the staging reader: {e}")))?;
+        let properties = HashMap::from([
+            (WRITER_ID_PROPERTY.to_string(), sealed.writer_id.clone()),
+            (SEAL_ID_PROPERTY.to_string(), sealed.seal_id.to_string()),
+        ]);
+        let info = self.lake.append(ReceiverStream::new(rx), properties).await?;
+        Ok(info.map(|i| (i.snapshot_id, i.data_files)))
+    }
+
+    async fn find_committed(&self, sealed: &Sealed) -> Result<Option<i64>, LakeError> {
+        let seal_id = sealed.seal_id.to_string();
+        Ok(self.lake.snapshot_summaries().await?.into_iter().find_map(|(id, summary)| {
+            let ours = summary.get(WRITER_ID_PROPERTY) == Some(&sealed.writer_id)
+                && summary.get(SEAL_ID_PROPERTY) == Some(&seal_id);
+            ours.then_some(id)
+        }))
+    }
+}

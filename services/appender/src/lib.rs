@@ -1,0 +1,119 @@
+//! The appender: OTLP logs (embedded mode) staged in DuckDB and appended to an Iceberg table.
+//!
+//! ```text
+//!  OTLP gRPC/HTTP --> service::EmbeddedExporter --rows--> staging (DuckDB file, group commit)
+//!                                                              | sealed sets
+//!  interval / thresholds / Flush / SIGUSR1 / shutdown --> committer --> lake (one snapshot each)
+//! ```
+//!
+//! An export is answered once its rows are durable in the staging file; a staged row leaves the
+//! staging file only after the Iceberg commit that holds it.
+
+pub mod committer;
+pub mod lake;
+pub mod metrics;
+pub mod rows;
+pub mod service;
+pub mod staging;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use telemetry_lake_common::{
+    admin::FlushTrigger,
+    config::Config,
+    health::Health,
+    server::{self, BoundAddrs, Service},
+};
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    committer::{Committer, FlushRequest, FlushState},
+    lake::Lake,
+    metrics::AppenderMetrics,
+    service::{AppenderAdmin, EmbeddedExporter, ExportTotals},
+    staging::Staging,
+};
+
+/// Runs the embedded appender until `shutdown`, then drains, flushes and returns.
+/// `flush_signal` is notified on SIGUSR1.
+pub async fn run_embedded(
+    config: &Config,
+    shutdown: CancellationToken,
+    flush_signal: Arc<Notify>,
+    on_bound: impl FnOnce(BoundAddrs),
+) -> anyhow::Result<()> {
+    let (threshold_tx, threshold_rx) = mpsc::channel(1);
+    let staging = Staging::open(&config.staging, &config.flush, threshold_tx)?;
+    let lake = Arc::new(
+        Lake::open(&config.iceberg, telemetry_lake_proto::iceberg_schema())
+            .await
+            .context("cannot open the iceberg table")?,
+    );
+    let mut registry = Registry::default();
+    let metrics = Arc::new(AppenderMetrics::register(&mut registry));
+    metrics.observe_staging(staging.counters());
+    let health = Health::default();
+    let flush_state = Arc::new(FlushState::default());
+    let totals = Arc::new(ExportTotals::default());
+
+    let (flush_tx, flush_rx) = mpsc::channel::<FlushRequest>(64);
+    let committer = Committer {
+        staging: staging.clone(),
+        lake,
+        health: health.clone(),
+        state: flush_state.clone(),
+        metrics: metrics.clone(),
+        interval: config.flush.interval,
+    };
+    let committer = tokio::spawn(committer.run(flush_rx, threshold_rx));
+    if staging.counters().records.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        // Rows acknowledged before a crash or stop: commit them now.
+        flush_tx.send(FlushRequest { trigger: FlushTrigger::Startup, reply: None }).await?;
+    }
+    let signal_flushes = flush_tx.clone();
+    let signal_task = tokio::spawn(async move {
+        loop {
+            flush_signal.notified().await;
+            if signal_flushes.send(FlushRequest { trigger: FlushTrigger::Signal, reply: None }).await.is_err()
+            {
+                break;
+            }
+        }
+    });
+
+    let exporter = Arc::new(EmbeddedExporter {
+        staging: staging.clone(),
+        totals: totals.clone(),
+        metrics: metrics.clone(),
+    });
+    let admin = Arc::new(AppenderAdmin {
+        mode: "embedded",
+        staging: staging.clone(),
+        flushes: flush_tx.clone(),
+        flush_state,
+        totals,
+        metrics,
+        health: health.clone(),
+    });
+    let served =
+        server::serve(config, Service { exporter, admin, health, registry }, shutdown, on_bound).await;
+    signal_task.abort();
+
+    // Drained: commit what is staged before exiting.
+    let (reply, answer) = oneshot::channel();
+    flush_tx.send(FlushRequest { trigger: FlushTrigger::Shutdown, reply: Some(reply) }).await?;
+    drop(flush_tx);
+    let flushed = answer.await.context("committer stopped before the final flush")?;
+    committer.await.context("committer task failed")?;
+    served?;
+    match flushed {
+        Ok(done) => {
+            tracing::info!(records = done.records, snapshot_id = done.snapshot_id, "final flush done");
+            Ok(())
+        }
+        Err(err) => Err(anyhow::anyhow!("final flush failed, rows stay staged for the next start: {err}")),
+    }
+}

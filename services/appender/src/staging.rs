@@ -1,0 +1,421 @@
+//! DuckDB staging: the on-disk buffer between OTLP (or Kafka) and Iceberg.
+//!
+//! In: row batches from [`crate::rows`]. Out: sealed sets of rows, read back in
+//! `service_name, timestamp` order by the committer, then released once committed.
+//!
+//! One dedicated thread owns the DuckDB connection and takes [`Command`]s; nothing async blocks
+//! on DuckDB. Appends that arrive together share one transaction (group commit: DuckDB fsyncs
+//! its WAL on every commit) and every caller is answered only after that commit, so an
+//! acknowledged record survives `kill -9`. Sealing renames the staged table in one transaction,
+//! so appends go on while a sealed set is committed; a sealed set stays on disk until released,
+//! so a failed or interrupted commit is retried, never dropped.
+//!
+//! Tables: `staged_rows` / `sealed_rows` (the row DDL from `telemetry-lake-proto`),
+//! `staged_batches` / `sealed_batches` (records and bytes per group commit, so counters survive
+//! restarts) and `staging_meta` (this writer's id, the seal sequence, the sealed set's id).
+
+use std::{
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+};
+
+use arrow_array::RecordBatch;
+use bytesize::ByteSize;
+use duckdb::{Connection, params};
+use telemetry_lake_common::config::{FlushConfig, StagingConfig};
+use telemetry_lake_proto::duckdb_create_table;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::rows::Rows;
+
+const STAGED_ROWS: &str = "staged_rows";
+const SEALED_ROWS: &str = "sealed_rows";
+/// Most append requests folded into one DuckDB transaction.
+const MAX_GROUP: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    #[error("staging is full ({staged} staged, staging.max_bytes = {limit}): commits to the lake are behind")]
+    Full { staged: ByteSize, limit: ByteSize },
+    #[error("staging database {path}: {source}")]
+    DuckDb { path: String, source: duckdb::Error },
+    #[error("staging directory {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("staging append failed: {0}")]
+    AppendFailed(String),
+    #[error("staging thread has stopped")]
+    Stopped,
+}
+
+/// Counters read without asking the staging thread. `records`/`bytes` are everything not yet
+/// committed, sealed included; `unsealed_*` is what the next seal will take.
+#[derive(Debug, Default)]
+pub struct StagingCounters {
+    pub records: AtomicU64,
+    pub bytes: AtomicU64,
+    pub unsealed_records: AtomicU64,
+    pub unsealed_bytes: AtomicU64,
+}
+
+/// Which threshold a group commit crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threshold {
+    MaxRecords,
+    MaxBytes,
+}
+
+/// A set of rows taken out of the staged table to be committed as one snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub writer_id: String,
+    pub seal_id: i64,
+    pub records: u64,
+    pub bytes: u64,
+    /// It was sealed before this call: by an earlier run or an earlier failed commit, so it may
+    /// already be in the lake.
+    pub resumed: bool,
+}
+
+enum Command {
+    Append { rows: Rows, reply: oneshot::Sender<Result<(), StagingError>> },
+    Seal { reply: oneshot::Sender<Result<Option<(Sealed, Connection)>, StagingError>> },
+    Release { seal_id: i64, reply: oneshot::Sender<Result<(), StagingError>> },
+}
+
+/// Handle to the staging thread; cheap to clone.
+#[derive(Clone)]
+pub struct Staging {
+    commands: mpsc::Sender<Command>,
+    counters: Arc<StagingCounters>,
+}
+
+impl Staging {
+    /// Opens (or creates) the database file and starts the staging thread. `thresholds`
+    /// receives a note whenever unsealed rows reach `flush.max_records` or `flush.max_bytes`.
+    pub fn open(
+        config: &StagingConfig,
+        flush: &FlushConfig,
+        thresholds: mpsc::Sender<Threshold>,
+    ) -> Result<Self, StagingError> {
+        let path = config.path.clone();
+        if let Some(parent) = Path::new(&path).parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|source| StagingError::Io { path: path.clone(), source })?;
+        }
+        let db = StagingDb::open(config, flush)?;
+        let counters = db.counters.clone();
+        let (commands, receiver) = mpsc::channel(4 * MAX_GROUP);
+        thread::Builder::new()
+            .name("staging".into())
+            .spawn(move || db.run(receiver, thresholds))
+            .map_err(|source| StagingError::Io { path, source })?;
+        Ok(Self { commands, counters })
+    }
+
+    pub fn counters(&self) -> &StagingCounters {
+        &self.counters
+    }
+
+    /// Stages rows durably; returns once they are committed to the database file.
+    pub async fn append(&self, rows: Rows) -> Result<(), StagingError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Append { rows, reply }).await.map_err(|_| StagingError::Stopped)?;
+        answer.await.map_err(|_| StagingError::Stopped)?
+    }
+
+    /// The sealed set to commit next: a leftover one if there is one, else everything staged
+    /// now; `None` when nothing is staged. Comes with a connection to read it from.
+    pub async fn seal(&self) -> Result<Option<(Sealed, Connection)>, StagingError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Seal { reply }).await.map_err(|_| StagingError::Stopped)?;
+        answer.await.map_err(|_| StagingError::Stopped)?
+    }
+
+    /// Drops a sealed set once it is in the lake.
+    pub async fn release(&self, seal_id: i64) -> Result<(), StagingError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands.send(Command::Release { seal_id, reply }).await.map_err(|_| StagingError::Stopped)?;
+        answer.await.map_err(|_| StagingError::Stopped)?
+    }
+}
+
+/// Reads a sealed set in the order data files want, one DuckDB chunk at a time; blocking, so
+/// run it on its own thread. Panics inside DuckDB's iterator are turned into an error.
+pub fn read_sealed(conn: &Connection, mut each: impl FnMut(RecordBatch) -> bool) -> Result<u64, String> {
+    let sql = format!("SELECT * FROM {SEALED_ROWS} ORDER BY service_name, \"timestamp\"");
+    let run = std::panic::AssertUnwindSafe(|| -> Result<u64, String> {
+        let mut stmt = conn.prepare(&sql).map_err(|e| format!("reading sealed rows: {e}"))?;
+        let mut rows = 0u64;
+        for batch in stmt.stream_arrow([]).map_err(|e| format!("reading sealed rows: {e}"))? {
+            rows += batch.num_rows() as u64;
+            if !each(batch) {
+                break;
+            }
+        }
+        Ok(rows)
+    });
+    std::panic::catch_unwind(run).unwrap_or_else(|panic| {
+        let message =
+            panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "duckdb iterator panicked".into());
+        Err(format!("reading sealed rows: {message}"))
+    })
+}
+
+struct StagingDb {
+    conn: Connection,
+    path: String,
+    writer_id: String,
+    counters: Arc<StagingCounters>,
+    max_bytes: u64,
+    flush_records: u64,
+    flush_bytes: u64,
+    sealed: Option<Sealed>,
+}
+
+impl StagingDb {
+    fn open(config: &StagingConfig, flush: &FlushConfig) -> Result<Self, StagingError> {
+        let path = config.path.clone();
+        let err = |source| StagingError::DuckDb { path: path.clone(), source };
+        let duck_config = duckdb::Config::default()
+            .max_memory(&format!("{}B", config.memory_limit.as_u64()))
+            .map_err(err)?
+            .enable_autoload_extension(false)
+            .map_err(err)?;
+        let conn = Connection::open_with_flags(&path, duck_config).map_err(err)?;
+        conn.execute_batch(&format!(
+            "{};
+             {};
+             CREATE TABLE IF NOT EXISTS staged_batches (records BIGINT, bytes BIGINT);
+             CREATE TABLE IF NOT EXISTS staging_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+             INSERT OR IGNORE INTO staging_meta VALUES ('writer_id', '{}'), ('next_seal_id', '1');",
+            duckdb_create_table(STAGED_ROWS),
+            "SET preserve_insertion_order = false",
+            uuid::Uuid::new_v4()
+        ))
+        .map_err(err)?;
+        let meta = |key: &str| -> Result<Option<String>, duckdb::Error> {
+            match conn.query_row("SELECT value FROM staging_meta WHERE key = ?", [key], |r| r.get(0)) {
+                Ok(v) => Ok(Some(v)),
+                Err(duckdb::Error::QueryReturnedNoRows) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let writer_id = meta("writer_id").map_err(err)?.expect("inserted above");
+        let totals = |table: &str| -> Result<(u64, u64), duckdb::Error> {
+            conn.query_row(
+                &format!(
+                    "SELECT coalesce(sum(records), 0)::BIGINT, coalesce(sum(bytes), 0)::BIGINT FROM {table}"
+                ),
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+        };
+        let (staged_records, staged_bytes) = totals("staged_batches").map_err(err)?;
+        let sealed = match meta("sealed_id").map_err(err)? {
+            Some(id) => {
+                let (records, bytes) = totals("sealed_batches").map_err(err)?;
+                let seal_id = id.parse().unwrap_or_default();
+                Some(Sealed { writer_id: writer_id.clone(), seal_id, records, bytes, resumed: true })
+            }
+            None => None,
+        };
+        let counters = Arc::new(StagingCounters::default());
+        let (sealed_records, sealed_bytes) =
+            sealed.as_ref().map(|s| (s.records, s.bytes)).unwrap_or_default();
+        counters.records.store(staged_records + sealed_records, Ordering::Relaxed);
+        counters.bytes.store(staged_bytes + sealed_bytes, Ordering::Relaxed);
+        counters.unsealed_records.store(staged_records, Ordering::Relaxed);
+        counters.unsealed_bytes.store(staged_bytes, Ordering::Relaxed);
+        tracing::info!(
+            path = %path, staged_records, sealed_records, writer_id = %writer_id, "staging opened"
+        );
+        Ok(Self {
+            conn,
+            path,
+            writer_id,
+            counters,
+            max_bytes: config.max_bytes.as_u64(),
+            flush_records: flush.max_records,
+            flush_bytes: flush.max_bytes.as_u64(),
+            sealed,
+        })
+    }
+
+    fn err(&self, source: duckdb::Error) -> StagingError {
+        StagingError::DuckDb { path: self.path.clone(), source }
+    }
+
+    fn run(mut self, mut commands: mpsc::Receiver<Command>, thresholds: mpsc::Sender<Threshold>) {
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = commands.blocking_recv() {
+            let mut next = Some(first);
+            while let Some(command) = next.take() {
+                match command {
+                    Command::Append { rows, reply } => {
+                        group.push((rows, reply));
+                        if group.len() < MAX_GROUP {
+                            next = commands.try_recv().ok();
+                        }
+                    }
+                    other => {
+                        self.append_group(&mut group, &thresholds);
+                        self.handle(other);
+                    }
+                }
+            }
+            self.append_group(&mut group, &thresholds);
+        }
+        tracing::debug!("staging thread stopped");
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Append { .. } => unreachable!("appends are grouped by run"),
+            Command::Seal { reply } => {
+                let _ = reply.send(self.seal());
+            }
+            Command::Release { seal_id, reply } => {
+                let _ = reply.send(self.release(seal_id));
+            }
+        }
+    }
+
+    fn append_group(
+        &mut self,
+        group: &mut Vec<(Rows, oneshot::Sender<Result<(), StagingError>>)>,
+        thresholds: &mpsc::Sender<Threshold>,
+    ) {
+        if group.is_empty() {
+            return;
+        }
+        let mut staged = self.counters.bytes.load(Ordering::Relaxed);
+        let mut accepted = Vec::with_capacity(group.len());
+        for (rows, reply) in group.drain(..) {
+            if staged + rows.bytes > self.max_bytes && rows.batch.num_rows() > 0 {
+                let _ = reply.send(Err(StagingError::Full {
+                    staged: ByteSize(staged),
+                    limit: ByteSize(self.max_bytes),
+                }));
+            } else {
+                staged += rows.bytes;
+                accepted.push((rows, reply));
+            }
+        }
+        let (records, bytes) = accepted
+            .iter()
+            .fold((0u64, 0u64), |(r, b), (rows, _)| (r + rows.batch.num_rows() as u64, b + rows.bytes));
+        let result = if records == 0 { Ok(()) } else { self.append_durably(&accepted, records, bytes) };
+        match result {
+            Ok(()) => {
+                self.counters.records.fetch_add(records, Ordering::Relaxed);
+                self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+                let unsealed_records =
+                    self.counters.unsealed_records.fetch_add(records, Ordering::Relaxed) + records;
+                let unsealed_bytes = self.counters.unsealed_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+                if unsealed_records >= self.flush_records {
+                    let _ = thresholds.try_send(Threshold::MaxRecords);
+                } else if unsealed_bytes >= self.flush_bytes {
+                    let _ = thresholds.try_send(Threshold::MaxBytes);
+                }
+                for (_, reply) in accepted {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, records, "staging append failed");
+                let message = e.to_string();
+                for (_, reply) in accepted {
+                    let _ = reply.send(Err(StagingError::AppendFailed(message.clone())));
+                }
+            }
+        }
+    }
+
+    fn append_durably(
+        &mut self,
+        accepted: &[(Rows, oneshot::Sender<Result<(), StagingError>>)],
+        records: u64,
+        bytes: u64,
+    ) -> Result<(), StagingError> {
+        let path = self.path.clone();
+        let err = |source| StagingError::DuckDb { path: path.clone(), source };
+        let tx = self.conn.transaction().map_err(err)?;
+        {
+            let mut appender = tx.appender(STAGED_ROWS).map_err(err)?;
+            for (rows, _) in accepted {
+                if rows.batch.num_rows() > 0 {
+                    appender.append_record_batch(rows.batch.clone()).map_err(err)?;
+                }
+            }
+            appender.flush().map_err(err)?;
+        }
+        tx.execute("INSERT INTO staged_batches VALUES (?, ?)", params![records as i64, bytes as i64])
+            .map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    fn seal(&mut self) -> Result<Option<(Sealed, Connection)>, StagingError> {
+        if let Some(sealed) = &self.sealed {
+            let reader = self.conn.try_clone().map_err(|e| self.err(e))?;
+            return Ok(Some((Sealed { resumed: true, ..sealed.clone() }, reader)));
+        }
+        let records = self.counters.unsealed_records.load(Ordering::Relaxed);
+        if records == 0 {
+            return Ok(None);
+        }
+        let bytes = self.counters.unsealed_bytes.load(Ordering::Relaxed);
+        let seal_id: i64 = self
+            .conn
+            .query_row("SELECT value::BIGINT FROM staging_meta WHERE key = 'next_seal_id'", [], |r| r.get(0))
+            .map_err(|e| self.err(e))?;
+        self.conn
+            .execute_batch(&format!(
+                "BEGIN TRANSACTION;
+                 ALTER TABLE {STAGED_ROWS} RENAME TO {SEALED_ROWS};
+                 ALTER TABLE staged_batches RENAME TO sealed_batches;
+                 {};
+                 CREATE TABLE staged_batches (records BIGINT, bytes BIGINT);
+                 INSERT OR REPLACE INTO staging_meta VALUES ('next_seal_id', '{}'), ('sealed_id', '{seal_id}');
+                 COMMIT;",
+                duckdb_create_table(STAGED_ROWS),
+                seal_id + 1
+            ))
+            .map_err(|e| {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.err(e)
+            })?;
+        self.counters.unsealed_records.fetch_sub(records, Ordering::Relaxed);
+        self.counters.unsealed_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let sealed = Sealed { writer_id: self.writer_id.clone(), seal_id, records, bytes, resumed: false };
+        self.sealed = Some(sealed.clone());
+        let reader = self.conn.try_clone().map_err(|e| self.err(e))?;
+        Ok(Some((sealed, reader)))
+    }
+
+    fn release(&mut self, seal_id: i64) -> Result<(), StagingError> {
+        let Some(sealed) = self.sealed.as_ref().filter(|s| s.seal_id == seal_id) else {
+            return Ok(());
+        };
+        let (records, bytes) = (sealed.records, sealed.bytes);
+        self.conn
+            .execute_batch(&format!(
+                "BEGIN TRANSACTION;
+                 DROP TABLE {SEALED_ROWS};
+                 DROP TABLE sealed_batches;
+                 DELETE FROM staging_meta WHERE key = 'sealed_id';
+                 COMMIT;"
+            ))
+            .map_err(|e| {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.err(e)
+            })?;
+        self.sealed = None;
+        self.counters.records.fetch_sub(records, Ordering::Relaxed);
+        self.counters.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+}

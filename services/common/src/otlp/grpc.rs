@@ -1,0 +1,289 @@
+//! The OTLP/gRPC logs receiver: `opentelemetry.proto.collector.logs.v1.LogsService/Export`.
+//!
+//! In: unary `Export` calls, optionally gzip or zstd compressed, decoded by tonic with
+//! `max_decoding_message_size = otlp.max_recv_msg_size` (checked on the frame and again after
+//! decompression, so an oversized or bomb request is refused without being buffered). Out: the
+//! exporter's answer as an `ExportLogsServiceResponse` (partial success only when something was
+//! rejected), or its [`ExportError`] as a status with `RetryInfo` when retryable.
+//!
+//! tonic fails a request it cannot decode before our handler runs, with codes the OTLP retry
+//! table makes retryable (`OUT_OF_RANGE` for a frame over the limit) or that some SDKs retry
+//! (`RESOURCE_EXHAUSTED` after decompression, `INTERNAL` for malformed protobuf or corrupt
+//! compression). [`LogsGrpcServer`] wraps the generated server and turns those into
+//! `INVALID_ARGUMENT`, so a client never retries a request that can never succeed, and counts
+//! them as client errors.
+
+use std::{
+    convert::Infallible,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use tonic::{Code, codec::CompressionEncoding, server::NamedService};
+
+use super::{
+    ExportError, ExportLogsServiceRequest, ExportLogsServiceResponse, LogsExporter, ReceiverMetrics,
+    Transport, export_request,
+};
+use crate::config::OtlpConfig;
+
+/// The gRPC `LogsService` of a service, ready for `tonic::transport::Server::add_service`.
+pub fn logs_service<E: LogsExporter>(
+    exporter: Arc<E>,
+    config: &OtlpConfig,
+    metrics: Arc<ReceiverMetrics>,
+) -> LogsGrpcServer<impl LogsService> {
+    let limit = config.max_recv_msg_size.as_u64();
+    let handler = GrpcLogs { exporter, metrics: Arc::clone(&metrics) };
+    let inner = LogsServiceServer::new(handler)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(usize::try_from(limit).unwrap_or(usize::MAX));
+    LogsGrpcServer { inner, metrics, limit }
+}
+
+struct GrpcLogs<E> {
+    exporter: Arc<E>,
+    metrics: Arc<ReceiverMetrics>,
+}
+
+#[tonic::async_trait]
+impl<E: LogsExporter> LogsService for GrpcLogs<E> {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        if let Some(reached) = request.extensions().get::<HandlerReached>() {
+            reached.0.store(true, Ordering::Relaxed);
+        }
+        export_request(&*self.exporter, request.into_inner(), Transport::Grpc, &self.metrics)
+            .await
+            .map(tonic::Response::new)
+            .map_err(|e| e.to_status())
+    }
+}
+
+type GrpcResponse = http::Response<tonic::body::Body>;
+
+/// Set by the handler, so the wrapper knows a failure came from tonic's decoding.
+#[derive(Debug, Clone, Default)]
+struct HandlerReached(Arc<AtomicBool>);
+
+/// The generated `LogsServiceServer` plus the mapping of tonic's decode failures to
+/// non-retryable `INVALID_ARGUMENT` (see the module docs).
+pub struct LogsGrpcServer<T> {
+    inner: LogsServiceServer<T>,
+    metrics: Arc<ReceiverMetrics>,
+    limit: u64,
+}
+
+impl<T> Clone for LogsGrpcServer<T> {
+    fn clone(&self) -> Self {
+        Self { inner: self.inner.clone(), metrics: Arc::clone(&self.metrics), limit: self.limit }
+    }
+}
+
+impl<T> std::fmt::Debug for LogsGrpcServer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogsGrpcServer").field("limit", &self.limit).finish_non_exhaustive()
+    }
+}
+
+impl<T> NamedService for LogsGrpcServer<T> {
+    const NAME: &'static str = <LogsServiceServer<T> as NamedService>::NAME;
+}
+
+impl<T, B> tower::Service<http::Request<B>> for LogsGrpcServer<T>
+where
+    LogsServiceServer<T>: tower::Service<http::Request<B>, Response = GrpcResponse, Error = Infallible>,
+    <LogsServiceServer<T> as tower::Service<http::Request<B>>>::Future: Send + 'static,
+{
+    type Response = GrpcResponse;
+    type Error = Infallible;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let reached = HandlerReached::default();
+        request.extensions_mut().insert(reached.clone());
+        let response = self.inner.call(request);
+        let metrics = Arc::clone(&self.metrics);
+        let limit = self.limit;
+        Box::pin(async move {
+            let mut response = response.await?;
+            if !reached.0.load(Ordering::Relaxed) {
+                map_decode_failure(&mut response, &metrics, limit);
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// Rewrites the trailers-only status of a request that failed before the handler ran.
+fn map_decode_failure(response: &mut GrpcResponse, metrics: &ReceiverMetrics, limit: u64) {
+    let headers = response.headers_mut();
+    let Some(code) = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(Code::from_i32)
+    else {
+        return;
+    };
+    if code == Code::Ok {
+        return;
+    }
+    let message = headers
+        .get("grpc-message")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let error = match code {
+        Code::OutOfRange | Code::ResourceExhausted => ExportError::PayloadTooLarge { limit },
+        _ => ExportError::InvalidArgument(message),
+    };
+    if matches!(code, Code::OutOfRange | Code::ResourceExhausted | Code::Internal) {
+        headers.insert("grpc-status", http::HeaderValue::from(error.grpc_code() as i32));
+        // The details, if any, describe the old code; drop them rather than contradict it.
+        headers.remove("grpc-status-details-bin");
+    }
+    metrics.undecodable(Transport::Grpc, &error);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytesize::ByteSize;
+    use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+    use prometheus_client::registry::Registry;
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::transport::Channel;
+    use tonic_types::StatusExt;
+
+    use super::*;
+    use crate::otlp::{ExportOutcome, test_support::*};
+
+    async fn serve(
+        exporter: Arc<MockExporter>,
+        limit: ByteSize,
+    ) -> (LogsServiceClient<Channel>, Arc<ReceiverMetrics>) {
+        let metrics = ReceiverMetrics::register(&mut Registry::default());
+        let config = OtlpConfig { max_recv_msg_size: limit, ..OtlpConfig::default() };
+        let service = logs_service(exporter, &config, Arc::clone(&metrics));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let client = LogsServiceClient::connect(format!("http://{addr}")).await.unwrap();
+        (client, metrics)
+    }
+
+    #[tokio::test]
+    async fn accepts_and_answers_without_partial_success() {
+        let exporter = MockExporter::ok();
+        let (mut client, metrics) = serve(Arc::clone(&exporter), ByteSize::mib(1)).await;
+        let response = client.export(request(3)).await.unwrap().into_inner();
+        assert_eq!(response.partial_success, None);
+        assert_eq!(exporter.received(), vec![request(3)]);
+        assert_eq!(metrics.requests_count(Transport::Grpc, "ok"), 1);
+        assert_eq!(metrics.records_count(Transport::Grpc, "accepted"), 3);
+    }
+
+    #[tokio::test]
+    async fn gzip_and_zstd_requests_are_accepted() {
+        let exporter = MockExporter::ok();
+        let (client, _) = serve(Arc::clone(&exporter), ByteSize::mib(1)).await;
+        for encoding in [CompressionEncoding::Gzip, CompressionEncoding::Zstd] {
+            let mut client = client.clone().send_compressed(encoding);
+            client.export(request(2)).await.unwrap();
+        }
+        assert_eq!(exporter.received().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn reports_partial_success() {
+        let exporter = MockExporter::answering(Ok(ExportOutcome::partial(1, "one too old")));
+        let (mut client, metrics) = serve(exporter, ByteSize::mib(1)).await;
+        let response = client.export(request(3)).await.unwrap().into_inner();
+        let partial = response.partial_success.expect("partial success");
+        assert_eq!(partial.rejected_log_records, 1);
+        assert_eq!(partial.error_message, "one too old");
+        assert_eq!(metrics.records_count(Transport::Grpc, "rejected"), 1);
+        assert_eq!(metrics.records_count(Transport::Grpc, "accepted"), 2);
+    }
+
+    #[tokio::test]
+    async fn unavailable_carries_retry_info() {
+        let exporter = MockExporter::answering(Err(ExportError::Unavailable {
+            message: "kafka unreachable".into(),
+            retry_after: Duration::from_secs(5),
+        }));
+        let (mut client, metrics) = serve(exporter, ByteSize::mib(1)).await;
+        let status = client.export(request(2)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), "kafka unreachable");
+        let info = status.get_details_retry_info().expect("retry info");
+        assert_eq!(info.retry_delay, Some(Duration::from_secs(5)));
+        assert_eq!(metrics.requests_count(Transport::Grpc, "retryable"), 1);
+        assert_eq!(metrics.records_count(Transport::Grpc, "rejected"), 2);
+    }
+
+    #[tokio::test]
+    async fn oversized_request_is_a_non_retryable_client_error() {
+        let exporter = MockExporter::ok();
+        let (mut client, metrics) = serve(Arc::clone(&exporter), ByteSize::kib(64)).await;
+        let status = client.export(request(5000)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.get_details_retry_info().is_none());
+        assert!(exporter.received().is_empty());
+        assert_eq!(metrics.requests_count(Transport::Grpc, "client_error"), 1);
+    }
+
+    #[tokio::test]
+    async fn compressed_bomb_is_a_non_retryable_client_error() {
+        let exporter = MockExporter::ok();
+        let (client, metrics) = serve(Arc::clone(&exporter), ByteSize::mib(1)).await;
+        let mut bomb = request(1);
+        let body = vec!["0"; 8 << 20].concat();
+        bomb.resource_logs[0].scope_logs[0].log_records[0].severity_text = body;
+        let mut client = client.send_compressed(CompressionEncoding::Gzip);
+        let status = client.export(bomb).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(exporter.received().is_empty());
+        assert_eq!(metrics.requests_count(Transport::Grpc, "client_error"), 1);
+    }
+
+    #[tokio::test]
+    async fn malformed_protobuf_is_invalid_argument() {
+        use tower::ServiceExt;
+        let exporter = MockExporter::ok();
+        let metrics = ReceiverMetrics::register(&mut Registry::default());
+        let service = logs_service(Arc::clone(&exporter), &OtlpConfig::default(), Arc::clone(&metrics));
+        // Field 1 (resource_logs) holding three bytes that are not a ResourceLogs.
+        let message = [0x0a, 0x03, 0xff, 0xff, 0xff];
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&message);
+        let request =
+            http::Request::post("http://localhost/opentelemetry.proto.collector.logs.v1.LogsService/Export")
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(axum::body::Body::from(frame))
+                .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        let status = response.headers().get("grpc-status").expect("trailers-only status");
+        assert_eq!(status, &(Code::InvalidArgument as i32).to_string());
+        assert!(exporter.received().is_empty());
+        assert_eq!(metrics.requests_count(Transport::Grpc, "client_error"), 1);
+    }
+}
