@@ -56,8 +56,7 @@ impl AppenderMetrics {
     /// Flushes so far with that outcome. The family's guard is dropped before returning: holding
     /// it while creating another label would deadlock.
     pub fn flush_count(&self, ok: bool) -> u64 {
-        let count = self.flushes.get_or_create(&Self::outcome(ok)).get();
-        count
+        self.flushes.get_or_create(&Self::outcome(ok)).get()
     }
 
     fn outcome(ok: bool) -> OutcomeLabel {
