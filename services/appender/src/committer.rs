@@ -157,7 +157,9 @@ impl Committer {
                         "flushed"
                     );
                 }
-                self.health.set_serving(true, "flush succeeded").await;
+                if trigger != FlushTrigger::Shutdown {
+                    self.health.set_serving(true, "flush succeeded").await;
+                }
                 Ok(done)
             }
             Err(err) => {

@@ -63,8 +63,11 @@ impl AppenderMetrics {
         OutcomeLabel { outcome: if ok { "ok" } else { "failed" } }
     }
 
+    /// Counts failed flushes and flushes that committed something.
     pub fn record_flush(&self, ok: bool, done: &FlushResponse) {
-        self.flushes.get_or_create(&Self::outcome(ok)).inc();
+        if !ok || done.records > 0 {
+            self.flushes.get_or_create(&Self::outcome(ok)).inc();
+        }
         self.records_committed.inc_by(done.records);
         self.bytes_committed.inc_by(done.bytes);
         if done.snapshot_id != 0 {

@@ -162,9 +162,11 @@ fn hex_id(id: &[u8]) -> Option<String> {
 }
 
 fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
-    attributes.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-        Value::StringValue(s) => Some(s.clone()),
-        _ => None,
+    attributes.iter().rev().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        }
     })
 }
 
@@ -177,18 +179,22 @@ fn body_text(body: Option<&AnyValue>) -> String {
     }
 }
 
-/// Attribute values as strings: strings as they are, anything else as plain JSON.
+/// Attribute values as strings: strings as they are, anything else as plain JSON. OTLP forbids
+/// repeated keys but senders do repeat them; a map with a repeated key is unreadable for DuckDB,
+/// so the last value wins, as in the Collector's exporters.
 fn flatten_attributes(attributes: &[KeyValue]) -> Vec<(&str, String)> {
-    attributes
-        .iter()
-        .map(|kv| {
-            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                Some(Value::StringValue(s)) => s.clone(),
-                other => plain_json(other).to_string(),
-            };
-            (kv.key.as_str(), value)
-        })
-        .collect()
+    let mut flat: Vec<(&str, String)> = Vec::with_capacity(attributes.len());
+    for kv in attributes {
+        let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(Value::StringValue(s)) => s.clone(),
+            other => plain_json(other).to_string(),
+        };
+        match flat.iter_mut().find(|(key, _)| *key == kv.key) {
+            Some(entry) => entry.1 = value,
+            None => flat.push((kv.key.as_str(), value)),
+        }
+    }
+    flat
 }
 
 fn plain_json(value: Option<&Value>) -> serde_json::Value {
@@ -466,6 +472,15 @@ mod tests {
         assert!(rows.batch.column_by_name("observed_timestamp").unwrap().is_null(1));
         let partition = rows.batch.column_by_name("kafka_partition").unwrap().clone();
         assert_eq!(partition.as_any().downcast_ref::<Int32Array>().unwrap().value(1), 3);
+    }
+
+    #[test]
+    fn repeated_attribute_keys_keep_the_last_value() {
+        let mut r = record(Value::StringValue("dup".into()));
+        r.attributes = vec![kv("k", Value::StringValue("first".into())), kv("k", Value::IntValue(2))];
+        let rows = to_rows(&request(vec![r]), None, 0);
+        let log_attributes = rows.batch.column_by_name("log_attributes").unwrap().clone();
+        assert_eq!(map_entries(log_attributes.as_map(), 0), vec![("k".into(), "2".into())]);
     }
 
     #[test]

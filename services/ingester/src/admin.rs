@@ -1,0 +1,222 @@
+//! The ingester's admin plane: `Flush` waits for the producer, `Stats` reads counters, and
+//! `/metrics` exports the same counters.
+//!
+//! How the shared `StatsResponse` reads for the ingester (mode `"ingester"`):
+//! - `buffer_records` / `buffer_size_bytes`: records and encoded bytes handed to the producer
+//!   and not yet acknowledged (or failed) by Kafka;
+//! - `totals.records_received / accepted / rejected`: OTLP records received, answered OK, and
+//!   refused (too large alone, or in an export that failed: queue full, Kafka down, delivery
+//!   error);
+//! - `totals.records_committed` / `bytes_committed`: records and bytes Kafka acknowledged;
+//! - `totals.flushes`: Kafka messages acknowledged; `totals.flush_failures`: Kafka messages
+//!   whose delivery failed (the delivery errors); `totals.snapshots`: always 0;
+//! - `last_flush` / `time_since_last_flush_seconds`: the last `Flush` call (admin, signal or
+//!   shutdown), which waits until every queued record is delivered.
+//!
+//! The producer's queue depth (librdkafka's `in_flight_count`, in messages) has no field in
+//! `StatsResponse`; it is the `ingester_producer_queue_messages` gauge of `/metrics`.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use rdkafka::producer::Producer;
+use telemetry_lake_admin_proto::v1::{FlushResponse, LastFlush, StatsResponse, Totals};
+use telemetry_lake_common::{
+    admin::{AdminHandler, FlushTrigger},
+    health::Health,
+    otlp::ExportError,
+};
+
+use crate::producer::{self, BrokerState, Counters, IngestProducer};
+
+/// The last flush and when the last successful one ended.
+pub struct FlushState {
+    last: Mutex<LastFlush>,
+    last_success: Mutex<Instant>,
+    flushes: AtomicU64,
+}
+
+impl Default for FlushState {
+    fn default() -> Self {
+        Self {
+            last: Mutex::new(LastFlush { outcome: "none".into(), ..Default::default() }),
+            last_success: Mutex::new(Instant::now()),
+            flushes: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Flush and Stats for the ingester.
+pub struct IngesterAdmin {
+    pub producer: Arc<IngestProducer>,
+    pub counters: Arc<Counters>,
+    pub health: Health,
+    pub flush_timeout: Duration,
+    pub state: FlushState,
+}
+
+impl IngesterAdmin {
+    /// Waits until every record queued so far is acknowledged (or failed) by Kafka.
+    pub async fn flush_producer(&self, trigger: FlushTrigger) -> Result<FlushResponse, ExportError> {
+        let started = Instant::now();
+        let records = self.counters.records_in_flight.load(Ordering::Relaxed);
+        let bytes = self.counters.bytes_in_flight.load(Ordering::Relaxed);
+        let result = producer::flush(self.producer.clone(), self.flush_timeout).await;
+        let duration = started.elapsed().as_secs_f64();
+        let finished = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let mut last = LastFlush {
+            outcome: "ok".into(),
+            records,
+            bytes,
+            duration_seconds: duration,
+            finished_at_unix_seconds: finished,
+            trigger: trigger.as_str().into(),
+            ..Default::default()
+        };
+        let answer = match result {
+            Ok(()) => {
+                *self.state.last_success.lock().expect("flush state lock") = Instant::now();
+                self.state.flushes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(trigger = trigger.as_str(), records, duration, "producer flushed");
+                Ok(FlushResponse { records, bytes, duration_seconds: duration, ..Default::default() })
+            }
+            Err(error) => {
+                last.outcome = "failed".into();
+                last.error = format!("kafka did not acknowledge every queued record: {error}");
+                tracing::warn!(trigger = trigger.as_str(), error = %error, records, "producer flush failed");
+                Err(ExportError::Unavailable {
+                    message: last.error.clone(),
+                    retry_after: Duration::from_secs(5),
+                })
+            }
+        };
+        *self.state.last.lock().expect("flush state lock") = last;
+        answer
+    }
+}
+
+impl AdminHandler for IngesterAdmin {
+    async fn flush(&self, trigger: FlushTrigger) -> Result<FlushResponse, ExportError> {
+        self.flush_producer(trigger).await
+    }
+
+    async fn stats(&self) -> StatsResponse {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let c = &self.counters;
+        let since = *self.state.last_success.lock().expect("flush state lock");
+        StatsResponse {
+            mode: "ingester".into(),
+            buffer_records: get(&c.records_in_flight),
+            buffer_size_bytes: get(&c.bytes_in_flight),
+            time_since_last_flush_seconds: since.elapsed().as_secs_f64(),
+            last_flush: Some(self.state.last.lock().expect("flush state lock").clone()),
+            totals: Some(Totals {
+                records_received: get(&c.records_received),
+                records_accepted: get(&c.records_accepted),
+                records_rejected: get(&c.records_rejected),
+                records_committed: get(&c.records_delivered),
+                bytes_committed: get(&c.bytes_delivered),
+                flushes: get(&c.messages_delivered),
+                flush_failures: get(&c.delivery_errors),
+                snapshots: 0,
+            }),
+            serving: self.health.is_serving(),
+        }
+    }
+}
+
+/// The ingester's `/metrics`, read from [`Counters`] and the producer at scrape time.
+struct IngesterCollector {
+    producer: Arc<IngestProducer>,
+    counters: Arc<Counters>,
+    broker: Arc<BrokerState>,
+}
+
+impl std::fmt::Debug for IngesterCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngesterCollector").field("counters", &self.counters).finish_non_exhaustive()
+    }
+}
+
+impl Collector for IngesterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let counters: [(&str, &str, u64); 6] = [
+            (
+                "ingester_kafka_records_delivered",
+                "Log records acknowledged by Kafka",
+                get(&c.records_delivered),
+            ),
+            (
+                "ingester_kafka_bytes_delivered",
+                "Encoded bytes acknowledged by Kafka",
+                get(&c.bytes_delivered),
+            ),
+            ("ingester_kafka_messages_delivered", "Kafka messages acknowledged", get(&c.messages_delivered)),
+            (
+                "ingester_kafka_delivery_errors",
+                "Kafka messages whose delivery failed",
+                get(&c.delivery_errors),
+            ),
+            (
+                "ingester_producer_queue_full",
+                "Exports refused because the producer queue was full",
+                get(&c.queue_full),
+            ),
+            ("ingester_records_rejected", "Log records refused by the ingester", get(&c.records_rejected)),
+        ];
+        for (name, help, value) in counters {
+            let metric = ConstCounter::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        let gauges: [(&str, &str, i64); 4] = [
+            (
+                "ingester_records_in_flight",
+                "Log records handed to the producer, not yet acknowledged",
+                get(&c.records_in_flight) as i64,
+            ),
+            (
+                "ingester_bytes_in_flight",
+                "Encoded bytes handed to the producer, not yet acknowledged",
+                get(&c.bytes_in_flight) as i64,
+            ),
+            (
+                "ingester_producer_queue_messages",
+                "Messages in librdkafka's queue (in_flight_count)",
+                i64::from(self.producer.in_flight_count()),
+            ),
+            (
+                "ingester_kafka_ready",
+                "1 when the topic exists and a broker answers",
+                i64::from(self.broker.ready.load(Ordering::Relaxed)),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let metric = ConstGauge::new(value);
+            metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Registers the ingester's metrics in `registry`.
+pub fn register_metrics(
+    registry: &mut Registry,
+    producer: Arc<IngestProducer>,
+    counters: Arc<Counters>,
+    broker: Arc<BrokerState>,
+) {
+    registry.register_collector(Box::new(IngesterCollector { producer, counters, broker }));
+}

@@ -1,0 +1,120 @@
+//! The ingester: OTLP logs in over gRPC and HTTP, out to the Kafka topic (`kafka.topic`).
+//!
+//! ```text
+//!  OTLP gRPC :4317 / HTTP :4318 --> producer::KafkaExporter --split.rs--> librdkafka --> topic
+//!                                         ^ answered after acks=all delivery of every batch
+//!  broker::watch: create topic, probe metadata every 2 s --> health SERVING / NOT_SERVING
+//!  admin: Flush = producer flush, Stats = counters (admin.rs), SIGUSR1 = flush
+//! ```
+//!
+//! Records are keyed by `service.name` and carry an encoded `ExportLogsServiceRequest` (the
+//! OpenTelemetry Collector's `otlp_proto` Kafka encoding) with headers `content-type:
+//! application/x-protobuf` and `telemetry-lake-schema: otlp-logs-v1`. An export is answered OK
+//! only once Kafka acknowledged all of it. Shutdown: health NOT_SERVING, stop accepting, drain
+//! the exports in flight (each waits for its deliveries), flush the producer, return.
+
+pub mod admin;
+pub mod broker;
+pub mod producer;
+pub mod split;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use rdkafka::ClientConfig;
+use telemetry_lake_common::{
+    admin::FlushTrigger,
+    config::Config,
+    health::Health,
+    server::{self, BoundAddrs, Service},
+};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    admin::{FlushState, IngesterAdmin},
+    producer::{BrokerState, Counters, IngestContext, IngestProducer, KafkaExporter},
+};
+
+/// Extra time a flush gets beyond `message.timeout.ms`, after which every queued record has
+/// been delivered or failed.
+const FLUSH_GRACE: Duration = Duration::from_secs(5);
+
+/// Checks what the ingester needs beyond [`Config::validate`]; the error names the key.
+pub fn check_config(config: &Config) -> Result<ClientConfig, String> {
+    if config.kafka.brokers.trim().is_empty() {
+        return Err("kafka.brokers is empty: the ingester needs at least one broker \
+                    (set [kafka] brokers or TELEMETRY_LAKE_KAFKA__BROKERS)"
+            .into());
+    }
+    producer::producer_config(&config.kafka.brokers, &config.kafka.producer).map_err(|e| e.to_string())
+}
+
+/// Runs the ingester until `shutdown`, then drains, flushes the producer and returns.
+/// `flush_signal` is notified on SIGUSR1.
+pub async fn run(
+    config: &Config,
+    shutdown: CancellationToken,
+    flush_signal: Arc<Notify>,
+    on_bound: impl FnOnce(BoundAddrs),
+) -> anyhow::Result<()> {
+    let client_config = check_config(config).map_err(anyhow::Error::msg)?;
+    let flush_timeout = producer::delivery_timeout(&client_config) + FLUSH_GRACE;
+    let counters = Arc::new(Counters::default());
+    let broker = Arc::new(BrokerState::default());
+    let producer: IngestProducer = client_config
+        .create_with_context(IngestContext { counters: counters.clone(), broker: broker.clone() })
+        .context("cannot create the kafka producer")?;
+    let producer = Arc::new(producer);
+
+    let health = Health::default();
+    health.set_serving(false, "waiting for kafka").await;
+    let mut registry = Registry::default();
+    admin::register_metrics(&mut registry, producer.clone(), counters.clone(), broker.clone());
+
+    let watcher = tokio::spawn(broker::watch(
+        config.kafka.clone(),
+        producer.clone(),
+        broker.clone(),
+        health.clone(),
+        shutdown.clone(),
+    ));
+    let exporter = Arc::new(KafkaExporter {
+        producer: producer.clone(),
+        topic: config.kafka.topic.clone(),
+        budget: producer::payload_budget(&config.kafka.producer),
+        counters: counters.clone(),
+        broker,
+    });
+    let admin = Arc::new(IngesterAdmin {
+        producer,
+        counters,
+        health: health.clone(),
+        flush_timeout,
+        state: FlushState::default(),
+    });
+    let signal_admin = admin.clone();
+    let signal_task = tokio::spawn(async move {
+        loop {
+            flush_signal.notified().await;
+            let _ = signal_admin.flush_producer(FlushTrigger::Signal).await;
+        }
+    });
+
+    let served = server::serve(
+        config,
+        Service { exporter, admin: admin.clone(), health, registry },
+        shutdown,
+        on_bound,
+    )
+    .await;
+    signal_task.abort();
+    let _ = watcher.await;
+
+    // Drained: every answered export is delivered; wait for what abandoned exports queued.
+    if let Err(err) = admin.flush_producer(FlushTrigger::Shutdown).await {
+        tracing::warn!(error = %err, "final producer flush incomplete; no acknowledged record is affected");
+    }
+    served
+}

@@ -1,0 +1,416 @@
+//! The Kafka side of the export path: OTLP requests in, acknowledged Kafka records out.
+//!
+//! ```text
+//!  export(request) --split.rs--> batches --send (non-blocking)--> librdkafka queue --> broker
+//!        ^                                                                              |
+//!        +---- oneshot per batch <---- IngestContext::delivery (acks=all) <-------------+
+//! ```
+//!
+//! Guarantee: [`KafkaExporter::export`] answers `Ok` only after every batch of the request was
+//! acknowledged by Kafka with `acks=all` from an idempotent producer (guarantee 1). The
+//! producer settings that guarantee rests on cannot be overridden by `[kafka.producer]`.
+//!
+//! Backpressure (guarantee 4): a full producer queue is `Overloaded` (gRPC
+//! `RESOURCE_EXHAUSTED` + `RetryInfo`, HTTP 429); no reachable broker, a missing topic or a
+//! delivery that failed or timed out (`message.timeout.ms`, 30 s unless configured) is
+//! `Unavailable` (gRPC `UNAVAILABLE` + `RetryInfo`, HTTP 503). While the broker watcher reports
+//! no broker, exports fail at once instead of queueing. A request that fails after some of its
+//! batches were delivered may be sent again by the client: Kafka then holds those records twice
+//! (at least once, never lost).
+//!
+//! Accounting happens in the delivery callback, not in the awaiting request, so a client that
+//! disconnects mid-export cannot leave records counted as in flight forever.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use rdkafka::{
+    ClientConfig, ClientContext,
+    config::RDKafkaLogLevel,
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{DeliveryResult, Header, OwnedHeaders},
+    producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer},
+};
+use telemetry_lake_common::otlp::{
+    ExportError, ExportLogsServiceRequest, ExportOutcome, LogsExporter, count_records,
+};
+use tokio::sync::{Notify, oneshot};
+
+use crate::split::{self, Split};
+
+/// `content-type` header of every record.
+pub const CONTENT_TYPE: &str = "application/x-protobuf";
+/// `telemetry-lake-schema` header of every record: what the value holds.
+pub const SCHEMA: &str = "otlp-logs-v1";
+/// librdkafka's own default `message.max.bytes`.
+const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
+/// Requests with more records than this are split off the async workers.
+const INLINE_SPLIT_RECORDS: u64 = 2_000;
+/// What a client is told to wait when Kafka is unreachable or the queue is full.
+const RETRY_UNAVAILABLE: Duration = Duration::from_secs(5);
+const RETRY_OVERLOADED: Duration = Duration::from_secs(1);
+
+/// Producer settings we choose unless `[kafka.producer]` says otherwise.
+const DEFAULTS: [(&str, &str); 7] = [
+    ("compression.type", "zstd"),
+    // A client must not wait longer than this for an answer when Kafka is down.
+    ("message.timeout.ms", "30000"),
+    ("linger.ms", "5"),
+    // Java clients' hashing, so other producers keyed by service land on the same partition.
+    ("partitioner", "murmur2_random"),
+    // Bounded memory: the queue, not the heap, absorbs a slow broker (guarantee 3).
+    ("queue.buffering.max.kbytes", "262144"),
+    ("queue.buffering.max.messages", "100000"),
+    ("client.id", "telemetry-lake-ingester"),
+];
+
+/// Settings guarantee 1 rests on: `[kafka.producer]` may repeat them but not change them.
+const REQUIRED: [(&str, &[&str]); 2] = [("enable.idempotence", &["true"]), ("acks", &["all", "-1"])];
+
+/// A `[kafka.producer]` value that would break a guarantee.
+#[derive(Debug, thiserror::Error)]
+#[error("kafka.producer.{key} = {value:?} is not allowed: the ingester needs {key} = {required}")]
+pub struct ProducerConfigError {
+    key: &'static str,
+    value: String,
+    required: &'static str,
+}
+
+/// librdkafka's producer configuration: our defaults, then `[kafka.producer]`, then the
+/// settings guarantee 1 needs.
+pub fn producer_config(
+    brokers: &str,
+    user: &BTreeMap<String, String>,
+) -> Result<ClientConfig, ProducerConfigError> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (key, value) in DEFAULTS {
+        config.set(key, value);
+    }
+    for (key, value) in user {
+        config.set(key, value);
+    }
+    for (key, allowed) in REQUIRED {
+        if let Some(value) = user.get(key)
+            && !allowed.contains(&value.trim().to_ascii_lowercase().as_str())
+        {
+            return Err(ProducerConfigError { key, value: value.clone(), required: allowed[0] });
+        }
+        config.set(key, allowed[0]);
+    }
+    config.set_log_level(RDKafkaLogLevel::Warning);
+    Ok(config)
+}
+
+/// The largest encoded request we put in one record: 90% of `message.max.bytes` (librdkafka's
+/// 1,000,000 unless `[kafka.producer]` sets it), leaving room for key, headers and framing.
+pub fn payload_budget(user: &BTreeMap<String, String>) -> usize {
+    let limit = user
+        .get("message.max.bytes")
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(LIBRDKAFKA_MESSAGE_MAX_BYTES);
+    limit - limit / 10
+}
+
+/// How long a delivery may take at most: `message.timeout.ms` as configured.
+pub fn delivery_timeout(config: &ClientConfig) -> Duration {
+    let ms = config.get("message.timeout.ms").and_then(|v| v.parse::<u64>().ok()).unwrap_or(300_000);
+    Duration::from_millis(ms)
+}
+
+/// Running totals of the Kafka side, read by `Stats` and `/metrics`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub records_received: AtomicU64,
+    /// Records whose export was answered OK.
+    pub records_accepted: AtomicU64,
+    /// Records refused: too large on their own, or in an export that failed.
+    pub records_rejected: AtomicU64,
+    /// Records and bytes handed to the producer and not yet acknowledged or failed.
+    pub records_in_flight: AtomicU64,
+    pub bytes_in_flight: AtomicU64,
+    /// Records and bytes Kafka acknowledged.
+    pub records_delivered: AtomicU64,
+    pub bytes_delivered: AtomicU64,
+    /// Kafka messages acknowledged, and those whose delivery failed.
+    pub messages_delivered: AtomicU64,
+    pub delivery_errors: AtomicU64,
+    /// Exports refused because the producer queue was full.
+    pub queue_full: AtomicU64,
+}
+
+/// Whether Kafka can take records now, as seen by the broker watcher and librdkafka.
+#[derive(Debug, Default)]
+pub struct BrokerState {
+    /// The topic exists and a broker answered the last metadata probe.
+    pub ready: AtomicBool,
+    /// Woken when librdkafka reports every broker down, so the watcher probes at once.
+    pub changed: Notify,
+}
+
+/// What the delivery callback needs to settle one batch.
+pub struct Pending {
+    records: u64,
+    bytes: u64,
+    reply: oneshot::Sender<Result<(), KafkaError>>,
+}
+
+/// The producer's librdkafka callbacks: deliveries settle batches, errors and logs go to
+/// tracing.
+pub struct IngestContext {
+    pub counters: Arc<Counters>,
+    pub broker: Arc<BrokerState>,
+}
+
+impl ClientContext for IngestContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(facility = fac, message, "librdkafka"),
+            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, message, "librdkafka"),
+            _ => tracing::debug!(facility = fac, message, "librdkafka"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.broker.ready.store(false, Ordering::Relaxed);
+            self.broker.changed.notify_one();
+        }
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ProducerContext for IngestContext {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        let Pending { records, bytes, reply } = *pending;
+        let c = &self.counters;
+        c.records_in_flight.fetch_sub(records, Ordering::Relaxed);
+        c.bytes_in_flight.fetch_sub(bytes, Ordering::Relaxed);
+        let outcome = match result {
+            Ok(_) => {
+                c.records_delivered.fetch_add(records, Ordering::Relaxed);
+                c.bytes_delivered.fetch_add(bytes, Ordering::Relaxed);
+                c.messages_delivered.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err((error, _)) => {
+                c.delivery_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %error, records, "kafka delivery failed");
+                Err(error.clone())
+            }
+        };
+        // The export may have been abandoned by its client; the counters above still hold.
+        let _ = reply.send(outcome);
+    }
+}
+
+pub type IngestProducer = ThreadedProducer<IngestContext>;
+
+/// OTLP logs to the Kafka topic: the ingester's [`LogsExporter`].
+pub struct KafkaExporter {
+    pub producer: Arc<IngestProducer>,
+    pub topic: String,
+    pub budget: usize,
+    pub counters: Arc<Counters>,
+    pub broker: Arc<BrokerState>,
+}
+
+fn headers() -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(2)
+        .insert(Header { key: "content-type", value: Some(CONTENT_TYPE) })
+        .insert(Header { key: "telemetry-lake-schema", value: Some(SCHEMA) })
+}
+
+/// What a failed `send` (the record never entered the queue) means for the client.
+fn enqueue_error(error: &KafkaError) -> ExportError {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::QueueFull) => ExportError::Overloaded {
+            message: "the kafka producer queue is full".into(),
+            retry_after: RETRY_OVERLOADED,
+        },
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => ExportError::Internal(format!(
+            "kafka refused a record as too large although it was split to the limit: {error}"
+        )),
+        _ => ExportError::Unavailable {
+            message: format!("kafka cannot take records now: {error}"),
+            retry_after: RETRY_UNAVAILABLE,
+        },
+    }
+}
+
+/// What a failed delivery (the record was queued but Kafka did not acknowledge it) means.
+fn delivery_error(error: &KafkaError) -> ExportError {
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageTimedOut) => ExportError::Unavailable {
+            message: "kafka did not acknowledge the records within message.timeout.ms".into(),
+            retry_after: RETRY_UNAVAILABLE,
+        },
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => ExportError::Internal(format!(
+            "the broker refused a record as too large: lower kafka.producer message.max.bytes to the \
+             broker's limit ({error})"
+        )),
+        _ => ExportError::Unavailable {
+            message: format!("kafka did not acknowledge the records: {error}"),
+            retry_after: RETRY_UNAVAILABLE,
+        },
+    }
+}
+
+impl KafkaExporter {
+    fn reject(&self, records: u64, error: ExportError) -> Result<ExportOutcome, ExportError> {
+        self.counters.records_rejected.fetch_add(records, Ordering::Relaxed);
+        Err(error)
+    }
+
+    /// Queues every batch; on the first that cannot be queued, returns the error and the
+    /// receivers of those already queued (they are still delivered).
+    fn enqueue(&self, split: Split) -> (Vec<oneshot::Receiver<Result<(), KafkaError>>>, Option<ExportError>) {
+        let mut receivers = Vec::with_capacity(split.batches.len());
+        for batch in split.batches {
+            let (reply, receiver) = oneshot::channel();
+            let bytes = batch.payload.len() as u64;
+            let pending = Box::new(Pending { records: batch.records, bytes, reply });
+            // Counted before sending: the delivery callback may run before `send` returns.
+            self.counters.records_in_flight.fetch_add(batch.records, Ordering::Relaxed);
+            self.counters.bytes_in_flight.fetch_add(bytes, Ordering::Relaxed);
+            let record = BaseRecord::with_opaque_to(&self.topic, pending)
+                .key(batch.key.as_str())
+                .payload(batch.payload.as_slice())
+                .headers(headers());
+            if let Err((error, _)) = self.producer.send(record) {
+                self.counters.records_in_flight.fetch_sub(batch.records, Ordering::Relaxed);
+                self.counters.bytes_in_flight.fetch_sub(bytes, Ordering::Relaxed);
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
+                    self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+                }
+                return (receivers, Some(enqueue_error(&error)));
+            }
+            receivers.push(receiver);
+        }
+        (receivers, None)
+    }
+}
+
+impl LogsExporter for KafkaExporter {
+    async fn export(&self, request: ExportLogsServiceRequest) -> Result<ExportOutcome, ExportError> {
+        let received = count_records(&request);
+        self.counters.records_received.fetch_add(received, Ordering::Relaxed);
+        if received == 0 {
+            return Ok(ExportOutcome::ok());
+        }
+        if !self.broker.ready.load(Ordering::Relaxed) {
+            return self.reject(
+                received,
+                ExportError::Unavailable {
+                    message: "no kafka broker is reachable".into(),
+                    retry_after: RETRY_UNAVAILABLE,
+                },
+            );
+        }
+        let budget = self.budget;
+        let split = if received > INLINE_SPLIT_RECORDS {
+            match tokio::task::spawn_blocking(move || split::split_request(request, budget)).await {
+                Ok(split) => split,
+                Err(err) => {
+                    return self
+                        .reject(received, ExportError::Internal(format!("request split failed: {err}")));
+                }
+            }
+        } else {
+            split::split_request(request, budget)
+        };
+        let (rejected, rejection) = (split.rejected, split.rejection.clone());
+        let (receivers, failed) = self.enqueue(split);
+        let mut first_error = failed;
+        for receiver in receivers {
+            let outcome = receiver.await.unwrap_or_else(|_| Err(KafkaError::Canceled));
+            if let Err(error) = outcome
+                && first_error.is_none()
+            {
+                first_error = Some(delivery_error(&error));
+            }
+        }
+        if let Some(error) = first_error {
+            return self.reject(received, error);
+        }
+        self.counters.records_accepted.fetch_add(received - rejected, Ordering::Relaxed);
+        self.counters.records_rejected.fetch_add(rejected, Ordering::Relaxed);
+        if rejected > 0 {
+            tracing::debug!(rejected, message = %rejection, "records too large for one kafka message");
+            return Ok(ExportOutcome::partial(rejected as i64, rejection));
+        }
+        Ok(ExportOutcome::ok())
+    }
+}
+
+/// Waits (off the async workers) until everything queued is delivered or `timeout` passes.
+pub async fn flush(producer: Arc<IngestProducer>, timeout: Duration) -> Result<(), KafkaError> {
+    tokio::task::spawn_blocking(move || producer.flush(timeout)).await.unwrap_or(Err(KafkaError::Canceled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn defaults_then_user_keys_then_guarantees() {
+        let config = producer_config("k:9092", &user(&[])).unwrap();
+        assert_eq!(config.get("bootstrap.servers"), Some("k:9092"));
+        assert_eq!(config.get("compression.type"), Some("zstd"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(delivery_timeout(&config), Duration::from_secs(30));
+
+        let config = producer_config(
+            "k:9092",
+            &user(&[("compression.type", "lz4"), ("message.timeout.ms", "5000"), ("acks", "-1")]),
+        )
+        .unwrap();
+        assert_eq!(config.get("compression.type"), Some("lz4"));
+        assert_eq!(delivery_timeout(&config), Duration::from_secs(5));
+        assert_eq!(config.get("acks"), Some("all"));
+    }
+
+    #[test]
+    fn guarantees_cannot_be_turned_off() {
+        let err = producer_config("k", &user(&[("acks", "1")])).unwrap_err().to_string();
+        assert!(err.contains("kafka.producer.acks"), "{err}");
+        let err = producer_config("k", &user(&[("enable.idempotence", "false")])).unwrap_err().to_string();
+        assert!(err.contains("enable.idempotence"), "{err}");
+    }
+
+    #[test]
+    fn budget_follows_message_max_bytes() {
+        assert_eq!(payload_budget(&user(&[])), 900_000);
+        assert_eq!(payload_budget(&user(&[("message.max.bytes", "100000")])), 90_000);
+    }
+
+    #[test]
+    fn errors_map_to_the_otlp_retry_table() {
+        let full = enqueue_error(&KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull));
+        assert_eq!(full.http_status().as_u16(), 429);
+        assert!(full.is_retryable());
+        let timeout = delivery_error(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut));
+        assert_eq!(timeout.http_status().as_u16(), 503);
+        assert!(timeout.is_retryable());
+        let down = delivery_error(&KafkaError::MessageProduction(RDKafkaErrorCode::AllBrokersDown));
+        assert_eq!(down.grpc_code(), tonic::Code::Unavailable);
+        let big = delivery_error(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge));
+        assert!(!big.is_retryable());
+    }
+}

@@ -1,0 +1,403 @@
+//! How an OTLP export request becomes Kafka records: pure functions, no broker.
+//!
+//! ```text
+//!  ExportLogsServiceRequest --group by service.name--> one group per key (first-seen order)
+//!       each group --pack under the size budget--> ExportLogsServiceRequest payloads (Batch)
+//! ```
+//!
+//! In: a decoded request and the largest value a Kafka record may carry. Out: [`Batch`]es, each
+//! an encoded `ExportLogsServiceRequest` (the OpenTelemetry Collector's `otlp_proto` Kafka
+//! encoding) whose resources all share one key, plus the records that could not be carried.
+//!
+//! Guarantees:
+//! - every log record of the request is in exactly one batch, or counted in
+//!   [`Split::rejected`]; a record is rejected only when it alone, wrapped in its resource and
+//!   scope, is larger than the budget;
+//! - a batch never encodes to more than the budget;
+//! - records keep their order within a key: batches of one key come out in request order, so
+//!   producing them in order onto one partition keeps a service's order;
+//! - a resource or scope too large for one batch is split along scope and then record
+//!   boundaries; each piece carries a full copy of its resource and scope (attributes, schema
+//!   URL), so every batch is a self-contained request;
+//! - resources and scopes without records are dropped (they carry no log to land).
+
+use std::collections::HashMap;
+
+use opentelemetry_proto::tonic::{
+    collector::logs::v1::ExportLogsServiceRequest,
+    common::v1::any_value,
+    logs::v1::{ResourceLogs, ScopeLogs},
+};
+use prost::{Message, encoding::encoded_len_varint};
+
+/// The key of resources without a `service.name`: the value OpenTelemetry SDKs report for an
+/// unnamed service, so they still share one partition and keep their order.
+pub const UNKNOWN_SERVICE: &str = "unknown_service";
+
+/// One Kafka record to produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The resources' `service.name`.
+    pub key: String,
+    /// An encoded `ExportLogsServiceRequest`.
+    pub payload: Vec<u8>,
+    /// Log records in `payload`.
+    pub records: u64,
+}
+
+/// The result of [`split_request`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Split {
+    pub batches: Vec<Batch>,
+    /// Records dropped because each alone is larger than the budget.
+    pub rejected: u64,
+    /// Why they were dropped (empty when none were).
+    pub rejection: String,
+}
+
+/// The Kafka key of a resource: its `service.name` string value.
+pub fn resource_key(resource: &ResourceLogs) -> String {
+    resource
+        .resource
+        .as_ref()
+        .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+        .and_then(|kv| kv.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(any_value::Value::StringValue(s)) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| UNKNOWN_SERVICE.to_owned())
+}
+
+/// Bytes a nested message of `len` bytes takes in its parent: a one-byte tag (every repeated
+/// field used here has a field number below 16), the length varint and the body.
+fn field_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+/// The most a length varint can add on top of the tag (bodies stay below 32 GiB).
+const NESTING_OVERHEAD: usize = 1 + 5;
+
+/// Splits `request` into batches of at most `budget` encoded bytes, grouped by key.
+pub fn split_request(request: ExportLogsServiceRequest, budget: usize) -> Split {
+    let mut order: Vec<(String, Vec<ResourceLogs>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for resource in request.resource_logs {
+        let key = resource_key(&resource);
+        let slot = *index.entry(key.clone()).or_insert_with(|| {
+            order.push((key, Vec::new()));
+            order.len() - 1
+        });
+        order[slot].1.push(resource);
+    }
+
+    let mut split = Split::default();
+    let mut too_large: Option<usize> = None;
+    for (key, resources) in order {
+        let mut pieces = Vec::new();
+        for resource in resources {
+            let (fitting, rejected, largest) = fit_resource(resource, budget);
+            pieces.extend(fitting);
+            split.rejected += rejected;
+            too_large = too_large.max(largest);
+        }
+        for group in pack(pieces, budget, |r| field_len(r.encoded_len())) {
+            let request = ExportLogsServiceRequest { resource_logs: group };
+            let records = count(&request);
+            split.batches.push(Batch { key: key.clone(), payload: request.encode_to_vec(), records });
+        }
+    }
+    if let Some(largest) = too_large {
+        split.rejection = format!(
+            "{} log record(s) dropped: each is larger than the kafka message limit of {budget} bytes \
+             (largest {largest} bytes with its resource and scope)",
+            split.rejected
+        );
+    }
+    split
+}
+
+fn count(request: &ExportLogsServiceRequest) -> u64 {
+    request.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len() as u64).sum()
+}
+
+/// Groups `items` in order into runs whose summed `len` stays within `budget`; an item larger
+/// than `budget` gets a run of its own (callers only pass items that fit).
+fn pack<T>(items: Vec<T>, budget: usize, len: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut runs = Vec::new();
+    let mut run = Vec::new();
+    let mut used = 0;
+    for item in items {
+        let n = len(&item);
+        if !run.is_empty() && used + n > budget {
+            runs.push(std::mem::take(&mut run));
+            used = 0;
+        }
+        used += n;
+        run.push(item);
+    }
+    if !run.is_empty() {
+        runs.push(run);
+    }
+    runs
+}
+
+/// Pieces of `resource` that each fit `budget` as a field of the request, the records
+/// rejected and the size of the largest rejected one.
+fn fit_resource(mut resource: ResourceLogs, budget: usize) -> (Vec<ResourceLogs>, u64, Option<usize>) {
+    resource.scope_logs.retain(|s| !s.log_records.is_empty());
+    if resource.scope_logs.is_empty() {
+        return (Vec::new(), 0, None);
+    }
+    if field_len(resource.encoded_len()) <= budget {
+        return (vec![resource], 0, None);
+    }
+    let scopes = std::mem::take(&mut resource.scope_logs);
+    let shell_len = resource.encoded_len();
+    let inner = budget.saturating_sub(shell_len + NESTING_OVERHEAD);
+    let (mut fitting, mut rejected, mut largest) = (Vec::new(), 0, None);
+    for scope in scopes {
+        if field_len(scope.encoded_len()) <= inner {
+            fitting.push(scope);
+            continue;
+        }
+        let (pieces, dropped, big) = fit_scope(scope, inner, shell_len);
+        fitting.extend(pieces);
+        rejected += dropped;
+        largest = largest.max(big);
+    }
+    let pieces = pack(fitting, inner, |s| field_len(s.encoded_len()))
+        .into_iter()
+        .map(|scope_logs| ResourceLogs { scope_logs, ..resource.clone() })
+        .collect();
+    (pieces, rejected, largest)
+}
+
+/// Pieces of `scope` that each fit `budget` as a field of its resource; `outer` is what the
+/// resource around it adds, for the size reported for a rejected record.
+fn fit_scope(mut scope: ScopeLogs, budget: usize, outer: usize) -> (Vec<ScopeLogs>, u64, Option<usize>) {
+    let records = std::mem::take(&mut scope.log_records);
+    let shell_len = scope.encoded_len();
+    let inner = budget.saturating_sub(shell_len + NESTING_OVERHEAD);
+    let (mut fitting, mut rejected, mut largest) = (Vec::with_capacity(records.len()), 0, None);
+    for record in records {
+        let len = field_len(record.encoded_len());
+        if len <= inner {
+            fitting.push(record);
+        } else {
+            rejected += 1;
+            largest = largest.max(Some(len + shell_len + outer + 2 * NESTING_OVERHEAD));
+        }
+    }
+    let pieces = pack(fitting, inner, |r| field_len(r.encoded_len()))
+        .into_iter()
+        .map(|log_records| ScopeLogs { log_records, ..scope.clone() })
+        .collect();
+    (pieces, rejected, largest)
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::{
+        common::v1::{AnyValue, InstrumentationScope, KeyValue},
+        logs::v1::LogRecord,
+        resource::v1::Resource,
+    };
+
+    use super::*;
+
+    fn string(s: &str) -> Option<AnyValue> {
+        Some(AnyValue { value: Some(any_value::Value::StringValue(s.into())) })
+    }
+
+    fn record(body: &str) -> LogRecord {
+        LogRecord { time_unix_nano: 1, body: string(body), ..Default::default() }
+    }
+
+    fn resource(service: Option<&str>, scopes: Vec<(&str, Vec<LogRecord>)>) -> ResourceLogs {
+        let attributes = service
+            .map(|s| vec![KeyValue { key: "service.name".into(), value: string(s) }])
+            .unwrap_or_default();
+        ResourceLogs {
+            resource: Some(Resource { attributes, ..Default::default() }),
+            scope_logs: scopes
+                .into_iter()
+                .map(|(name, log_records)| ScopeLogs {
+                    scope: Some(InstrumentationScope { name: name.into(), ..Default::default() }),
+                    log_records,
+                    schema_url: "https://opentelemetry.io/schemas/1.30.0".into(),
+                })
+                .collect(),
+            schema_url: "https://opentelemetry.io/schemas/1.30.0".into(),
+        }
+    }
+
+    fn bodies(records: &[LogRecord]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => s.clone(),
+                other => panic!("unexpected body {other:?}"),
+            })
+            .collect()
+    }
+
+    /// (key, scope name, body) of every record in the batches, in batch order.
+    fn flatten(split: &Split) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        for batch in &split.batches {
+            let request = ExportLogsServiceRequest::decode(batch.payload.as_slice()).expect("valid protobuf");
+            assert_eq!(count(&request), batch.records);
+            for r in &request.resource_logs {
+                assert_eq!(resource_key(r), batch.key, "every resource of a batch has its key");
+                for s in &r.scope_logs {
+                    let scope = s.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+                    for body in bodies(&s.log_records) {
+                        out.push((batch.key.clone(), scope.clone(), body));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn lines(prefix: &str, n: usize, width: usize) -> Vec<LogRecord> {
+        (0..n).map(|i| record(&format!("{prefix}-{i:05}-{}", "x".repeat(width)))).collect()
+    }
+
+    #[test]
+    fn keys_come_from_service_name_with_a_fallback() {
+        assert_eq!(resource_key(&resource(Some("checkout"), vec![])), "checkout");
+        assert_eq!(resource_key(&resource(None, vec![])), UNKNOWN_SERVICE);
+        assert_eq!(resource_key(&resource(Some(""), vec![])), UNKNOWN_SERVICE);
+        assert_eq!(resource_key(&ResourceLogs::default()), UNKNOWN_SERVICE);
+    }
+
+    #[test]
+    fn small_request_is_one_batch_per_service_in_first_seen_order() {
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![
+                resource(Some("b"), vec![("s", lines("b1", 2, 4))]),
+                resource(Some("a"), vec![("s", lines("a1", 1, 4))]),
+                resource(Some("b"), vec![("t", lines("b2", 3, 4))]),
+            ],
+        };
+        let split = split_request(request, 900_000);
+        assert_eq!(split.rejected, 0);
+        assert!(split.rejection.is_empty());
+        let keys: Vec<_> = split.batches.iter().map(|b| (b.key.as_str(), b.records)).collect();
+        assert_eq!(keys, [("b", 5), ("a", 1)]);
+        let b = ExportLogsServiceRequest::decode(split.batches[0].payload.as_slice()).unwrap();
+        assert_eq!(b.resource_logs.len(), 2, "both resources of service b share one record");
+    }
+
+    #[test]
+    fn unsplit_payload_is_byte_identical_to_the_request() {
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![resource(Some("svc"), vec![("s", lines("r", 10, 10))])],
+        };
+        let encoded = request.encode_to_vec();
+        let split = split_request(request, 900_000);
+        assert_eq!(split.batches.len(), 1);
+        assert_eq!(split.batches[0].payload, encoded);
+    }
+
+    #[test]
+    fn large_request_splits_along_records_and_keeps_order() {
+        let budget = 10_000;
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![
+                resource(Some("big"), vec![("s1", lines("one", 300, 50)), ("s2", lines("two", 200, 50))]),
+                resource(Some("small"), vec![("s", lines("small", 3, 5))]),
+            ],
+        };
+        let expected: Vec<_> = ["one", "two"]
+            .iter()
+            .zip([300, 200])
+            .flat_map(|(p, n)| (0..n).map(move |i| format!("{p}-{i:05}-{}", "x".repeat(50))))
+            .collect();
+        let split = split_request(request, budget);
+        assert_eq!(split.rejected, 0);
+        assert!(split.batches.len() > 5, "{} batches", split.batches.len());
+        for batch in &split.batches {
+            assert!(batch.payload.len() <= budget, "batch of {} bytes", batch.payload.len());
+        }
+        let flat = flatten(&split);
+        let big: Vec<_> = flat.iter().filter(|(k, ..)| k == "big").map(|(_, _, b)| b.clone()).collect();
+        assert_eq!(big, expected, "every record once, in order");
+        assert_eq!(flat.iter().filter(|(k, ..)| k == "small").count(), 3);
+        // Each piece carries its scope.
+        assert!(flat.iter().filter(|(_, s, b)| b.starts_with("two") && s != "s2").count() == 0);
+    }
+
+    #[test]
+    fn every_piece_keeps_resource_and_scope() {
+        let split = split_request(
+            ExportLogsServiceRequest {
+                resource_logs: vec![resource(Some("svc"), vec![("scope", lines("r", 100, 100))])],
+            },
+            2_000,
+        );
+        assert!(split.batches.len() > 1);
+        for batch in &split.batches {
+            let request = ExportLogsServiceRequest::decode(batch.payload.as_slice()).unwrap();
+            for r in &request.resource_logs {
+                assert_eq!(r.schema_url, "https://opentelemetry.io/schemas/1.30.0");
+                for s in &r.scope_logs {
+                    assert_eq!(s.scope.as_ref().unwrap().name, "scope");
+                    assert_eq!(s.schema_url, "https://opentelemetry.io/schemas/1.30.0");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_single_record_is_rejected_alone() {
+        let mut records = lines("ok", 3, 10);
+        records.insert(1, record(&"y".repeat(5_000)));
+        let split = split_request(
+            ExportLogsServiceRequest { resource_logs: vec![resource(Some("svc"), vec![("s", records)])] },
+            1_000,
+        );
+        assert_eq!(split.rejected, 1);
+        assert!(split.rejection.contains("1 log record(s) dropped"), "{}", split.rejection);
+        assert!(split.rejection.contains("1000 bytes"), "{}", split.rejection);
+        let kept: Vec<_> = flatten(&split).into_iter().map(|(.., b)| b).collect();
+        assert_eq!(kept.len(), 3);
+        assert!(kept.iter().all(|b| b.starts_with("ok-")));
+    }
+
+    #[test]
+    fn empty_resources_and_scopes_are_dropped() {
+        let split = split_request(
+            ExportLogsServiceRequest {
+                resource_logs: vec![
+                    resource(Some("empty"), vec![("s", vec![])]),
+                    resource(Some("svc"), vec![("none", vec![]), ("some", lines("r", 1, 1))]),
+                ],
+            },
+            900_000,
+        );
+        assert_eq!(split.batches.len(), 1);
+        let request = ExportLogsServiceRequest::decode(split.batches[0].payload.as_slice()).unwrap();
+        assert_eq!(request.resource_logs[0].scope_logs.len(), 1);
+        assert!(split_request(ExportLogsServiceRequest::default(), 10).batches.is_empty());
+    }
+
+    #[test]
+    fn budget_is_tight_not_wasteful() {
+        // Records of ~100 bytes in a 10 kB budget: batches should be mostly full.
+        let split = split_request(
+            ExportLogsServiceRequest {
+                resource_logs: vec![resource(Some("svc"), vec![("s", lines("r", 1_000, 80))])],
+            },
+            10_000,
+        );
+        let total: usize = split.batches.iter().map(|b| b.payload.len()).sum();
+        assert!(
+            split.batches.len() <= total / 9_000 + 1,
+            "{} batches for {total} bytes",
+            split.batches.len()
+        );
+    }
+}
