@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
+    kafka::{self, KafkaSource, OffsetFence},
     lake::{Lake, LakeError},
     metrics::AppenderMetrics,
     staging::{self, Sealed, Staging, StagingError, Threshold},
@@ -61,7 +62,17 @@ impl Default for FlushState {
     }
 }
 
+/// What one sealed set added to the table.
+#[derive(Debug, Default)]
+struct Committed {
+    snapshot_id: i64,
+    data_files: u32,
+    records: u64,
+}
+
 pub struct Committer {
+    /// The Kafka source in Kafka mode: its offsets fence each commit and go into its summary.
+    pub kafka: Option<Arc<KafkaSource>>,
     pub staging: Staging,
     pub lake: Arc<Lake>,
     pub health: Health,
@@ -190,13 +201,13 @@ impl Committer {
         let mut done = FlushResponse::default();
         for _ in 0..2 {
             let Some((sealed, reader)) = self.staging.seal().await? else { break };
-            let snapshot = self.commit_sealed(&sealed, reader).await?;
+            let committed = self.commit_sealed(&sealed, reader).await?;
             self.staging.release(sealed.seal_id).await?;
-            done.records += sealed.records;
+            done.records += committed.records;
             done.bytes += sealed.bytes;
-            if let Some((snapshot_id, data_files)) = snapshot {
-                done.snapshot_id = snapshot_id;
-                done.data_files += data_files;
+            done.data_files += committed.data_files;
+            if committed.snapshot_id != 0 {
+                done.snapshot_id = committed.snapshot_id;
             }
             if !sealed.resumed {
                 break;
@@ -205,12 +216,13 @@ impl Committer {
         Ok(done)
     }
 
-    /// Commits one sealed set unless it is already in the lake; returns (snapshot id, files).
+    /// Commits one sealed set unless it is already in the lake. In Kafka mode only the rows past
+    /// the table's offsets are committed, with their next offsets in the snapshot summary.
     async fn commit_sealed(
         &self,
         sealed: &Sealed,
         reader: duckdb::Connection,
-    ) -> Result<Option<(i64, u32)>, FlushError> {
+    ) -> Result<Committed, FlushError> {
         if sealed.resumed
             && let Some(snapshot_id) = self.find_committed(sealed).await?
         {
@@ -219,28 +231,69 @@ impl Committer {
                 snapshot_id,
                 "sealed rows were already committed, releasing them"
             );
-            return Ok(Some((snapshot_id, 0)));
+            return Ok(Committed { snapshot_id, data_files: 0, records: sealed.records });
         }
+        let fence = match &self.kafka {
+            Some(source) => OffsetFence(kafka::table_offsets(&self.lake, &source.topic).await?),
+            None => OffsetFence::default(),
+        };
+        let condition = fence.sql_condition();
+        let (summary_tx, summary_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel(2);
-        let expected = sealed.records;
         std::thread::Builder::new()
             .name("staging-reader".into())
             .spawn(move || {
-                let read = staging::read_sealed(&reader, |batch| tx.blocking_send(Ok(batch)).is_ok());
+                let expected = match staging::summarize_sealed(&reader, &condition) {
+                    Ok(summary) => {
+                        let records = summary.records;
+                        let _ = summary_tx.send(Ok(summary));
+                        records
+                    }
+                    Err(e) => {
+                        let _ = summary_tx.send(Err(e));
+                        return;
+                    }
+                };
+                if expected == 0 {
+                    return;
+                }
+                let read =
+                    staging::read_sealed(&reader, &condition, |batch| tx.blocking_send(Ok(batch)).is_ok());
                 let problem = match read {
                     Ok(rows) if rows == expected => return,
-                    Ok(rows) => format!("read {rows} sealed rows where {expected} were staged"),
+                    Ok(rows) => format!("read {rows} sealed rows where {expected} were counted"),
                     Err(e) => e,
                 };
                 let _ = tx.blocking_send(Err(LakeError::staging(problem)));
             })
             .map_err(|e| LakeError::staging(format!("cannot start the staging reader: {e}")))?;
-        let properties = HashMap::from([
+        let summary = summary_rx
+            .await
+            .map_err(|_| LakeError::staging("the staging reader stopped before counting"))?
+            .map_err(LakeError::staging)?;
+        if summary.records == 0 {
+            tracing::info!(seal_id = sealed.seal_id, "every sealed row is already in the table");
+            return Ok(Committed::default());
+        }
+        let mut properties = HashMap::from([
             (WRITER_ID_PROPERTY.to_string(), sealed.writer_id.clone()),
             (SEAL_ID_PROPERTY.to_string(), sealed.seal_id.to_string()),
         ]);
+        if let Some(source) = &self.kafka {
+            properties.insert(kafka::TOPIC_PROPERTY.into(), source.topic.clone());
+            properties.insert(kafka::OFFSETS_PROPERTY.into(), kafka::encode_offsets(&summary.next_offsets));
+        }
         let info = self.lake.append(ReceiverStream::new(rx), properties).await?;
-        Ok(info.map(|i| (i.snapshot_id, i.data_files)))
+        if let Some(source) = &self.kafka {
+            let mut table = fence.0;
+            table.extend(summary.next_offsets);
+            source.commit_to_kafka(&table);
+        }
+        Ok(info.map_or_else(Committed::default, |i| Committed {
+            snapshot_id: i.snapshot_id,
+            data_files: i.data_files,
+            records: summary.records,
+        }))
     }
 
     async fn find_committed(&self, sealed: &Sealed) -> Result<Option<i64>, LakeError> {

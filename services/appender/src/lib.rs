@@ -1,8 +1,9 @@
-//! The appender: OTLP logs (embedded mode) staged in DuckDB and appended to an Iceberg table.
+//! The appender: OTLP logs (embedded mode) or the Kafka topic (Kafka mode), staged in DuckDB and
+//! appended to an Iceberg table.
 //!
 //! ```text
 //!  OTLP gRPC/HTTP --> service::EmbeddedExporter --rows--> staging (DuckDB file, group commit)
-//!                                                              | sealed sets
+//!  Kafka topic ----> kafka::KafkaSource ---------rows-->     | sealed sets
 //!  interval / thresholds / Flush / SIGUSR1 / shutdown --> committer --> lake (one snapshot each)
 //! ```
 //!
@@ -10,6 +11,7 @@
 //! staging file only after the Iceberg commit that holds it.
 
 pub mod committer;
+pub mod kafka;
 pub mod lake;
 pub mod metrics;
 pub mod rows;
@@ -31,15 +33,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     committer::{Committer, FlushRequest, FlushState},
+    kafka::KafkaSource,
     lake::Lake,
     metrics::AppenderMetrics,
     service::{AppenderAdmin, EmbeddedExporter, ExportTotals},
     staging::Staging,
 };
 
-/// Runs the embedded appender until `shutdown`, then drains, flushes and returns.
-/// `flush_signal` is notified on SIGUSR1.
-pub async fn run_embedded(
+/// Runs the appender until `shutdown`, then drains, flushes and returns: embedded when
+/// `kafka.brokers` is empty, else consuming the topic. `flush_signal` is notified on SIGUSR1.
+pub async fn run(
     config: &Config,
     shutdown: CancellationToken,
     flush_signal: Arc<Notify>,
@@ -59,8 +62,19 @@ pub async fn run_embedded(
     let flush_state = Arc::new(FlushState::default());
     let totals = Arc::new(ExportTotals::default());
 
+    let consumer_stop = CancellationToken::new();
+    let kafka = if config.embedded() {
+        None
+    } else {
+        let source = KafkaSource::start(&config.kafka, staging.clone(), lake.clone(), consumer_stop.clone())
+            .await
+            .context("cannot start the kafka consumer")?;
+        Some(Arc::new(source))
+    };
+
     let (flush_tx, flush_rx) = mpsc::channel::<FlushRequest>(64);
     let committer = Committer {
+        kafka: kafka.clone(),
         staging: staging.clone(),
         lake,
         health: health.clone(),
@@ -90,7 +104,7 @@ pub async fn run_embedded(
         metrics: metrics.clone(),
     });
     let admin = Arc::new(AppenderAdmin {
-        mode: "embedded",
+        mode: if kafka.is_some() { "kafka" } else { "embedded" },
         staging: staging.clone(),
         flushes: flush_tx.clone(),
         flush_state,
@@ -101,6 +115,11 @@ pub async fn run_embedded(
     let served =
         server::serve(config, Service { exporter, admin, health, registry }, shutdown, on_bound).await;
     signal_task.abort();
+    consumer_stop.cancel();
+    if let Some(source) = &kafka {
+        let source = source.clone();
+        tokio::task::spawn_blocking(move || source.join()).await?;
+    }
 
     // Drained: commit what is staged before exiting.
     let (reply, answer) = oneshot::channel();

@@ -26,13 +26,6 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(&config.log);
-    if !config.embedded() {
-        tracing::error!(
-            brokers = %config.kafka.brokers,
-            "kafka mode is not built yet: unset kafka.brokers to run the embedded lake"
-        );
-        return ExitCode::from(2);
-    }
     let flush_signal = Arc::new(Notify::new());
     let notify = flush_signal.clone();
     let shutdown = match shutdown::listen(move || notify.notify_one()) {
@@ -42,7 +35,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match telemetry_lake_appender::run_embedded(&config, shutdown, flush_signal, |_| {}).await {
+    match telemetry_lake_appender::run(&config, shutdown, flush_signal, |_| {}).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "appender stopped");

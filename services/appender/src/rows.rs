@@ -30,7 +30,7 @@ pub struct KafkaPosition {
 }
 
 /// The rows of one request.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Rows {
     pub batch: RecordBatch,
     /// Approximate bytes the rows take: what `flush.max_bytes` and `staging.max_bytes` count.

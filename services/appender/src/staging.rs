@@ -84,6 +84,7 @@ enum Command {
     Append { rows: Rows, reply: oneshot::Sender<Result<(), StagingError>> },
     Seal { reply: oneshot::Sender<Result<Option<(Sealed, Connection)>, StagingError>> },
     Release { seal_id: i64, reply: oneshot::Sender<Result<(), StagingError>> },
+    DiscardUnsealed { partitions: Vec<i32>, reply: oneshot::Sender<Result<u64, StagingError>> },
 }
 
 /// Handle to the staging thread; cheap to clone.
@@ -135,6 +136,20 @@ impl Staging {
         answer.await.map_err(|_| StagingError::Stopped)?
     }
 
+    /// Drops the unsealed rows of these Kafka partitions (they will be read from Kafka again);
+    /// returns how many were dropped.
+    pub async fn discard_unsealed_partitions(&self, partitions: Vec<i32>) -> Result<u64, StagingError> {
+        if partitions.is_empty() {
+            return Ok(0);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(Command::DiscardUnsealed { partitions, reply })
+            .await
+            .map_err(|_| StagingError::Stopped)?;
+        answer.await.map_err(|_| StagingError::Stopped)?
+    }
+
     /// Drops a sealed set once it is in the lake.
     pub async fn release(&self, seal_id: i64) -> Result<(), StagingError> {
         let (reply, answer) = oneshot::channel();
@@ -143,10 +158,42 @@ impl Staging {
     }
 }
 
-/// Reads a sealed set in the order data files want, one DuckDB chunk at a time; blocking, so
-/// run it on its own thread. Panics inside DuckDB's iterator are turned into an error.
-pub fn read_sealed(conn: &Connection, mut each: impl FnMut(RecordBatch) -> bool) -> Result<u64, String> {
-    let sql = format!("SELECT * FROM {SEALED_ROWS} ORDER BY service_name, \"timestamp\"");
+/// What a sealed set holds past a condition: rows and, per Kafka partition, the next offset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealedSummary {
+    pub records: u64,
+    pub next_offsets: std::collections::BTreeMap<i32, i64>,
+}
+
+/// Counts the sealed rows that pass `condition` (SQL over the row's columns).
+pub fn summarize_sealed(conn: &Connection, condition: &str) -> Result<SealedSummary, String> {
+    let sql = format!(
+        "SELECT kafka_partition, max(kafka_offset) + 1, count(*) FROM {SEALED_ROWS} WHERE {condition} GROUP BY 1"
+    );
+    let mut stmt = conn.prepare(&sql).map_err(|e| format!("summarizing sealed rows: {e}"))?;
+    let mut rows = stmt.query([]).map_err(|e| format!("summarizing sealed rows: {e}"))?;
+    let mut summary = SealedSummary::default();
+    while let Some(row) = rows.next().map_err(|e| format!("summarizing sealed rows: {e}"))? {
+        let partition: Option<i32> = row.get(0).map_err(|e| e.to_string())?;
+        let next: Option<i64> = row.get(1).map_err(|e| e.to_string())?;
+        let count: i64 = row.get(2).map_err(|e| e.to_string())?;
+        summary.records += count as u64;
+        if let (Some(partition), Some(next)) = (partition, next) {
+            summary.next_offsets.insert(partition, next);
+        }
+    }
+    Ok(summary)
+}
+
+/// Reads the sealed rows that pass `condition` in the order data files want, one DuckDB chunk
+/// at a time; blocking, so run it on its own thread. Panics inside DuckDB's iterator are turned
+/// into an error.
+pub fn read_sealed(
+    conn: &Connection,
+    condition: &str,
+    mut each: impl FnMut(RecordBatch) -> bool,
+) -> Result<u64, String> {
+    let sql = format!("SELECT * FROM {SEALED_ROWS} WHERE {condition} ORDER BY service_name, \"timestamp\"");
     let run = std::panic::AssertUnwindSafe(|| -> Result<u64, String> {
         let mut stmt = conn.prepare(&sql).map_err(|e| format!("reading sealed rows: {e}"))?;
         let mut rows = 0u64;
@@ -281,6 +328,9 @@ impl StagingDb {
             Command::Release { seal_id, reply } => {
                 let _ = reply.send(self.release(seal_id));
             }
+            Command::DiscardUnsealed { partitions, reply } => {
+                let _ = reply.send(self.discard_unsealed(&partitions));
+            }
         }
     }
 
@@ -394,6 +444,41 @@ impl StagingDb {
         self.sealed = Some(sealed.clone());
         let reader = self.conn.try_clone().map_err(|e| self.err(e))?;
         Ok(Some((sealed, reader)))
+    }
+
+    fn discard_unsealed(&mut self, partitions: &[i32]) -> Result<u64, StagingError> {
+        let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
+        let records_before = self.counters.unsealed_records.load(Ordering::Relaxed);
+        let bytes_before = self.counters.unsealed_bytes.load(Ordering::Relaxed);
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| StagingError::DuckDb { path: self.path.clone(), source: e })?;
+        let path = self.path.clone();
+        let err = |source| StagingError::DuckDb { path: path.clone(), source };
+        let dropped = tx
+            .execute(&format!("DELETE FROM {STAGED_ROWS} WHERE kafka_partition IN ({})", list.join(", ")), [])
+            .map_err(err)? as u64;
+        // Bytes are not kept per row: the remaining rows keep their share.
+        let records_after = records_before.saturating_sub(dropped);
+        let bytes_after = if records_before == 0 {
+            0
+        } else {
+            (bytes_before as u128 * records_after as u128 / records_before as u128) as u64
+        };
+        tx.execute_batch(&format!(
+            "DELETE FROM staged_batches; INSERT INTO staged_batches VALUES ({records_after}, {bytes_after});"
+        ))
+        .map_err(err)?;
+        tx.commit().map_err(err)?;
+        self.counters.unsealed_records.store(records_after, Ordering::Relaxed);
+        self.counters.unsealed_bytes.store(bytes_after, Ordering::Relaxed);
+        self.counters.records.fetch_sub(records_before - records_after, Ordering::Relaxed);
+        self.counters.bytes.fetch_sub(bytes_before - bytes_after, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::info!(dropped, ?partitions, "dropped unsealed rows of reassigned partitions");
+        }
+        Ok(dropped)
     }
 
     fn release(&mut self, seal_id: i64) -> Result<(), StagingError> {

@@ -1,0 +1,186 @@
+"""The appender in Kafka mode on a real broker: OTLP -> ingester -> Kafka -> appender -> Iceberg.
+
+Exactly once rests on the table: each commit carries the next offset of every partition it
+covers, each commit drops staged rows below the offsets the table already holds, and every
+(re)assignment starts from the table's offsets. These tests kill, restart and double up the
+appender while records flow, then count every record id in the table.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import APPENDERS, MakeAppender
+from kafka_harness import Broker, Ingester
+from lake_harness import Appender, load_table, read_table, wait_until
+from otlp_client import LogSpec, loghub_records, send, table_mismatches
+
+SYSTEMS = ("Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "OpenStack", "Spark", "Zookeeper")
+OFFSETS_PROPERTY = "telemetry-lake.kafka.offsets"
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    node = Broker(tmp_path_factory.mktemp("kafka")).start_and_wait()
+    yield node
+    node.close()
+
+
+@pytest.fixture
+def topic(request: pytest.FixtureRequest) -> str:
+    return re.sub(r"[^a-zA-Z0-9]+", "-", request.node.name).strip("-")[:80]
+
+
+@pytest.fixture
+def ingester(request: pytest.FixtureRequest, tmp_path: Path, broker: Broker, topic: str) -> Iterator[Ingester]:
+    node = Ingester(tmp_path / "ingester", broker, topic)
+    request.node.stash.setdefault(APPENDERS, []).append(node)
+    node.start_and_wait(timeout=60)
+    yield node
+    node.close()
+
+
+def kafka_config(broker: Broker, topic: str, lake: Path, **flush: Any) -> dict[str, dict[str, Any]]:
+    """An appender consuming `topic`; every appender of a test shares the table under `lake`."""
+    return {
+        "kafka": {
+            "brokers": broker.bootstrap,
+            "topic": topic,
+            "group_id": f"{topic}-appenders",
+            "dead_letter_topic": f"{topic}-dlq",
+        },
+        "iceberg": {"catalog_uri": f"sqlite://{lake}/catalog.db", "warehouse": str(lake / "warehouse")},
+        "flush": {"interval": "1h", "max_records": 100_000_000, "max_bytes": "1GiB", **flush},
+    }
+
+
+def batches(total: int, size: int, tag: str) -> Iterator[list[LogSpec]]:
+    """`total` Loghub records in batches of `size`, cycling through the systems."""
+    sent = 0
+    i = 0
+    while sent < total:
+        n = min(size, total - sent)
+        yield loghub_records(SYSTEMS[i % len(SYSTEMS)], n, start=(sent // len(SYSTEMS)) % 1500, tag=f"{tag}-{i}")
+        sent += n
+        i += 1
+
+
+def drain(appender: Appender, expected: int, timeout: float = 120) -> None:
+    """Flushes until the table holds `expected` rows."""
+
+    def landed() -> bool:
+        appender.flush_http()
+        return len(read_table(appender)) >= expected
+
+    wait_until(landed, timeout=timeout, what=f"{expected} rows in the table", interval=1.0)
+
+
+def assert_exactly(appender: Appender, sent: list[LogSpec]) -> None:
+    table = read_table(appender)
+    problems = table_mismatches(table, sent, from_kafka=True)
+    assert not problems, "the table differs from what the ingester acknowledged:\n  " + "\n  ".join(problems)
+    rows = table.select(["kafka_partition", "kafka_offset"]).to_pylist()
+    assert all(r["kafka_partition"] is not None and r["kafka_offset"] is not None for r in rows)
+
+
+def snapshot_offsets(appender: Appender) -> list[dict[str, int]]:
+    return [
+        json.loads(s.summary[OFFSETS_PROPERTY])
+        for s in load_table(appender).snapshots()
+        if s.summary is not None and OFFSETS_PROPERTY in s.summary.additional_properties
+    ]
+
+
+def test_records_flow_from_the_ingester_into_the_table(
+    make_appender: MakeAppender, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
+) -> None:
+    appender = make_appender(kafka_config(broker, topic, tmp_path / "lake"))
+    assert appender.stats()["mode"] == "kafka"
+    sent: list[LogSpec] = []
+    for batch in batches(2_000, 250, "flow"):
+        send(ingester.ports, batch)
+        sent += batch
+    drain(appender, len(sent))
+    assert_exactly(appender, sent)
+    partitions = {r["kafka_partition"] for r in read_table(appender).select(["kafka_partition"]).to_pylist()}
+    assert len(partitions) > 1, f"all records came from one partition: {partitions}"
+    offsets = snapshot_offsets(appender)
+    assert offsets and set(map(int, offsets[-1])) <= set(range(4)), offsets
+
+
+def test_garbage_goes_to_the_dead_letter_topic_while_the_rest_flows(
+    make_appender: MakeAppender, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
+) -> None:
+    appender = make_appender(kafka_config(broker, topic, tmp_path / "lake"))
+    first = loghub_records("Spark", 100, tag="before-garbage")
+    send(ingester.ports, first)
+    broker.produce(topic, "Spark", b"\x0a\xff\xff\xff this is not protobuf")
+    second = loghub_records("Spark", 100, start=100, tag="after-garbage")
+    send(ingester.ports, second)
+    drain(appender, 200)
+    assert_exactly(appender, first + second)
+    wait_until(lambda: len(broker.records(f"{topic}-dlq")) == 1, timeout=30, what="one dead letter")
+    dead = broker.records(f"{topic}-dlq")[0]
+    assert dead.headers.get("telemetry-lake-error"), dead.headers
+
+
+def test_kill9_and_restarts_while_records_flow_commit_each_record_once(
+    make_appender: MakeAppender, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
+) -> None:
+    appender = make_appender(kafka_config(broker, topic, tmp_path / "lake", max_records=3_000))
+    sent: list[LogSpec] = []
+    done = threading.Event()
+
+    def produce() -> None:
+        try:
+            for batch in batches(30_000, 500, "kill"):
+                send(ingester.ports, batch)
+                sent.extend(batch)
+        finally:
+            done.set()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    for pause in (3.0, 2.0):
+        time.sleep(pause)
+        appender.kill9()
+        appender.start_and_wait()
+    # Once more during a commit: ask for a flush and kill while it runs.
+    threading.Thread(target=lambda: appender.http("POST", "/flush"), daemon=True).start()
+    time.sleep(0.05)
+    appender.kill9()
+    appender.start_and_wait()
+    producer.join(timeout=300)
+    assert done.is_set()
+    drain(appender, len(sent), timeout=180)
+    assert_exactly(appender, sent)
+    assert len(snapshot_offsets(appender)) >= 2
+
+
+def test_two_appenders_in_one_group_hand_over_without_doubles(
+    make_appender: MakeAppender, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
+) -> None:
+    config = kafka_config(broker, topic, tmp_path / "lake", interval="2s")
+    first = make_appender(config)
+    sent: list[LogSpec] = []
+    for batch in batches(6_000, 500, "first"):
+        send(ingester.ports, batch)
+        sent += batch
+    second = make_appender(config)
+    for batch in batches(6_000, 500, "both"):
+        send(ingester.ports, batch)
+        sent += batch
+    assert first.stop() == 0
+    for batch in batches(6_000, 500, "second"):
+        send(ingester.ports, batch)
+        sent += batch
+    drain(second, len(sent), timeout=180)
+    assert_exactly(second, sent)
