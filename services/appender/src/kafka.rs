@@ -39,6 +39,7 @@ use rdkafka::{
     producer::{FutureProducer, FutureRecord},
     types::RDKafkaRespErr,
 };
+use telemetry_lake_admin_proto::v1::PartitionStats;
 use telemetry_lake_common::config::KafkaConfig;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -118,6 +119,8 @@ pub struct SourceCounters {
     pub messages: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub assigned: Mutex<Vec<i32>>,
+    /// The table's next offsets as last seen (at assignment or after a commit).
+    pub table_offsets: Mutex<PartitionOffsets>,
 }
 
 struct LakeContext {
@@ -176,6 +179,7 @@ impl LakeContext {
         });
         match found {
             Ok(offsets) => {
+                self.counters.table_offsets.lock().expect("offsets lock").extend(offsets.clone());
                 for partition in partitions {
                     if let Some(next) = offsets.get(partition) {
                         let _ = tpl.set_partition_offset(&self.topic, *partition, Offset::Offset(*next));
@@ -284,6 +288,7 @@ impl KafkaSource {
 
     /// Tells Kafka how far the table got, for lag monitoring; failures only matter to monitoring.
     pub fn commit_to_kafka(&self, offsets: &PartitionOffsets) {
+        self.counters.table_offsets.lock().expect("offsets lock").extend(offsets.clone());
         let mut tpl = TopicPartitionList::new();
         let owned = self.counters.assigned.lock().expect("assignment lock").clone();
         for (partition, next) in offsets.iter().filter(|(p, _)| owned.contains(p)) {
@@ -294,6 +299,28 @@ impl KafkaSource {
         {
             tracing::debug!(error = %e, "kafka offset commit failed (lag monitoring only)");
         }
+    }
+}
+
+impl KafkaSource {
+    /// Per assigned partition: the table's next offset, the broker's end offset and the lag.
+    /// Asks the broker, so it blocks for up to a second per partition.
+    pub fn partition_stats(&self) -> Vec<PartitionStats> {
+        let assigned = self.counters.assigned.lock().expect("assignment lock").clone();
+        let table = self.counters.table_offsets.lock().expect("offsets lock").clone();
+        assigned
+            .into_iter()
+            .map(|partition| {
+                let committed = table.get(&partition).copied().unwrap_or(-1);
+                let high = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, partition, Duration::from_secs(1))
+                    .map(|(_, high)| high)
+                    .unwrap_or(-1);
+                let lag = if high < 0 { -1 } else { high - committed.max(0) };
+                PartitionStats { partition, committed_offset: committed, high_watermark: high, lag }
+            })
+            .collect()
     }
 }
 

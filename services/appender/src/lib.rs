@@ -105,6 +105,7 @@ pub async fn run(
     });
     let admin = Arc::new(AppenderAdmin {
         mode: if kafka.is_some() { "kafka" } else { "embedded" },
+        kafka: kafka.clone(),
         staging: staging.clone(),
         flushes: flush_tx.clone(),
         flush_state,

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     committer::{FlushRequest, FlushState},
+    kafka::KafkaSource,
     metrics::AppenderMetrics,
     rows,
     staging::{Staging, StagingError},
@@ -91,6 +92,7 @@ impl LogsExporter for EmbeddedExporter {
 /// Flush and Stats for the appender.
 pub struct AppenderAdmin {
     pub mode: &'static str,
+    pub kafka: Option<Arc<KafkaSource>>,
     pub staging: Staging,
     pub flushes: mpsc::Sender<FlushRequest>,
     pub flush_state: Arc<FlushState>,
@@ -115,6 +117,15 @@ impl AdminHandler for AppenderAdmin {
         let last_flush = self.flush_state.last_flush.lock().expect("flush state lock").clone();
         let since: Instant = *self.flush_state.last_success.lock().expect("flush state lock");
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (partitions, kafka_messages, dead_lettered) = match &self.kafka {
+            Some(source) => {
+                let asked = source.clone();
+                let partitions =
+                    tokio::task::spawn_blocking(move || asked.partition_stats()).await.unwrap_or_default();
+                (partitions, get(&source.counters.messages), get(&source.counters.dead_lettered))
+            }
+            None => (Vec::new(), 0, 0),
+        };
         StatsResponse {
             mode: self.mode.into(),
             buffer_records: get(&counters.records),
@@ -130,8 +141,11 @@ impl AdminHandler for AppenderAdmin {
                 flushes: self.metrics.flush_count(true),
                 flush_failures: self.metrics.flush_count(false),
                 snapshots: self.metrics.snapshots.get(),
+                kafka_messages,
+                dead_lettered,
             }),
             serving: self.health.is_serving(),
+            partitions,
         }
     }
 }
