@@ -233,11 +233,23 @@ impl Committer {
             );
             return Ok(Committed { snapshot_id, data_files: 0, records: sealed.records });
         }
-        let fence = match &self.kafka {
-            Some(source) => OffsetFence(kafka::table_offsets(&self.lake, &source.topic).await?),
-            None => OffsetFence::default(),
+        // Kafka rows: only this appender's partitions, past the table's offsets, and no
+        // revocation while they are committed.
+        let _gate = match &self.kafka {
+            Some(source) => Some(source.counters.commit_gate.lock().await),
+            None => None,
         };
-        let condition = fence.sql_condition();
+        let (fence, condition) = match &self.kafka {
+            Some(source) => {
+                let fence = OffsetFence {
+                    table: kafka::table_offsets(&self.lake, &source.topic).await?,
+                    owned: source.counters.assigned.lock().expect("assignment lock").clone(),
+                };
+                let condition = fence.sql_condition();
+                (Some(fence), condition)
+            }
+            None => (None, "TRUE".to_string()),
+        };
         let (summary_tx, summary_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel(2);
         std::thread::Builder::new()
@@ -284,8 +296,8 @@ impl Committer {
             properties.insert(kafka::OFFSETS_PROPERTY.into(), kafka::encode_offsets(&summary.next_offsets));
         }
         let info = self.lake.append(ReceiverStream::new(rx), properties).await?;
-        if let Some(source) = &self.kafka {
-            let mut table = fence.0;
+        if let (Some(source), Some(fence)) = (&self.kafka, fence) {
+            let mut table = fence.table;
             table.extend(summary.next_offsets);
             source.commit_to_kafka(&table);
         }

@@ -8,11 +8,18 @@
 //! ```
 //!
 //! Exactly once rests on the table, not on Kafka: every commit carries, in its snapshot summary,
-//! the next offset of each partition it covers ([`OFFSETS_PROPERTY`]), and before every commit
-//! the committer drops staged rows below the offsets the table already holds ([`OffsetFence`]).
-//! So rows consumed twice (a rebalance, a restart, two appenders briefly owning a partition)
-//! land once, whoever commits first. Kafka's own committed offsets are written after each
+//! the next offset of each partition it covers ([`OFFSETS_PROPERTY`]), and each commit takes
+//! only rows of partitions this appender owns now, past the offsets the table already holds
+//! ([`OffsetFence`]). A revocation waits for the commit in flight and drops the unsealed rows of
+//! the revoked partitions before it returns; with the eager protocol the new owner is assigned
+//! only after that, and starts from the table's offsets. So rows consumed twice (a rebalance, a
+//! restart, a crash mid-commit) land once. Kafka's own committed offsets are written after each
 //! Iceberg commit, only so lag can be watched with the usual tools.
+//!
+//! What this cannot fence: an appender that lost its group membership without noticing (a
+//! session timeout while it was stalled) and commits, at that same moment, rows the new owner
+//! commits too. iceberg-rust rebases a conflicting commit onto the new table state without
+//! asking, so two commits cannot be made conditional on each other's offsets.
 //!
 //! One dedicated thread owns the consumer; it blocks on staging (group commit) and, during a
 //! rebalance, on reading the table. When staging is full it pauses its partitions and retries.
@@ -96,26 +103,35 @@ pub fn encode_offsets(offsets: &PartitionOffsets) -> String {
     serde_json::to_string(&as_strings).expect("a map of numbers encodes")
 }
 
-/// The SQL condition that keeps only staged rows the table does not hold yet.
+/// Which staged rows a commit may take: rows not from Kafka, and rows of partitions this
+/// appender owns now past the offsets the table already holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OffsetFence(pub PartitionOffsets);
+pub struct OffsetFence {
+    pub table: PartitionOffsets,
+    pub owned: Vec<i32>,
+}
 
 impl OffsetFence {
     pub fn sql_condition(&self) -> String {
-        if self.0.is_empty() {
-            return "TRUE".into();
+        if self.owned.is_empty() {
+            return "kafka_partition IS NULL".into();
         }
-        let cases: Vec<String> = self.0.iter().map(|(p, o)| format!("WHEN {p} THEN {o}")).collect();
-        format!(
-            "(kafka_partition IS NULL OR kafka_offset >= CASE kafka_partition {} ELSE 0 END)",
-            cases.join(" ")
-        )
+        let owned: Vec<String> = self.owned.iter().map(i32::to_string).collect();
+        let cases: Vec<String> = self.table.iter().map(|(p, o)| format!("WHEN {p} THEN {o}")).collect();
+        let past = if cases.is_empty() {
+            String::new()
+        } else {
+            format!(" AND kafka_offset >= CASE kafka_partition {} ELSE 0 END", cases.join(" "))
+        };
+        format!("(kafka_partition IS NULL OR (kafka_partition IN ({}){past}))", owned.join(", "))
     }
 }
 
 /// What the consumer counts, for Stats.
 #[derive(Debug, Default)]
 pub struct SourceCounters {
+    /// Held by the committer while it commits Kafka rows; a revocation waits for it.
+    pub commit_gate: tokio::sync::Mutex<()>,
     pub messages: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub assigned: Mutex<Vec<i32>>,
@@ -154,14 +170,21 @@ impl ConsumerContext for LakeContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                // Rows of revoked partitions may stay staged: the offset fence drops whatever the
-                // new owner commits first, so nothing is doubled either way.
+                // Commits from now on leave these partitions out; the one in flight (if any) may
+                // still hold them, so wait for it before the new owner can start.
+                self.counters.assigned.lock().expect("assignment lock").retain(|p| !partitions.contains(p));
+                let dropped = self.handle.block_on(async {
+                    let _in_flight = self.counters.commit_gate.lock().await;
+                    self.staging.discard_unsealed_partitions(partitions.clone()).await
+                });
+                if let Err(e) = dropped {
+                    tracing::error!(error = %e, ?partitions, "cannot drop staged rows of revoked partitions");
+                }
                 let revoked =
                     if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
                 if let Err(e) = revoked {
                     tracing::error!(error = %e, ?partitions, "cannot unassign partitions");
                 }
-                self.counters.assigned.lock().expect("assignment lock").retain(|p| !partitions.contains(p));
                 tracing::info!(?partitions, "partitions revoked");
             }
             other => tracing::error!(error = ?other, "rebalance failed"),
@@ -476,12 +499,30 @@ mod tests {
     }
 
     #[test]
-    fn the_fence_keeps_rows_at_or_past_the_table_offsets_and_embedded_rows() {
-        assert_eq!(OffsetFence::default().sql_condition(), "TRUE");
-        let fence = OffsetFence(PartitionOffsets::from([(0, 120), (3, 7)]));
+    fn the_fence_keeps_owned_rows_past_the_table_offsets_and_embedded_rows() {
+        assert_eq!(OffsetFence::default().sql_condition(), "kafka_partition IS NULL");
+        let fence = OffsetFence { table: PartitionOffsets::from([(0, 120), (3, 7)]), owned: vec![0, 1] };
         assert_eq!(
             fence.sql_condition(),
-            "(kafka_partition IS NULL OR kafka_offset >= CASE kafka_partition WHEN 0 THEN 120 WHEN 3 THEN 7 ELSE 0 END)"
+            "(kafka_partition IS NULL OR (kafka_partition IN (0, 1) AND kafka_offset >= \
+             CASE kafka_partition WHEN 0 THEN 120 WHEN 3 THEN 7 ELSE 0 END))"
         );
+        let fresh = OffsetFence { table: PartitionOffsets::new(), owned: vec![2] };
+        assert_eq!(fresh.sql_condition(), "(kafka_partition IS NULL OR (kafka_partition IN (2)))");
+    }
+
+    #[test]
+    fn the_fence_really_filters_staged_rows() {
+        let conn = duckdb::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (kafka_partition INTEGER, kafka_offset BIGINT);
+             INSERT INTO t VALUES (NULL, NULL), (0, 119), (0, 120), (1, 5), (2, 9), (3, 7);",
+        )
+        .unwrap();
+        let fence = OffsetFence { table: PartitionOffsets::from([(0, 120), (1, 6)]), owned: vec![0, 1, 3] };
+        let sql = format!("SELECT count(*) FROM t WHERE {}", fence.sql_condition());
+        let kept: i64 = conn.query_row(&sql, [], |r| r.get(0)).unwrap();
+        // kept: the embedded row, (0,120) and (3,7); dropped: below the table, or not owned
+        assert_eq!(kept, 3);
     }
 }
