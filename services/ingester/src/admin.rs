@@ -8,8 +8,10 @@
 //!   refused (too large alone, or in an export that failed: queue full, Kafka down, delivery
 //!   error);
 //! - `totals.records_committed` / `bytes_committed`: records and bytes Kafka acknowledged;
-//! - `totals.flushes`: Kafka messages acknowledged; `totals.flush_failures`: Kafka messages
-//!   whose delivery failed (the delivery errors); `totals.snapshots`: always 0;
+//! - `totals.kafka_messages`: Kafka messages acknowledged (produced); `totals.flush_failures`:
+//!   Kafka messages whose delivery failed (the delivery errors);
+//! - `totals.flushes`: successful `Flush` calls; `totals.snapshots`, `totals.dead_lettered`:
+//!   always 0; `partitions`: empty (the ingester is assigned none);
 //! - `last_flush` / `time_since_last_flush_seconds`: the last `Flush` call (admin, signal or
 //!   shutdown), which waits until every queued record is delivered.
 //!
@@ -127,11 +129,14 @@ impl AdminHandler for IngesterAdmin {
                 records_rejected: get(&c.records_rejected),
                 records_committed: get(&c.records_delivered),
                 bytes_committed: get(&c.bytes_delivered),
-                flushes: get(&c.messages_delivered),
+                flushes: get(&self.state.flushes),
                 flush_failures: get(&c.delivery_errors),
                 snapshots: 0,
+                kafka_messages: get(&c.messages_delivered),
+                dead_lettered: 0,
             }),
             serving: self.health.is_serving(),
+            partitions: Vec::new(),
         }
     }
 }

@@ -27,6 +27,8 @@ use crate::producer::{BrokerState, IngestProducer};
 
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// librdkafka may report brokers down many times a second; probes stay this far apart.
+const MIN_PROBE_GAP: Duration = Duration::from_millis(500);
 
 /// Creates the topic unless it exists; returns the partition count it has.
 pub async fn ensure_topic(kafka: &KafkaConfig, producer: &Arc<IngestProducer>) -> Result<usize, String> {
@@ -124,7 +126,7 @@ pub async fn watch(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(PROBE_INTERVAL) => {}
-            _ = state.changed.notified() => {}
+            _ = state.changed.notified() => tokio::time::sleep(MIN_PROBE_GAP).await,
         }
     }
 }

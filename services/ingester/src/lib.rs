@@ -60,11 +60,12 @@ pub async fn run(
     on_bound: impl FnOnce(BoundAddrs),
 ) -> anyhow::Result<()> {
     let client_config = check_config(config).map_err(anyhow::Error::msg)?;
-    let flush_timeout = producer::delivery_timeout(&client_config) + FLUSH_GRACE;
+    let delivery_timeout = producer::delivery_timeout(&client_config);
+    let flush_timeout = delivery_timeout + FLUSH_GRACE;
     let counters = Arc::new(Counters::default());
     let broker = Arc::new(BrokerState::default());
     let producer: IngestProducer = client_config
-        .create_with_context(IngestContext { counters: counters.clone(), broker: broker.clone() })
+        .create_with_context(IngestContext::new(counters.clone(), broker.clone()))
         .context("cannot create the kafka producer")?;
     let producer = Arc::new(producer);
 
@@ -86,6 +87,7 @@ pub async fn run(
         budget: producer::payload_budget(&config.kafka.producer),
         counters: counters.clone(),
         broker,
+        delivery_deadline: delivery_timeout + Duration::from_secs(1),
     });
     let admin = Arc::new(IngesterAdmin {
         producer,

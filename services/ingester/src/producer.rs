@@ -22,12 +22,12 @@
 //! disconnects mid-export cannot leave records counted as in flight forever.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use rdkafka::{
@@ -166,26 +166,57 @@ pub struct Pending {
 pub struct IngestContext {
     pub counters: Arc<Counters>,
     pub broker: Arc<BrokerState>,
+    /// librdkafka repeats a failure on every reconnect attempt (every 100 ms to 10 s while a
+    /// broker is down); each kind is logged at warn at most once per [`LOG_EVERY`].
+    pub last_logged: Mutex<HashMap<String, Instant>>,
+}
+
+/// How often one kind of librdkafka complaint is logged at warn; repeats go to debug.
+const LOG_EVERY: Duration = Duration::from_secs(30);
+
+impl IngestContext {
+    pub fn new(counters: Arc<Counters>, broker: Arc<BrokerState>) -> Self {
+        Self { counters, broker, last_logged: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether a complaint of this `kind` should be logged loudly now.
+    fn first_in_a_while(&self, kind: &str) -> bool {
+        let mut last = self.last_logged.lock().expect("log limiter lock");
+        let now = Instant::now();
+        match last.get(kind) {
+            Some(at) if now.duration_since(*at) < LOG_EVERY => false,
+            _ => {
+                last.insert(kind.to_owned(), now);
+                true
+            }
+        }
+    }
 }
 
 impl ClientContext for IngestContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(facility = fac, message, "librdkafka"),
-            RDKafkaLogLevel::Warning => tracing::warn!(facility = fac, message, "librdkafka"),
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical => {
+                tracing::error!(facility = fac, message, "librdkafka")
+            }
+            RDKafkaLogLevel::Error | RDKafkaLogLevel::Warning if self.first_in_a_while(fac) => {
+                tracing::warn!(facility = fac, message, "librdkafka")
+            }
             _ => tracing::debug!(facility = fac, message, "librdkafka"),
         }
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.broker.ready.store(false, Ordering::Relaxed);
+            // The watcher probes at once and decides; librdkafka also says this while
+            // reconnecting, so it is not taken as the verdict itself.
             self.broker.changed.notify_one();
         }
-        tracing::warn!(error = %error, reason, "kafka client error");
+        if self.first_in_a_while(&format!("{error:?}")) {
+            tracing::warn!(error = %error, reason, "kafka client error");
+        } else {
+            tracing::debug!(error = %error, reason, "kafka client error");
+        }
     }
 }
 
@@ -224,6 +255,10 @@ pub struct KafkaExporter {
     pub budget: usize,
     pub counters: Arc<Counters>,
     pub broker: Arc<BrokerState>,
+    /// The longest an export waits for its deliveries: `message.timeout.ms` plus a second.
+    /// librdkafka can hold a batch that was in flight to a dead broker past that timeout (the
+    /// idempotent producer first settles the in-flight request); the client hears by then.
+    pub delivery_deadline: Duration,
 }
 
 fn headers() -> OwnedHeaders {
@@ -333,8 +368,12 @@ impl LogsExporter for KafkaExporter {
         let (rejected, rejection) = (split.rejected, split.rejection.clone());
         let (receivers, failed) = self.enqueue(split);
         let mut first_error = failed;
+        let deadline = tokio::time::Instant::now() + self.delivery_deadline;
         for receiver in receivers {
-            let outcome = receiver.await.unwrap_or_else(|_| Err(KafkaError::Canceled));
+            let outcome = match tokio::time::timeout_at(deadline, receiver).await {
+                Ok(delivered) => delivered.unwrap_or(Err(KafkaError::Canceled)),
+                Err(_) => Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)),
+            };
             if let Err(error) = outcome
                 && first_error.is_none()
             {
@@ -398,6 +437,90 @@ mod tests {
     fn budget_follows_message_max_bytes() {
         assert_eq!(payload_budget(&user(&[])), 900_000);
         assert_eq!(payload_budget(&user(&[("message.max.bytes", "100000")])), 90_000);
+    }
+
+    /// An exporter whose producer points at a port nothing listens on.
+    fn unreachable_exporter(extra: &[(&str, &str)], ready: bool) -> KafkaExporter {
+        let config = producer_config("127.0.0.1:1", &user(extra)).unwrap();
+        let counters = Arc::new(Counters::default());
+        let broker = Arc::new(BrokerState::default());
+        broker.ready.store(ready, Ordering::Relaxed);
+        let producer: IngestProducer =
+            config.create_with_context(IngestContext::new(counters.clone(), broker.clone())).unwrap();
+        KafkaExporter {
+            producer: Arc::new(producer),
+            topic: "otel-logs".into(),
+            budget: 900_000,
+            counters,
+            broker,
+            delivery_deadline: delivery_timeout(&config) + Duration::from_secs(1),
+        }
+    }
+
+    fn request(services: &[&str]) -> ExportLogsServiceRequest {
+        use opentelemetry_proto::tonic::{
+            common::v1::{AnyValue, KeyValue, any_value::Value},
+            logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+            resource::v1::Resource,
+        };
+        let string = |s: &str| Some(AnyValue { value: Some(Value::StringValue(s.into())) });
+        ExportLogsServiceRequest {
+            resource_logs: services
+                .iter()
+                .map(|service| ResourceLogs {
+                    resource: Some(Resource {
+                        attributes: vec![KeyValue {
+                            key: "service.name".into(),
+                            value: string(service),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    scope_logs: vec![ScopeLogs {
+                        log_records: vec![LogRecord { body: string("line"), ..Default::default() }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn known_outage_is_refused_at_once() {
+        let exporter = unreachable_exporter(&[], false);
+        let err = exporter.export(request(&["a"])).await.unwrap_err();
+        assert_eq!(err.http_status().as_u16(), 503, "{err}");
+        assert_eq!(exporter.counters.records_rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(exporter.export(ExportLogsServiceRequest::default()).await, Ok(ExportOutcome::ok()));
+    }
+
+    #[tokio::test]
+    async fn undelivered_records_time_out_as_unavailable() {
+        let exporter = unreachable_exporter(&[("message.timeout.ms", "500")], true);
+        let started = std::time::Instant::now();
+        let err = exporter.export(request(&["a", "b"])).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(3), "held for {:?}", started.elapsed());
+        assert_eq!(err.grpc_code(), tonic::Code::Unavailable, "{err}");
+        let c = &exporter.counters;
+        assert_eq!(c.records_rejected.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            c.records_in_flight.load(Ordering::Relaxed),
+            0,
+            "failed deliveries leave nothing in flight"
+        );
+        assert_eq!(c.delivery_errors.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn full_queue_is_overloaded() {
+        let exporter = unreachable_exporter(
+            &[("queue.buffering.max.messages", "1"), ("message.timeout.ms", "500")],
+            true,
+        );
+        let err = exporter.export(request(&["a", "b"])).await.unwrap_err();
+        assert_eq!(err.http_status().as_u16(), 429, "{err}");
+        assert_eq!(exporter.counters.queue_full.load(Ordering::Relaxed), 1);
     }
 
     #[test]

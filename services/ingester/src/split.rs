@@ -216,7 +216,7 @@ mod tests {
 
     fn resource(service: Option<&str>, scopes: Vec<(&str, Vec<LogRecord>)>) -> ResourceLogs {
         let attributes = service
-            .map(|s| vec![KeyValue { key: "service.name".into(), value: string(s) }])
+            .map(|s| vec![KeyValue { key: "service.name".into(), value: string(s), ..Default::default() }])
             .unwrap_or_default();
         ResourceLogs {
             resource: Some(Resource { attributes, ..Default::default() }),

@@ -1,0 +1,130 @@
+"""Ingester throughput against a local Kafka broker: sustained logs/s at saturation, CPU-seconds
+per million logs, export latency percentiles and peak RSS.
+
+    cargo build --release -p telemetry-lake-ingester
+    LAKE_BIN_DIR=target/release \
+        "$(integration-tests/setup.sh)/bin/python" integration-tests/kafka/bench_ingester.py --duration 30
+
+A broker (broker.sh) and the ingester start in a temp dir on free ports. Requests of `--batch`
+Loghub records (8 services, so every request spreads over partitions) are encoded before the
+clock starts; `--concurrency` threads each keep one gRPC export in flight. Every export must be
+answered OK; the ingester's `Stats` must count every acknowledged record as delivered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from kafka_harness import Broker, Ingester  # noqa: E402
+from lake_harness import GRPC_CHANNEL_OPTIONS  # noqa: E402
+from otlp_client import LOGS_EXPORT_METHOD, loghub_records, otlp_protobuf  # noqa: E402
+
+SYSTEMS = ("Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "OpenStack", "Spark", "Zookeeper")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100.0  # utime + stime, in clock ticks of 10 ms
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=64, help="distinct pre-encoded requests")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-ingester-") as tmp:
+        broker = Broker(Path(tmp) / "kafka").start_and_wait()
+        ingester = Ingester(Path(tmp) / "ingester", broker, "bench", {"log": {"level": "warn"}})
+        try:
+            ingester.start_and_wait()
+            per_system = max(1, args.batch // len(SYSTEMS))
+            payloads = [
+                otlp_protobuf(
+                    [s for system in SYSTEMS for s in loghub_records(system, per_system, start=i * per_system)]
+                )
+                for i in range(args.requests)
+            ]
+            records_per_request = per_system * len(SYSTEMS)
+            print(
+                f"requests of {records_per_request} records, {statistics.mean(map(len, payloads)) / 1024:.0f} KiB "
+                f"each; {args.concurrency} in flight; {args.duration:.0f} s",
+                flush=True,
+            )
+
+            latencies: list[float] = []
+            errors: list[str] = []
+            lock = threading.Lock()
+            stop_at = time.monotonic() + args.duration
+
+            def worker(index: int) -> None:
+                with grpc.insecure_channel(ingester.ports.otlp_grpc_target, options=GRPC_CHANNEL_OPTIONS) as channel:
+                    export = channel.unary_unary(LOGS_EXPORT_METHOD)
+                    i = index
+                    mine: list[float] = []
+                    while time.monotonic() < stop_at:
+                        started = time.perf_counter()
+                        try:
+                            export(payloads[i % len(payloads)], timeout=60)
+                        except grpc.RpcError as error:
+                            with lock:
+                                errors.append(f"{error.code()}: {error.details()}")
+                            continue
+                        mine.append(time.perf_counter() - started)
+                        i += args.concurrency
+                    with lock:
+                        latencies.extend(mine)
+
+            cpu_before = cpu_seconds(ingester.pid)
+            started = time.monotonic()
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(args.concurrency)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.monotonic() - started
+            cpu = cpu_seconds(ingester.pid) - cpu_before
+            stats = ingester.stats()
+            acknowledged = len(latencies) * records_per_request
+            latencies.sort()
+
+            def pct(p: float) -> float:
+                return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+
+            print(f"exports ok: {len(latencies)}, failed: {len(errors)} {sorted(set(errors))[:3]}")
+            print(f"logs acknowledged: {acknowledged} in {elapsed:.1f} s = {acknowledged / elapsed:,.0f} logs/s")
+            print(f"ingester CPU: {cpu:.1f} s = {cpu / (acknowledged / 1e6):.2f} CPU-s per million logs")
+            print(f"export latency: p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, max {latencies[-1] * 1000:.1f} ms")
+            print(f"ingester peak RSS: {peak_rss_mib(ingester.pid):.0f} MiB")
+            totals = stats["totals"]
+            print(
+                f"stats: delivered {totals['records_committed']}, accepted {totals['records_accepted']}, "
+                f"kafka messages {totals['kafka_messages']}, delivery errors {totals['flush_failures']}"
+            )
+            assert totals["records_committed"] >= acknowledged, "an acknowledged record was not delivered"
+        finally:
+            ingester.close()
+            broker.close()
+
+
+if __name__ == "__main__":
+    main()

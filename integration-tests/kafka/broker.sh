@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# One Apache Kafka node in KRaft mode (broker and controller in one JVM) on 127.0.0.1, for tests.
+#
+#   broker.sh start DIR PORT   format DIR/data once, start in the background, write DIR/broker.pid
+#   broker.sh wait  DIR PORT   wait (up to WAIT_SECONDS, default 60) until the broker answers
+#   broker.sh stop  DIR PORT   SIGTERM (controlled shutdown), wait for the exit
+#   broker.sh kill  DIR PORT   SIGKILL, no shutdown at all
+#
+# Clients connect to 127.0.0.1:PORT; the controller listens on 127.0.0.1:PORT+1. The jars come
+# from fetch.sh (cached). Logs go to DIR/logs (server.log) and DIR/broker.out. Restarting with
+# the same DIR keeps the data: only an unformatted DIR is formatted.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+usage() { echo "usage: broker.sh start|stop|kill|wait DIR PORT" >&2; exit 2; }
+[[ $# -eq 3 ]] || usage
+command="$1"
+dir="$(mkdir -p "$2" && cd "$2" && pwd)"
+port="$3"
+controller_port=$((port + 1))
+pid_file="$dir/broker.pid"
+
+running_pid() {
+    [[ -f "$pid_file" ]] || return 1
+    local pid
+    pid="$(cat "$pid_file")"
+    kill -0 "$pid" 2>/dev/null || return 1
+    echo "$pid"
+}
+
+java_cmd() {
+    local home
+    home="$(bash "$here/fetch.sh")"
+    JAVA_CMD=(java -Xms128m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20
+        -Djava.awt.headless=true
+        -Dlog4j2.configurationFile="$dir/log4j2.properties"
+        -Dkafka.logs.dir="$dir/logs"
+        -cp "$home/libs/*")
+}
+
+write_config() {
+    mkdir -p "$dir/data" "$dir/logs"
+    cat >"$dir/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$dir/data
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+PROPS
+    cat >"$dir/log4j2.properties" <<'PROPS'
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = ${sys:kafka.logs.dir}/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = kafka
+logger.kafka.level = info
+logger.apache.name = org.apache.kafka
+logger.apache.level = info
+PROPS
+}
+
+case "$command" in
+start)
+    if pid="$(running_pid)"; then
+        echo "broker.sh: already running as pid $pid" >&2
+        exit 1
+    fi
+    write_config
+    java_cmd
+    # `wait` looks for this start's "Kafka Server started" line, not a previous one.
+    if [[ -f "$dir/logs/server.log" ]]; then
+        mv "$dir/logs/server.log" "$dir/logs/server.log.$(date +%s%N)"
+    fi
+    if [[ ! -f "$dir/data/meta.properties" ]]; then
+        "${JAVA_CMD[@]}" kafka.tools.StorageTool format --standalone --ignore-formatted \
+            -t "$(tr -d - </proc/sys/kernel/random/uuid | head -c 22)" \
+            -c "$dir/server.properties" >>"$dir/broker.out" 2>&1 || {
+            echo "broker.sh: storage format failed; see $dir/broker.out" >&2
+            tail -20 "$dir/broker.out" >&2
+            exit 1
+        }
+    fi
+    nohup "${JAVA_CMD[@]}" kafka.Kafka "$dir/server.properties" >>"$dir/broker.out" 2>&1 </dev/null &
+    echo $! >"$pid_file"
+    ;;
+wait)
+    deadline=$((SECONDS + ${WAIT_SECONDS:-60}))
+    # The server logs this line once the broker has registered and listens for clients.
+    until grep -q "Kafka Server started" "$dir/logs/server.log" 2>/dev/null &&
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+        if ! running_pid >/dev/null; then
+            echo "broker.sh: broker is not running; tail of $dir/broker.out:" >&2
+            tail -20 "$dir/broker.out" >&2
+            exit 1
+        fi
+        if ((SECONDS >= deadline)); then
+            echo "broker.sh: broker on port $port not ready after ${WAIT_SECONDS:-60}s" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+    ;;
+stop | kill)
+    if pid="$(running_pid)"; then
+        signal=TERM
+        [[ "$command" == kill ]] && signal=KILL
+        kill -s "$signal" "$pid"
+        for _ in $(seq 1 300); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "broker.sh: pid $pid still alive 30s after SIG$signal; killing it" >&2
+            kill -s KILL "$pid"
+        fi
+    fi
+    rm -f "$pid_file"
+    ;;
+*) usage ;;
+esac
