@@ -1,48 +1,15 @@
 //! `ingester`: OTLP logs over gRPC and HTTP into the Kafka topic. Needs `kafka.brokers`.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
-
-use clap::Parser;
-use telemetry_lake_common::{config::Config, shutdown, telemetry};
-use tokio::sync::Notify;
-
-#[derive(Parser)]
-#[command(name = "ingester", version, about)]
-struct Cli {
-    /// TOML config file; every key can also be set as TELEMETRY_LAKE_<SECTION>__<KEY>.
-    #[arg(long, env = "TELEMETRY_LAKE_CONFIG")]
-    config: Option<PathBuf>,
-}
+use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("ingester: {err}");
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(err) = telemetry_lake_ingester::check_config(&config) {
-        eprintln!("ingester: invalid configuration: {err}");
-        return ExitCode::from(2);
-    }
-    telemetry::init(&config.log);
-    let flush_signal = Arc::new(Notify::new());
-    let notify = flush_signal.clone();
-    let shutdown = match shutdown::listen(move || notify.notify_one()) {
-        Ok(token) => token,
-        Err(err) => {
-            tracing::error!(error = %err, "cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
-    match telemetry_lake_ingester::run(&config, shutdown, flush_signal, |_| {}).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "ingester stopped");
-            ExitCode::FAILURE
-        }
-    }
+    telemetry_lake_common::cli::run_service(
+        "ingester",
+        |config| telemetry_lake_ingester::check_config(config).map(|_| ()),
+        |config, shutdown, flush_signal| async move {
+            telemetry_lake_ingester::run(&config, shutdown, flush_signal, |_| {}).await
+        },
+    )
+    .await
 }
