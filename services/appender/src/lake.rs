@@ -67,7 +67,7 @@ use uuid::Uuid;
 /// Name of the partition field, `day(timestamp)` (the directory is `timestamp_day=YYYY-MM-DD`).
 pub const PARTITION_FIELD: &str = "timestamp_day";
 /// Upper bound of one Parquet row group; the writer buffers one per open partition.
-pub const MAX_ROW_GROUP_BYTES: u64 = 64 * 1024 * 1024;
+pub const MAX_ROW_GROUP_BYTES: u64 = 32 * 1024 * 1024;
 
 /// What one [`Lake::append`] committed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -240,7 +240,13 @@ impl StagingDb {
              CREATE TABLE IF NOT EXISTS staging_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
              INSERT OR IGNORE INTO staging_meta VALUES ('writer_id', '{}'), ('next_seal_id', '1');",
             duckdb_create_table(STAGED_ROWS),
-            "SET preserve_insertion_order = false",
+            // Staged rows are short-lived: keep them in the (fsynced) WAL instead of checkpointing,
+            // and so compressing, them into the file every 16 MiB; a checkpoint follows each
+            // release, when the staged tables are small. Checkpoints were half the CPU before.
+            format!(
+                "SET preserve_insertion_order = false; SET checkpoint_threshold = '{}B'",
+                config.max_bytes.as_u64().max(256 << 20)
+            ),
             uuid::Uuid::new_v4()
         ))
         .map_err(err)?;
@@ -499,6 +505,9 @@ impl StagingDb {
                 self.err(e)
             })?;
         self.sealed = None;
+        if let Err(e) = self.conn.execute_batch("CHECKPOINT") {
+            tracing::warn!(error = %e, "staging checkpoint failed; the wal keeps growing until one succeeds");
+        }
         self.counters.records.fetch_sub(records, Ordering::Relaxed);
         self.counters.bytes.fetch_sub(bytes, Ordering::Relaxed);
         Ok(())
