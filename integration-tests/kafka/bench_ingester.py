@@ -1,9 +1,11 @@
 """Ingester throughput against a local Kafka broker: sustained logs/s at saturation, CPU-seconds
-per million logs, export latency percentiles and peak RSS.
+per million logs, export latency percentiles and peak RSS. With `--appender`, then the appender's
+Kafka -> Iceberg rate: an appender in Kafka mode starts on the backlog the ingester wrote and
+commits it; rows/s until every delivered record is in the table, its CPU and peak RSS.
 
-    cargo build --release -p telemetry-lake-ingester
+    cargo build --release -p telemetry-lake-ingester -p telemetry-lake-appender
     LAKE_BIN_DIR=target/release \
-        "$(integration-tests/setup.sh)/bin/python" integration-tests/kafka/bench_ingester.py --duration 30
+        "$(integration-tests/setup.sh)/bin/python" integration-tests/kafka/bench_ingester.py --duration 30 --appender
 
 A broker (broker.sh) and the ingester start in a temp dir on free ports. Requests of `--batch`
 Loghub records (8 services, so every request spreads over partitions) are encoded before the
@@ -26,7 +28,7 @@ import grpc
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from kafka_harness import Broker, Ingester  # noqa: E402
-from lake_harness import GRPC_CHANNEL_OPTIONS  # noqa: E402
+from lake_harness import GRPC_CHANNEL_OPTIONS, NEVER_FLUSH, Appender, merge_config  # noqa: E402
 from otlp_client import LOGS_EXPORT_METHOD, loghub_records, otlp_protobuf  # noqa: E402
 
 SYSTEMS = ("Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "OpenStack", "Spark", "Zookeeper")
@@ -50,6 +52,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--requests", type=int, default=64, help="distinct pre-encoded requests")
+    parser.add_argument("--appender", action="store_true", help="then measure Kafka -> Iceberg")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-ingester-") as tmp:
@@ -121,9 +124,52 @@ def main() -> None:
                 f"kafka messages {totals['kafka_messages']}, delivery errors {totals['flush_failures']}"
             )
             assert totals["records_committed"] >= acknowledged, "an acknowledged record was not delivered"
+            if args.appender:
+                bench_appender(Path(tmp), broker, int(totals["records_committed"]))
         finally:
             ingester.close()
             broker.close()
+
+
+def bench_appender(tmp: Path, broker: Broker, backlog: int) -> None:
+    """Starts a Kafka-mode appender on the topic's backlog and times it until all is committed."""
+    config = merge_config(
+        NEVER_FLUSH,
+        {
+            "kafka": {"brokers": broker.bootstrap, "topic": "bench", "group_id": "bench-appenders"},
+            "flush": {"max_records": 500_000},
+            "log": {"level": "warn"},
+        },
+    )
+    appender = Appender(tmp / "appender", config)
+    try:
+        started = time.monotonic()
+        appender.start_and_wait()
+        pid = appender.pid
+        committed = 0
+        last_report = started
+        while committed < backlog:
+            time.sleep(0.5)
+            stats = appender.stats()
+            committed = int(stats["totals"]["records_committed"])
+            if committed < backlog and stats["buffer_records"] + committed >= backlog:
+                appender.flush_http()
+            if time.monotonic() - last_report > 5:
+                last_report = time.monotonic()
+                print(
+                    f"  {last_report - started:.0f} s: consumed {stats['totals']['kafka_messages']} messages, "
+                    f"staged {stats['buffer_records']}, committed {committed}, last flush {stats['last_flush']['outcome']}",
+                    flush=True,
+                )
+        elapsed = time.monotonic() - started
+        cpu = cpu_seconds(pid)
+        print(
+            f"appender Kafka -> Iceberg: {committed} rows in {elapsed:.1f} s = {committed / elapsed:,.0f} rows/s "
+            f"(from start-up), CPU {cpu:.1f} s = {cpu / (committed / 1e6):.2f} CPU-s per million, "
+            f"peak RSS {peak_rss_mib(pid):.0f} MiB"
+        )
+    finally:
+        appender.close()
 
 
 if __name__ == "__main__":

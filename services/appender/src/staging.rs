@@ -240,12 +240,14 @@ impl StagingDb {
              CREATE TABLE IF NOT EXISTS staging_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
              INSERT OR IGNORE INTO staging_meta VALUES ('writer_id', '{}'), ('next_seal_id', '1');",
             duckdb_create_table(STAGED_ROWS),
-            // Staged rows are short-lived: keep them in the (fsynced) WAL instead of checkpointing,
-            // and so compressing, them into the file every 16 MiB; a checkpoint follows each
-            // release, when the staged tables are small. Checkpoints were half the CPU before.
+            // Checkpoints were half the CPU at DuckDB's defaults (16 MiB of WAL, compressed
+            // segments). Staged rows are short-lived, so they are stored uncompressed and
+            // checkpointed less often; but rows not yet checkpointed stay in memory, so the
+            // threshold stays well under the memory limit, and each release checkpoints too.
             format!(
-                "SET preserve_insertion_order = false; SET checkpoint_threshold = '{}B'",
-                config.max_bytes.as_u64().max(256 << 20)
+                "SET preserve_insertion_order = false; SET force_compression = 'uncompressed'; \
+                 SET checkpoint_threshold = '{}B'",
+                (config.memory_limit.as_u64() / 4).max(16 << 20)
             ),
             uuid::Uuid::new_v4()
         ))
