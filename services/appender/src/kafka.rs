@@ -173,9 +173,12 @@ impl ConsumerContext for LakeContext {
                 // Commits from now on leave these partitions out; the one in flight (if any) may
                 // still hold them, so wait for it before the new owner can start.
                 self.counters.assigned.lock().expect("assignment lock").retain(|p| !partitions.contains(p));
-                let dropped = self.handle.block_on(async {
+                let dropped = self.block_on(async {
                     let _in_flight = self.counters.commit_gate.lock().await;
-                    self.staging.discard_unsealed_partitions(partitions.clone()).await
+                    self.staging
+                        .discard_unsealed_partitions(partitions.clone())
+                        .await
+                        .map_err(|e| e.to_string())
                 });
                 if let Err(e) = dropped {
                     tracing::error!(error = %e, ?partitions, "cannot drop staged rows of revoked partitions");
@@ -193,10 +196,21 @@ impl ConsumerContext for LakeContext {
 }
 
 impl LakeContext {
+    /// Runs `work` from a rebalance callback. Callbacks normally run on the consumer thread,
+    /// which may block; the last one can run where the consumer is dropped, on a runtime thread
+    /// at shutdown, after the final flush: there it is skipped (the rows stay staged and are
+    /// dropped at the next assignment).
+    fn block_on<T>(&self, work: impl std::future::Future<Output = Result<T, String>>) -> Result<T, String> {
+        if Handle::try_current().is_ok() {
+            return Err("rebalance outside the consumer thread (shutting down), skipped".into());
+        }
+        self.handle.block_on(work)
+    }
+
     /// Drops unsealed rows of newly assigned partitions (they will be read again from the
     /// table's offsets, and must not be staged twice) and sets each start offset.
     fn start_from_table(&self, tpl: &mut TopicPartitionList, partitions: &[i32]) {
-        let found = self.handle.block_on(async {
+        let found = self.block_on(async {
             self.staging.discard_unsealed_partitions(partitions.to_vec()).await.map_err(|e| e.to_string())?;
             table_offsets(&self.lake, &self.topic).await.map_err(|e| e.to_string())
         });
@@ -368,7 +382,15 @@ impl Worker {
             }
             self.stage(batch, &stop);
         }
+        // Leave the group here, so the revocation runs on this thread rather than wherever the
+        // consumer is dropped.
         self.consumer.unsubscribe();
+        let leaving = Instant::now();
+        while !self.counters.assigned.lock().expect("assignment lock").is_empty()
+            && leaving.elapsed() < Duration::from_secs(5)
+        {
+            let _ = self.consumer.poll(Duration::from_millis(100));
+        }
         tracing::info!("kafka consumer stopped");
     }
 
