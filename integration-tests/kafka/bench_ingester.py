@@ -169,6 +169,9 @@ def bench_appender(tmp: Path, broker: Broker, backlog: int) -> None:
             f"peak RSS {peak_rss_mib(pid):.0f} MiB"
         )
     finally:
+        problems = [line for line in appender.log_text().splitlines() if " WARN " in line or " ERROR " in line]
+        for line in problems[:10]:
+            print(f"  appender log: {line[:400]}")
         appender.close()
 
 

@@ -62,7 +62,7 @@ pub const OFFSETS_PROPERTY: &str = "telemetry-lake.kafka.offsets";
 /// Snapshot summary key: the topic those offsets belong to.
 pub const TOPIC_PROPERTY: &str = "telemetry-lake.kafka.topic";
 /// Rows gathered from the topic before they are staged in one append.
-const MAX_BATCH_RECORDS: u64 = 50_000;
+const MAX_BATCH_RECORDS: u64 = 10_000;
 const MAX_BATCH_WAIT: Duration = Duration::from_millis(200);
 
 /// The next offset of each partition, as the table knows it.
@@ -455,30 +455,48 @@ impl Worker {
         loop {
             match self.handle.block_on(self.staging.append(rows.clone())) {
                 Ok(()) => break,
-                Err(StagingError::Full { .. }) if !stop.is_cancelled() => {
+                // These rows are past everything staged, so stopping without them loses
+                // nothing: the next start reads them again from the table's offsets.
+                Err(e) if stop.is_cancelled() => {
+                    tracing::warn!(error = %e, "stopping with a batch not staged; it is read again at the next start");
+                    break;
+                }
+                // Never move past rows that are not staged: pause, keep serving the group, retry.
+                Err(e) => {
                     if paused.is_none() {
                         let assignment = self.consumer.assignment().unwrap_or_default();
                         if self.consumer.pause(&assignment).is_ok() {
-                            tracing::warn!("staging is full, consumption paused until commits catch up");
                             paused = Some(assignment);
                         }
+                        match e {
+                            StagingError::Full { .. } => {
+                                tracing::warn!(error = %e, "staging is full, consumption paused until commits catch up")
+                            }
+                            _ => tracing::error!(error = %e, "staging failed, consumption paused, retrying"),
+                        }
                     }
-                    // Keep serving the group (rebalances, heartbeats) while waiting.
-                    let _ = self.consumer.poll(Duration::from_secs(1));
-                }
-                Err(e) => {
-                    // Not staged, so not committed: the rows will be read from Kafka again.
-                    tracing::error!(error = %e, "staging failed; rows dropped from this run, kafka still has them");
-                    let _ = self.handle.block_on(self.staging.discard_unsealed_partitions(
-                        self.counters.assigned.lock().expect("assignment lock").clone(),
-                    ));
-                    break;
+                    self.wait_paused(Duration::from_secs(1));
                 }
             }
         }
         if let Some(assignment) = paused {
             let _ = self.consumer.resume(&assignment);
             tracing::info!("consumption resumed");
+        }
+    }
+
+    /// Serves the group (rebalances, heartbeats) while paused. A message that still arrives is
+    /// not consumed: the partition is sought back to it, so it is delivered again later.
+    fn wait_paused(&self, wait: Duration) {
+        if let Some(Ok(message)) = self.consumer.poll(wait) {
+            let (topic, partition, offset) =
+                (message.topic().to_string(), message.partition(), message.offset());
+            drop(message);
+            if let Err(e) =
+                self.consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5))
+            {
+                tracing::error!(error = %e, partition, offset, "cannot seek back while paused");
+            }
         }
     }
 }
