@@ -8,6 +8,7 @@ from typing import Protocol
 
 import pytest
 
+from kafka_harness import Broker
 from lake_harness import NEVER_FLUSH, Appender, ConfigOverrides, merge_config
 
 APPENDERS = pytest.StashKey[list[Appender]]()
@@ -56,6 +57,14 @@ def make_appender(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ma
     yield make
     for appender in created:
         appender.close()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One Kafka node per test module (tests use their own topics)."""
+    node = Broker(tmp_path_factory.mktemp("kafka")).start_and_wait()
+    yield node
+    node.close()
 
 
 @pytest.fixture

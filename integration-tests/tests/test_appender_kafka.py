@@ -27,13 +27,6 @@ SYSTEMS = ("Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "OpenStack", "Spark",
 OFFSETS_PROPERTY = "telemetry-lake.kafka.offsets"
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    node = Broker(tmp_path_factory.mktemp("kafka")).start_and_wait()
-    yield node
-    node.close()
-
-
 @pytest.fixture
 def topic(request: pytest.FixtureRequest) -> str:
     return re.sub(r"[^a-zA-Z0-9]+", "-", request.node.name).strip("-")[:80]

@@ -41,13 +41,6 @@ class MakeIngester(Protocol):
     def __call__(self, config: dict[str, Any] | None = None, *, broker: Broker | None = None) -> Ingester: ...
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    node = Broker(tmp_path_factory.mktemp("kafka")).start_and_wait()
-    yield node
-    node.close()
-
-
 @pytest.fixture
 def make_ingester(request: pytest.FixtureRequest, tmp_path: Path, broker: Broker) -> Iterator[MakeIngester]:
     """Ingesters on their own topic (named after the test), started and ready."""
