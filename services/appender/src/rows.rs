@@ -5,7 +5,10 @@
 //! order, plus how many records were rejected and why. A record is rejected (OTLP partial
 //! success) only when its trace or span id has the wrong length; everything else is kept.
 
-use std::sync::{Arc, LazyLock};
+use std::{
+    borrow::Cow,
+    sync::{Arc, LazyLock},
+};
 
 use arrow_array::{
     ArrayRef, RecordBatch,
@@ -98,7 +101,7 @@ pub fn to_rows(
                 b.severity_number.append_value(record.severity_number);
                 b.severity_text.append_value(&record.severity_text);
                 let body = body_text(record.body.as_ref());
-                b.body.append_value(&body);
+                b.body.append_value(body.as_ref());
                 b.trace_id.append_option(hex_id(&record.trace_id));
                 b.span_id.append_option(hex_id(&record.span_id));
                 b.trace_flags.append_value((record.flags & 0xff) as i32);
@@ -171,23 +174,23 @@ fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
 }
 
 /// String bodies as they are; any other value as its OTLP/JSON encoding.
-fn body_text(body: Option<&AnyValue>) -> String {
+fn body_text(body: Option<&AnyValue>) -> Cow<'_, str> {
     match body.and_then(|b| b.value.as_ref()) {
-        None => String::new(),
-        Some(Value::StringValue(s)) => s.clone(),
-        Some(_) => serde_json::to_string(body.expect("matched Some")).unwrap_or_default(),
+        None => Cow::Borrowed(""),
+        Some(Value::StringValue(s)) => Cow::Borrowed(s),
+        Some(_) => Cow::Owned(serde_json::to_string(body.expect("matched Some")).unwrap_or_default()),
     }
 }
 
 /// Attribute values as strings: strings as they are, anything else as plain JSON. OTLP forbids
 /// repeated keys but senders do repeat them; a map with a repeated key is unreadable for DuckDB,
 /// so the last value wins, as in the Collector's exporters.
-fn flatten_attributes(attributes: &[KeyValue]) -> Vec<(&str, String)> {
-    let mut flat: Vec<(&str, String)> = Vec::with_capacity(attributes.len());
+fn flatten_attributes(attributes: &[KeyValue]) -> Vec<(&str, Cow<'_, str>)> {
+    let mut flat: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(attributes.len());
     for kv in attributes {
         let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-            Some(Value::StringValue(s)) => s.clone(),
-            other => plain_json(other).to_string(),
+            Some(Value::StringValue(s)) => Cow::Borrowed(s.as_str()),
+            other => Cow::Owned(plain_json(other).to_string()),
         };
         match flat.iter_mut().find(|(key, _)| *key == kv.key) {
             Some(entry) => entry.1 = value,
@@ -219,11 +222,11 @@ fn plain_json(value: Option<&Value>) -> serde_json::Value {
     }
 }
 
-fn attributes_bytes(attributes: &[(&str, String)]) -> u64 {
+fn attributes_bytes(attributes: &[(&str, Cow<'_, str>)]) -> u64 {
     attributes.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
 }
 
-fn append_map(builder: &mut MapBuilder<StringBuilder, StringBuilder>, entries: &[(&str, String)]) {
+fn append_map(builder: &mut MapBuilder<StringBuilder, StringBuilder>, entries: &[(&str, Cow<'_, str>)]) {
     for (key, value) in entries {
         builder.keys().append_value(key);
         builder.values().append_value(value);
