@@ -233,22 +233,20 @@ impl StagingDb {
             .enable_autoload_extension(false)
             .map_err(err)?;
         let conn = Connection::open_with_flags(&path, duck_config).map_err(err)?;
+        // Checkpoints were half the CPU at DuckDB's defaults (16 MiB of WAL, compressed
+        // segments). Staged rows are short-lived, so they are stored uncompressed and
+        // checkpointed less often; but rows not yet checkpointed stay in memory, so the
+        // threshold stays well under the memory limit, and each release checkpoints too.
+        let checkpoint_threshold = (config.memory_limit.as_u64() / 4).max(16 << 20);
         conn.execute_batch(&format!(
-            "{};
+            "SET preserve_insertion_order = false;
+             SET force_compression = 'uncompressed';
+             SET checkpoint_threshold = '{checkpoint_threshold}B';
              {};
              CREATE TABLE IF NOT EXISTS staged_batches (records BIGINT, bytes BIGINT);
              CREATE TABLE IF NOT EXISTS staging_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
              INSERT OR IGNORE INTO staging_meta VALUES ('writer_id', '{}'), ('next_seal_id', '1');",
             duckdb_create_table(STAGED_ROWS),
-            // Checkpoints were half the CPU at DuckDB's defaults (16 MiB of WAL, compressed
-            // segments). Staged rows are short-lived, so they are stored uncompressed and
-            // checkpointed less often; but rows not yet checkpointed stay in memory, so the
-            // threshold stays well under the memory limit, and each release checkpoints too.
-            format!(
-                "SET preserve_insertion_order = false; SET force_compression = 'uncompressed'; \
-                 SET checkpoint_threshold = '{}B'",
-                (config.memory_limit.as_u64() / 4).max(16 << 20)
-            ),
             uuid::Uuid::new_v4()
         ))
         .map_err(err)?;
