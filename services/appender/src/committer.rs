@@ -22,7 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
     kafka::{self, KafkaSource, OffsetFence},
-    lake::{Lake, LakeError},
+    lake::{CheckedBase, Lake, LakeError, SnapshotSummary},
     metrics::AppenderMetrics,
     staging::{self, Sealed, Staging, StagingError, Threshold},
 };
@@ -32,6 +32,8 @@ pub const WRITER_ID_PROPERTY: &str = "telemetry-lake.writer-id";
 /// Snapshot summary key: the sealed set the rows came from.
 pub const SEAL_ID_PROPERTY: &str = "telemetry-lake.seal-id";
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often one flush re-checks the table after other writers committed overlapping rows first.
+const MAX_CONFLICTS: u32 = 3;
 
 /// A request to flush now; `reply` (if any) gets the outcome.
 pub struct FlushRequest {
@@ -233,16 +235,38 @@ impl Committer {
             );
             return Ok(Committed { snapshot_id, data_files: 0, records: sealed.records });
         }
-        // Kafka rows: only this appender's partitions, past the table's offsets, and no
-        // revocation while they are committed.
+        // Kafka rows: no revocation while they are committed.
         let _gate = match &self.kafka {
             Some(source) => Some(source.counters.commit_gate.lock().await),
             None => None,
         };
+        let mut conflicts = 0;
+        loop {
+            let reader = reader.try_clone().map_err(|e| LakeError::staging(e.to_string()))?;
+            match self.commit_checked(sealed, reader).await {
+                Err(FlushError::Lake(err @ LakeError::Conflict { .. })) if conflicts < MAX_CONFLICTS => {
+                    conflicts += 1;
+                    tracing::warn!(seal_id = sealed.seal_id, error = %err, "checking the table again");
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Reads the table, decides which sealed rows it still lacks (in Kafka mode: rows of the
+    /// partitions this appender owns, past the table's offsets) and commits those on top of
+    /// exactly the state it read, or on a newer one only if nothing there overlaps them.
+    async fn commit_checked(
+        &self,
+        sealed: &Sealed,
+        reader: duckdb::Connection,
+    ) -> Result<Committed, FlushError> {
+        let summaries = self.lake.snapshot_summaries().await?;
+        let base = summaries.first().map(|(id, _)| *id);
         let (fence, condition) = match &self.kafka {
             Some(source) => {
                 let fence = OffsetFence {
-                    table: kafka::table_offsets(&self.lake, &source.topic).await?,
+                    table: kafka::offsets_from_summaries(summaries, &source.topic),
                     owned: source.counters.assigned.lock().expect("assignment lock").clone(),
                 };
                 let condition = fence.sql_condition();
@@ -287,15 +311,21 @@ impl Committer {
             tracing::info!(seal_id = sealed.seal_id, "every sealed row is already in the table");
             return Ok(Committed::default());
         }
+        let seal_id = sealed.seal_id.to_string();
         let mut properties = HashMap::from([
             (WRITER_ID_PROPERTY.to_string(), sealed.writer_id.clone()),
-            (SEAL_ID_PROPERTY.to_string(), sealed.seal_id.to_string()),
+            (SEAL_ID_PROPERTY.to_string(), seal_id.clone()),
         ]);
         if let Some(source) = &self.kafka {
             properties.insert(kafka::TOPIC_PROPERTY.into(), source.topic.clone());
             properties.insert(kafka::OFFSETS_PROPERTY.into(), kafka::encode_offsets(&summary.next_offsets));
         }
-        let info = self.lake.append(ReceiverStream::new(rx), properties).await?;
+        let topic = self.kafka.as_ref().map(|source| source.topic.as_str());
+        let still_valid = |newer: &[SnapshotSummary]| {
+            overlap(newer, &sealed.writer_id, &seal_id, topic, &summary.next_offsets).map_or(Ok(()), Err)
+        };
+        let checked = CheckedBase { snapshot_id: base, still_valid: &still_valid };
+        let info = self.lake.append(ReceiverStream::new(rx), properties, Some(&checked)).await?;
         if let (Some(source), Some(fence)) = (&self.kafka, fence) {
             let mut table = fence.table;
             table.extend(summary.next_offsets);
@@ -315,5 +345,65 @@ impl Committer {
                 && summary.get(SEAL_ID_PROPERTY) == Some(&seal_id);
             ours.then_some(id)
         }))
+    }
+}
+
+/// Why snapshots that other writers committed after the table was checked may already hold
+/// rows of this commit: the same sealed set (an earlier attempt of ours), or offsets of a
+/// partition this commit covers (another appender took the partition over). `None`: no overlap.
+fn overlap(
+    newer: &[SnapshotSummary],
+    writer_id: &str,
+    seal_id: &str,
+    topic: Option<&str>,
+    committing: &kafka::PartitionOffsets,
+) -> Option<String> {
+    for (id, summary) in newer {
+        let get = |key: &str| summary.get(key).map(String::as_str);
+        if get(WRITER_ID_PROPERTY) == Some(writer_id) && get(SEAL_ID_PROPERTY) == Some(seal_id) {
+            return Some(format!("snapshot {id} already holds sealed set {seal_id}"));
+        }
+        let Some(topic) = topic else { continue };
+        let theirs = kafka::offsets_from_summaries([(*id, summary.clone())], topic);
+        if let Some(partition) = theirs.keys().find(|p| committing.contains_key(p)) {
+            return Some(format!("snapshot {id} holds offsets of partition {partition} of {topic}"));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(id: i64, pairs: &[(&str, &str)]) -> SnapshotSummary {
+        (id, pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn overlap_names_our_own_earlier_commit_and_partitions_taken_by_others() {
+        let committing = kafka::PartitionOffsets::from([(3, 120), (5, 40)]);
+        let ours = snapshot(7, &[(WRITER_ID_PROPERTY, "w1"), (SEAL_ID_PROPERTY, "4")]);
+        let other_seal = snapshot(8, &[(WRITER_ID_PROPERTY, "w1"), (SEAL_ID_PROPERTY, "3")]);
+        let other_partitions = snapshot(
+            9,
+            &[(kafka::TOPIC_PROPERTY, "otel-logs"), (kafka::OFFSETS_PROPERTY, r#"{"1":10,"2":20}"#)],
+        );
+        let taken = snapshot(
+            10,
+            &[(kafka::TOPIC_PROPERTY, "otel-logs"), (kafka::OFFSETS_PROPERTY, r#"{"2":30,"5":35}"#)],
+        );
+        let other_topic =
+            snapshot(11, &[(kafka::TOPIC_PROPERTY, "other"), (kafka::OFFSETS_PROPERTY, r#"{"3":1}"#)]);
+        let check = |newer: &[SnapshotSummary], topic| overlap(newer, "w1", "4", topic, &committing);
+
+        assert_eq!(
+            check(&[other_seal.clone(), other_partitions.clone(), other_topic.clone()], Some("otel-logs")),
+            None
+        );
+        assert_eq!(check(&[ours.clone()], None).unwrap(), "snapshot 7 already holds sealed set 4");
+        let reason = check(&[other_partitions, taken.clone()], Some("otel-logs")).unwrap();
+        assert_eq!(reason, "snapshot 10 holds offsets of partition 5 of otel-logs");
+        assert_eq!(check(&[taken], None), None, "embedded mode has no partitions to overlap");
     }
 }

@@ -39,8 +39,8 @@ use futures::{Stream, StreamExt};
 use iceberg::arrow::{RecordBatchPartitionSplitter, schema_to_arrow_schema};
 use iceberg::io::StorageFactory;
 use iceberg::spec::{
-    DataFileFormat, FormatVersion, NullOrder, PartitionKey, Schema, SchemaRef, SortDirection, SortField,
-    SortOrder, Struct, Transform, Type, UnboundPartitionSpec,
+    DataFile, DataFileFormat, FormatVersion, NullOrder, PartitionKey, Schema, SchemaRef, SortDirection,
+    SortField, SortOrder, Struct, TableMetadata, Transform, Type, UnboundPartitionSpec,
 };
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
@@ -64,10 +64,30 @@ use telemetry_lake_proto::{PARTITION_SOURCE_COLUMN, SORT_COLUMNS};
 use tracing::{debug, info};
 use uuid::Uuid;
 
+use crate::pinned_catalog::PinnedCatalog;
+
 /// Name of the partition field, `day(timestamp)` (the directory is `timestamp_day=YYYY-MM-DD`).
 pub const PARTITION_FIELD: &str = "timestamp_day";
 /// Upper bound of one Parquet row group; the writer buffers one per open partition.
 pub const MAX_ROW_GROUP_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Snapshot summary key: a fresh id per [`Lake::append`], to find a commit whose outcome was unknown.
+pub const COMMIT_ID_PROPERTY: &str = "telemetry-lake.commit-id";
+/// How often [`Lake::append`] moves its commit onto a newer table state before giving up.
+const MAX_REBASES: usize = 10;
+
+/// `(snapshot id, summary properties)`: Iceberg's own keys (`added-records`, …) next to the
+/// committer's.
+pub type SnapshotSummary = (i64, HashMap<String, String>);
+
+/// The table state a caller checked before [`Lake::append`], and what may change since.
+pub struct CheckedBase<'a> {
+    /// The current snapshot when the caller read the table (`None`: it had no snapshot).
+    pub snapshot_id: Option<i64>,
+    /// Shown the snapshots others committed since (newest first); `Err(reason)` when they may
+    /// hold rows of this commit, so it must not land on top of them.
+    pub still_valid: &'a (dyn Fn(&[SnapshotSummary]) -> Result<(), String> + Sync),
+}
 
 /// What one [`Lake::append`] committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +122,10 @@ pub enum LakeError {
          definition disagree: evolve the table or point iceberg.table at a new one)"
     )]
     Schema { table: String, reason: String },
+    /// Other writers committed since the caller's checks, and what they committed may overlap
+    /// the rows of this commit; nothing was committed. Check again, then retry.
+    #[error("another writer committed to table {table} first: {reason}; nothing was committed")]
+    Conflict { table: String, reason: String },
     /// The stream of staged batches failed; the rows stay staged and the flush can be retried.
     #[error("reading staged rows failed: {0}")]
     Staging(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -119,7 +143,7 @@ impl LakeError {
         match self {
             LakeError::Config { .. } | LakeError::Schema { .. } => false,
             LakeError::Catalog { retryable, .. } | LakeError::Storage { retryable, .. } => *retryable,
-            LakeError::Staging(_) => true,
+            LakeError::Staging(_) | LakeError::Conflict { .. } => true,
         }
     }
 }
@@ -202,10 +226,18 @@ impl Lake {
     /// fast-append snapshot whose summary carries `properties`. Columns are matched by name and
     /// cast to the table's current schema; a missing optional column is written as nulls.
     /// Returns what was committed, or `None` when the stream held no rows (nothing committed).
+    ///
+    /// The commit lands only on top of the snapshot `checked` names (without it: the one current
+    /// when the append starts). When other writers committed first, their snapshots are shown to
+    /// `checked.still_valid`, and the same files are committed on the newer state only if it
+    /// agrees; otherwise the append fails with a retryable [`LakeError::Conflict`] and the
+    /// caller checks again. Each commit carries a fresh [`COMMIT_ID_PROPERTY`], so a commit whose
+    /// outcome was unknown (a timeout, a 5xx) is recognised in the history instead of repeated.
     pub async fn append<S>(
         &self,
         mut batches: S,
         properties: HashMap<String, String>,
+        checked: Option<&CheckedBase<'_>>,
     ) -> Result<Option<CommitInfo>, LakeError>
     where
         S: Stream<Item = Result<RecordBatch, LakeError>> + Send + Unpin,
@@ -263,61 +295,92 @@ impl Lake {
         }
 
         let records: u64 = data_files.iter().map(|f| f.record_count()).sum();
-        let file_bytes: u64 = data_files.iter().map(|f| f.file_size_in_bytes()).sum();
-        let files = data_files.len() as u32;
         if records != input_rows {
             return Err(self.schema_error(format!(
                 "wrote {records} rows but {input_rows} arrived; nothing was committed"
             )));
         }
-        let tx = Transaction::new(&table);
-        let tx = tx
-            .fast_append()
-            .set_commit_uuid(commit_uuid)
-            .add_data_files(data_files)
-            .set_snapshot_properties(properties)
-            .apply(tx)
-            .map_err(|e| self.catalog_error("prepare the snapshot", e))?;
-        let committed = tx
-            .commit(self.catalog.as_ref())
-            .await
-            .map_err(|e| self.catalog_error("commit the snapshot", e))?;
-        let snapshot_id = committed.metadata().current_snapshot_id().ok_or_else(|| LakeError::Catalog {
-            catalog: self.catalog_label.clone(),
-            action: "commit the snapshot",
-            message: "the committed table has no current snapshot".into(),
-            retryable: false,
-        })?;
-        let info = CommitInfo { snapshot_id, data_files: files, records, file_bytes };
+        let mut properties = properties;
+        properties.insert(COMMIT_ID_PROPERTY.into(), commit_uuid.to_string());
+        let mut base = match checked {
+            Some(checked) => checked.snapshot_id,
+            None => table.metadata().current_snapshot_id(),
+        };
+        for _ in 0..MAX_REBASES {
+            let pinned = PinnedCatalog::new(self.catalog.clone(), self.ident.clone(), base);
+            let tx = Transaction::new(&table);
+            let tx = tx
+                .fast_append()
+                .set_commit_uuid(commit_uuid)
+                .add_data_files(data_files.clone())
+                .set_snapshot_properties(properties.clone())
+                .apply(tx)
+                .map_err(|e| self.catalog_error("prepare the snapshot", e))?;
+            let err = match tx.commit(&pinned).await {
+                Ok(committed) => {
+                    let snapshot_id =
+                        committed.metadata().current_snapshot_id().ok_or_else(|| LakeError::Catalog {
+                            catalog: self.catalog_label.clone(),
+                            action: "commit the snapshot",
+                            message: "the committed table has no current snapshot".into(),
+                            retryable: false,
+                        })?;
+                    return Ok(Some(self.committed(snapshot_id, &data_files)));
+                }
+                Err(err) => err,
+            };
+            // Whatever failed, the table may have moved, perhaps by this very commit (a timeout
+            // or a 5xx after the catalog applied it): look before deciding.
+            let now = match self.load_table().await {
+                Ok(now) if now.metadata().current_snapshot_id() != base => now,
+                _ => return Err(self.catalog_error("commit the snapshot", err)),
+            };
+            let Some(newer) = snapshots_since(now.metadata(), base) else {
+                return Err(self.conflict(format!(
+                    "snapshot {base:?} that the commit was checked against is no longer in the \
+                     table's history"
+                )));
+            };
+            let commit_id = commit_uuid.to_string();
+            if let Some((id, _)) =
+                newer.iter().find(|(_, summary)| summary.get(COMMIT_ID_PROPERTY) == Some(&commit_id))
+            {
+                info!(table = %self.ident, snapshot_id = id, "the commit had landed before its error");
+                return Ok(Some(self.committed(*id, &data_files)));
+            }
+            if let Some(checked) = checked {
+                (checked.still_valid)(&newer).map_err(|reason| self.conflict(reason))?;
+            }
+            debug!(table = %self.ident, newer = newer.len(), "other writers committed first; rebasing");
+            base = now.metadata().current_snapshot_id();
+        }
+        Err(self.conflict(format!("other writers kept committing first, {MAX_REBASES} times in a row")))
+    }
+
+    fn committed(&self, snapshot_id: i64, data_files: &[DataFile]) -> CommitInfo {
+        let info = CommitInfo {
+            snapshot_id,
+            data_files: data_files.len() as u32,
+            records: data_files.iter().map(|f| f.record_count()).sum(),
+            file_bytes: data_files.iter().map(|f| f.file_size_in_bytes()).sum(),
+        };
         info!(
             table = %self.ident,
             snapshot_id,
-            data_files = files,
-            records,
-            file_bytes,
+            data_files = info.data_files,
+            records = info.records,
+            file_bytes = info.file_bytes,
             "committed snapshot"
         );
-        Ok(Some(info))
+        info
     }
 
     /// `(snapshot_id, summary properties)` of every snapshot of the table's current state (the
     /// current snapshot and its ancestors still in the metadata), newest first. The summary holds
     /// Iceberg's own keys (`added-records`, …) next to the caller's properties.
-    pub async fn snapshot_summaries(&self) -> Result<Vec<(i64, HashMap<String, String>)>, LakeError> {
+    pub async fn snapshot_summaries(&self) -> Result<Vec<SnapshotSummary>, LakeError> {
         let table = self.load_table().await?;
-        let metadata = table.metadata();
-        let mut summaries = Vec::new();
-        let mut next = metadata.current_snapshot_id();
-        while let Some(id) = next {
-            // The bound guards against a corrupt parent chain that loops.
-            if summaries.len() > metadata.snapshots().len() {
-                break;
-            }
-            let Some(snapshot) = metadata.snapshot_by_id(id) else { break };
-            summaries.push((id, snapshot.summary().additional_properties.clone()));
-            next = snapshot.parent_snapshot_id();
-        }
-        Ok(summaries)
+        Ok(snapshots_since(table.metadata(), None).unwrap_or_default())
     }
 
     pub fn table_ident(&self) -> &TableIdent {
@@ -382,7 +445,10 @@ impl Lake {
                 .ok_or_else(|| self.schema_error(format!("the row definition has no column {name}")))
         };
         let partition_source = field_id(PARTITION_SOURCE_COLUMN)?;
+        // A REST catalog in Java parses the spec with PartitionSpecParser, which requires
+        // `spec-id`; iceberg-rust leaves it out of the request unless it is set.
         let spec = UnboundPartitionSpec::builder()
+            .with_spec_id(0)
             .add_partition_field(partition_source, PARTITION_FIELD, Transform::Day)
             .map_err(|e| self.schema_error(format!("cannot partition by day: {}", e.message())))?
             .build();
@@ -458,6 +524,10 @@ impl Lake {
         }
     }
 
+    fn conflict(&self, reason: String) -> LakeError {
+        LakeError::Conflict { table: self.ident.to_string(), reason: self.redactor.redact(&reason) }
+    }
+
     fn schema_error(&self, reason: String) -> LakeError {
         LakeError::Schema { table: self.ident.to_string(), reason: self.redactor.redact(&reason) }
     }
@@ -469,7 +539,7 @@ type LakeWriter = FanoutWriter<
 
 /// Connects the configured catalog, with a FileIO that picks its storage from each path's
 /// scheme (`file://`, `s3://`) and gets `iceberg.properties`.
-async fn connect(
+pub(crate) async fn connect(
     config: &IcebergConfig,
     redactor: &Redactor,
     catalog_label: &str,
@@ -512,7 +582,25 @@ async fn connect(
     }
 }
 
-fn namespace_ident(namespace: &str) -> Result<NamespaceIdent, LakeError> {
+/// `(snapshot_id, summary properties)` of the current snapshot and its ancestors, newest first,
+/// down to but not including `base` (all of them for `None`). `None` when `base` is not an
+/// ancestor of the current snapshot: the history was rewritten (a rollback, say).
+fn snapshots_since(metadata: &TableMetadata, base: Option<i64>) -> Option<Vec<SnapshotSummary>> {
+    let mut summaries = Vec::new();
+    let mut next = metadata.current_snapshot_id();
+    while let Some(id) = next {
+        // The bound guards against a corrupt parent chain that loops.
+        if Some(id) == base || summaries.len() > metadata.snapshots().len() {
+            break;
+        }
+        let Some(snapshot) = metadata.snapshot_by_id(id) else { break };
+        summaries.push((id, snapshot.summary().additional_properties.clone()));
+        next = snapshot.parent_snapshot_id();
+    }
+    (base.is_none() || next == base).then_some(summaries)
+}
+
+pub(crate) fn namespace_ident(namespace: &str) -> Result<NamespaceIdent, LakeError> {
     let parts: Vec<&str> = namespace.split('.').collect();
     if parts.iter().any(|p| p.trim().is_empty()) {
         return Err(LakeError::Config {
@@ -685,13 +773,13 @@ fn same_shape(a: &Type, b: &Type) -> bool {
 
 /// Replaces secret values (credentials in properties, the catalog URI's password) with `***`.
 #[derive(Clone, Default)]
-struct Redactor {
+pub(crate) struct Redactor {
     /// Longest first, so a secret containing another is replaced whole.
     secrets: Vec<String>,
 }
 
 impl Redactor {
-    fn new(config: &IcebergConfig) -> Self {
+    pub(crate) fn new(config: &IcebergConfig) -> Self {
         let mut secrets: Vec<String> =
             config.properties.iter().filter(|(k, _)| is_secret_key(k)).map(|(_, v)| v.clone()).collect();
         secrets.extend(uri_secrets(&config.catalog_uri));
@@ -701,7 +789,7 @@ impl Redactor {
         Redactor { secrets }
     }
 
-    fn redact(&self, text: &str) -> String {
+    pub(crate) fn redact(&self, text: &str) -> String {
         let mut text = text.to_string();
         for secret in &self.secrets {
             if text.contains(secret.as_str()) {
@@ -1002,7 +1090,7 @@ mod tests {
         let expected = rows_of(&[first.clone(), second.clone()]);
 
         let info = lake
-            .append(batches(vec![first, second]), props(&[("telemetry-lake.offsets", "3:15")]))
+            .append(batches(vec![first, second]), props(&[("telemetry-lake.offsets", "3:15")]), None)
             .await
             .expect("append")
             .expect("committed");
@@ -1042,7 +1130,8 @@ mod tests {
         for (i, body) in ["a", "b", "c"].into_iter().enumerate() {
             let batch = staging_batch(&[row(DAY1 + i as i64, "svc", body, i as i64)]);
             let flush = i.to_string();
-            let info = lake.append(batches(vec![batch]), props(&[("flush", &flush)])).await.unwrap().unwrap();
+            let info =
+                lake.append(batches(vec![batch]), props(&[("flush", &flush)]), None).await.unwrap().unwrap();
             ids.push(info.snapshot_id);
         }
         let summaries = lake.snapshot_summaries().await.unwrap();
@@ -1054,14 +1143,131 @@ mod tests {
         assert_eq!(rows_of(&scan(&lake).await).len(), 3);
     }
 
+    fn one_row(
+        body: &'static str,
+        offset: i64,
+    ) -> impl Stream<Item = Result<RecordBatch, LakeError>> + Send + Unpin {
+        batches(vec![staging_batch(&[row(DAY1 + offset, "svc", body, offset)])])
+    }
+
+    #[tokio::test]
+    async fn lake_append_lands_on_a_newer_state_only_if_the_check_accepts_it() {
+        let t = test_lake();
+        let ours = Lake::open(&t.config, test_schema()).await.expect("open");
+        let other = Lake::open(&t.config, test_schema()).await.expect("open a second writer");
+        ours.append(one_row("first", 1), props(&[]), None).await.unwrap().unwrap();
+        let checked_at = ours.snapshot_summaries().await.unwrap()[0].0;
+        // Another writer commits between our check and our commit.
+        let theirs =
+            other.append(one_row("theirs", 2), props(&[("who", "other")]), None).await.unwrap().unwrap();
+
+        let refuse = |newer: &[SnapshotSummary]| {
+            assert_eq!(newer.len(), 1, "shown exactly the snapshot committed since the check");
+            assert_eq!(newer[0].1.get("who").map(String::as_str), Some("other"));
+            Err("they took partition 3".to_string())
+        };
+        let checked = CheckedBase { snapshot_id: Some(checked_at), still_valid: &refuse };
+        let err = ours.append(one_row("mine", 3), props(&[]), Some(&checked)).await.expect_err("refused");
+        assert!(matches!(err, LakeError::Conflict { .. }) && err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("they took partition 3"), "{err}");
+        assert_eq!(ours.snapshot_summaries().await.unwrap().len(), 2, "nothing committed");
+
+        let accept = |_: &[SnapshotSummary]| Ok(());
+        let checked = CheckedBase { snapshot_id: Some(checked_at), still_valid: &accept };
+        let mine = ours.append(one_row("mine", 3), props(&[]), Some(&checked)).await.unwrap().unwrap();
+        let history: Vec<i64> = ours.snapshot_summaries().await.unwrap().iter().map(|(id, _)| *id).collect();
+        assert_eq!(history, vec![mine.snapshot_id, theirs.snapshot_id, checked_at], "rebased on theirs");
+        let bodies: Vec<String> = rows_of(&scan(&ours).await).into_iter().map(|r| r[4].clone()).collect();
+        assert_eq!(bodies.len(), 3, "{bodies:?}");
+    }
+
+    /// A catalog that applies every commit and then reports a timeout, as a catalog behind a
+    /// flaky network does.
+    #[derive(Debug)]
+    struct LosesCommitReplies(Arc<dyn Catalog>);
+
+    #[async_trait::async_trait]
+    impl Catalog for LosesCommitReplies {
+        async fn update_table(&self, commit: iceberg::TableCommit) -> iceberg::Result<Table> {
+            self.0.update_table(commit).await?;
+            Err(iceberg::Error::new(ErrorKind::Unexpected, "timed out waiting for the catalog"))
+        }
+        async fn load_table(&self, table: &TableIdent) -> iceberg::Result<Table> {
+            self.0.load_table(table).await
+        }
+        async fn list_namespaces(&self, p: Option<&NamespaceIdent>) -> iceberg::Result<Vec<NamespaceIdent>> {
+            self.0.list_namespaces(p).await
+        }
+        async fn create_namespace(
+            &self,
+            n: &NamespaceIdent,
+            p: HashMap<String, String>,
+        ) -> iceberg::Result<iceberg::Namespace> {
+            self.0.create_namespace(n, p).await
+        }
+        async fn get_namespace(&self, n: &NamespaceIdent) -> iceberg::Result<iceberg::Namespace> {
+            self.0.get_namespace(n).await
+        }
+        async fn namespace_exists(&self, n: &NamespaceIdent) -> iceberg::Result<bool> {
+            self.0.namespace_exists(n).await
+        }
+        async fn update_namespace(
+            &self,
+            n: &NamespaceIdent,
+            p: HashMap<String, String>,
+        ) -> iceberg::Result<()> {
+            self.0.update_namespace(n, p).await
+        }
+        async fn drop_namespace(&self, n: &NamespaceIdent) -> iceberg::Result<()> {
+            self.0.drop_namespace(n).await
+        }
+        async fn list_tables(&self, n: &NamespaceIdent) -> iceberg::Result<Vec<TableIdent>> {
+            self.0.list_tables(n).await
+        }
+        async fn create_table(&self, n: &NamespaceIdent, c: TableCreation) -> iceberg::Result<Table> {
+            self.0.create_table(n, c).await
+        }
+        async fn drop_table(&self, t: &TableIdent) -> iceberg::Result<()> {
+            self.0.drop_table(t).await
+        }
+        async fn purge_table(&self, t: &TableIdent) -> iceberg::Result<()> {
+            self.0.purge_table(t).await
+        }
+        async fn table_exists(&self, t: &TableIdent) -> iceberg::Result<bool> {
+            self.0.table_exists(t).await
+        }
+        async fn rename_table(&self, a: &TableIdent, b: &TableIdent) -> iceberg::Result<()> {
+            self.0.rename_table(a, b).await
+        }
+        async fn register_table(&self, t: &TableIdent, location: String) -> iceberg::Result<Table> {
+            self.0.register_table(t, location).await
+        }
+    }
+
+    #[tokio::test]
+    async fn lake_append_whose_reply_was_lost_is_found_in_the_history_not_repeated() {
+        let t = test_lake();
+        let mut lake = Lake::open(&t.config, test_schema()).await.expect("open");
+        lake.catalog = Arc::new(LosesCommitReplies(lake.catalog.clone()));
+
+        let info =
+            lake.append(one_row("once", 1), props(&[]), None).await.expect("found").expect("committed");
+        let history = lake.snapshot_summaries().await.unwrap();
+        assert_eq!(history.len(), 1, "committed exactly once");
+        assert_eq!(history[0].0, info.snapshot_id);
+        assert!(history[0].1.contains_key(COMMIT_ID_PROPERTY));
+        assert_eq!(rows_of(&scan(&lake).await).len(), 1);
+    }
+
     #[tokio::test]
     async fn lake_empty_stream_commits_nothing() {
         let t = test_lake();
         let lake = Lake::open(&t.config, test_schema()).await.expect("open");
-        let none = lake.append(batches(vec![]), props(&[("flush", "1")])).await.expect("empty append");
+        let none = lake.append(batches(vec![]), props(&[("flush", "1")]), None).await.expect("empty append");
         assert_eq!(none, None);
         let empty = staging_batch(&[]);
-        let none = lake.append(batches(vec![empty]), props(&[("flush", "2")])).await.expect("empty batch");
+        let none =
+            lake.append(batches(vec![empty]), props(&[("flush", "2")]), None).await.expect("empty batch");
         assert_eq!(none, None);
         assert!(lake.snapshot_summaries().await.unwrap().is_empty(), "no snapshot");
         assert!(parquet_files(&t.dir.path().join("warehouse")).is_empty(), "no file");
@@ -1075,7 +1281,8 @@ mod tests {
             Ok(staging_batch(&[row(DAY1, "svc", "a", 1)])),
             Err(LakeError::staging(std::io::Error::other("staging database closed"))),
         ];
-        let err = lake.append(futures::stream::iter(items), props(&[])).await.expect_err("stream failed");
+        let err =
+            lake.append(futures::stream::iter(items), props(&[]), None).await.expect_err("stream failed");
         assert!(err.is_retryable(), "{err}");
         assert!(err.to_string().contains("staging database closed"), "{err}");
         assert!(lake.snapshot_summaries().await.unwrap().is_empty(), "nothing committed");
@@ -1117,7 +1324,7 @@ mod tests {
         let expected = rows_of(&staged);
         assert_eq!(expected.len(), 3);
 
-        let info = lake.append(batches(staged), props(&[("flush", "duckdb")])).await.unwrap().unwrap();
+        let info = lake.append(batches(staged), props(&[("flush", "duckdb")]), None).await.unwrap().unwrap();
         assert_eq!((info.records, info.data_files), (3, 2));
         assert_eq!(rows_of(&scan(&lake).await), expected);
     }

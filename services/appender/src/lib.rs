@@ -14,6 +14,7 @@ pub mod committer;
 pub mod kafka;
 pub mod lake;
 pub mod metrics;
+mod pinned_catalog;
 pub mod rows;
 pub mod service;
 pub mod staging;
