@@ -26,6 +26,7 @@ from lake_harness import (
     Appender,
     duckdb_reader,
     duckdb_scan,
+    free_ports,
     load_table,
     prometheus_samples,
     read_table,
@@ -430,6 +431,21 @@ def test_unknown_config_key_is_refused_by_name(make_appender: MakeAppender) -> N
     assert "max_recordz" in appender.log_text(), "the error does not name the unknown key"
 
 
+
+def test_waits_for_an_unreachable_catalog_instead_of_exiting(make_appender: MakeAppender) -> None:
+    # A pod that starts before its catalog must wait for it, not crash-loop; SIGTERM still stops it.
+    nowhere = f"http://127.0.0.1:{free_ports(1)[0]}"
+    appender = make_appender({"iceberg": {"catalog_type": "rest", "catalog_uri": nowhere}}, start=False)
+    appender.start()
+    wait_until(lambda: "retrying" in appender.log_text(), timeout=30, what="a retry of the catalog")
+    time.sleep(3)
+    appender.assert_alive()
+    assert appender.log_text().count("cannot open the iceberg table yet") >= 2, appender.log_tail()
+    started = time.monotonic()
+    appender.stop(timeout=15)
+    assert time.monotonic() - started < 15
+
+
 # ---- restarts and stops ------------------------------------------------------------------
 
 
@@ -593,5 +609,6 @@ def test_reflection_lists_admin_and_health_services(appender: Appender) -> None:
 def test_health_on_both_grpc_ports_and_http(appender: Appender) -> None:
     assert appender.health(appender.ports.otlp_grpc) == "SERVING"
     assert appender.health(appender.ports.admin_grpc) == "SERVING"
+    assert appender.health(appender.ports.admin_grpc, "telemetry_lake.liveness") == "SERVING"
     assert appender.http("GET", "/healthz").status_code == 200
     assert appender.http("GET", "/readyz").status_code == 200

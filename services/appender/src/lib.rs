@@ -15,17 +15,18 @@ pub mod kafka;
 pub mod lake;
 pub mod metrics;
 mod pinned_catalog;
+pub mod query;
 pub mod rows;
 pub mod service;
 pub mod staging;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use telemetry_lake_common::{
     admin::FlushTrigger,
-    config::Config,
+    config::{Config, IcebergConfig},
     health::Health,
     server::{self, BoundAddrs, Service},
 };
@@ -41,6 +42,28 @@ use crate::{
     staging::Staging,
 };
 
+/// Opens the table, waiting with backoff while the catalog or storage is unreachable, so an
+/// appender that starts before its catalog waits for it instead of crash-looping; a
+/// configuration error stops at once.
+async fn open_lake(config: &IcebergConfig, shutdown: &CancellationToken) -> anyhow::Result<Lake> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        let err = match Lake::open(config, telemetry_lake_proto::iceberg_schema()).await {
+            Ok(lake) => return Ok(lake),
+            Err(err) if err.is_retryable() => err,
+            Err(err) => return Err(err).context("cannot open the iceberg table"),
+        };
+        tracing::warn!(error = %err, retry_in = ?delay, "cannot open the iceberg table yet, retrying");
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = shutdown.cancelled() => {
+                return Err(err).context("stopped while waiting for the iceberg table");
+            }
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
 /// Runs the appender until `shutdown`, then drains, flushes and returns: embedded when
 /// `kafka.brokers` is empty, else consuming the topic. `flush_signal` is notified on SIGUSR1.
 pub async fn run(
@@ -51,11 +74,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (threshold_tx, threshold_rx) = mpsc::channel(1);
     let staging = Staging::open(&config.staging, &config.flush, threshold_tx)?;
-    let lake = Arc::new(
-        Lake::open(&config.iceberg, telemetry_lake_proto::iceberg_schema())
-            .await
-            .context("cannot open the iceberg table")?,
-    );
+    let lake = Arc::new(open_lake(&config.iceberg, &shutdown).await?);
     let mut registry = Registry::default();
     let metrics = Arc::new(AppenderMetrics::register(&mut registry));
     metrics.observe_staging(staging.counters());

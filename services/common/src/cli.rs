@@ -1,24 +1,43 @@
 //! What both binaries do before and after their service runs: parse `--config`, load and check
 //! the configuration (exit 2 naming the problem), set up tracing and signals, run, and turn the
 //! outcome into the exit code.
+//!
+//! A binary with subcommands (the appender's `query`) parses its own command line, flattening
+//! [`ConfigArg`] into it, and calls [`run_service_with`] when no subcommand was given.
 
-use std::{future::Future, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    future::Future,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
 
-use clap::Parser;
+use clap::{Args, Parser};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{config::Config, shutdown, telemetry};
 
-#[derive(Parser)]
-struct Cli {
+/// `--config FILE`, shared by every binary and subcommand (global, so it may come before or
+/// after a subcommand).
+#[derive(Args, Debug, Clone, Default)]
+// Without this the doc comment above becomes the help text of every binary that flattens it.
+#[command(about = None, long_about = None)]
+pub struct ConfigArg {
     /// TOML config file; every key can also be set as TELEMETRY_LAKE_<SECTION>__<KEY>.
-    #[arg(long, env = crate::config::CONFIG_ENV)]
-    config: Option<PathBuf>,
+    #[arg(long, env = crate::config::CONFIG_ENV, value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
 }
 
-/// Runs a service binary. `check` refuses a config the service cannot work with; `run` gets
-/// the config, the shutdown token (SIGTERM/SIGINT) and the flush signal (SIGUSR1).
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArg,
+}
+
+/// Runs a service binary whose only argument is `--config`. `check` refuses a config the
+/// service cannot work with; `run` gets the config, the shutdown token (SIGTERM/SIGINT) and the
+/// flush signal (SIGUSR1).
 pub async fn run_service<F, Fut>(
     name: &str,
     check: impl FnOnce(&Config) -> Result<(), String>,
@@ -29,12 +48,24 @@ where
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let cli = Cli::parse();
-    let config = match Config::load(cli.config.as_deref()) {
+    run_service_with(name, cli.config.config.as_deref(), check, run).await
+}
+
+/// [`run_service`] for a command line the binary parsed itself: `config_file` is its
+/// `--config` (or `TELEMETRY_LAKE_CONFIG`), `None` for defaults and environment only.
+pub async fn run_service_with<F, Fut>(
+    name: &str,
+    config_file: Option<&Path>,
+    check: impl FnOnce(&Config) -> Result<(), String>,
+    run: F,
+) -> ExitCode
+where
+    F: FnOnce(Config, CancellationToken, Arc<Notify>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let config = match load_config(name, config_file) {
         Ok(config) => config,
-        Err(err) => {
-            eprintln!("{name}: {err}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
     if let Err(err) = check(&config) {
         eprintln!("{name}: invalid configuration: {err}");
@@ -57,4 +88,13 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// Loads defaults < `config_file` < environment; on error prints it, prefixed with `name`,
+/// and gives exit code 2.
+pub fn load_config(name: &str, config_file: Option<&Path>) -> Result<Config, ExitCode> {
+    Config::load(config_file).map_err(|err| {
+        eprintln!("{name}: {err}");
+        ExitCode::from(2)
+    })
 }
