@@ -93,6 +93,9 @@ class StrictLoader(yaml.SafeLoader):
     pass
 
 
+# The health service name liveness probes ask for (services/common/src/health.rs).
+LIVENESS_SERVICE = "telemetry_lake.liveness"
+
 def _strict_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     loader.flatten_mapping(node)
     seen = set()
@@ -388,7 +391,7 @@ def test_chart_ports_and_probes_are_the_services_defaults(helm: Path, tmp_path: 
             "readiness: grpc.health.v1 on the admin port"
         )
         for probe in ("livenessProbe", "startupProbe"):
-            assert c[probe]["httpGet"] == {"path": "/healthz", "port": "admin-http"}, probe
+            assert c[probe]["grpc"] == {"port": named["admin-grpc"], "service": LIVENESS_SERVICE}, probe
         annotations = workload["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
         assert annotations["prometheus.io/port"] == str(named["admin-http"])
@@ -486,10 +489,10 @@ def test_services_load_the_rendered_config_and_serve_on_the_rendered_ports(
         # The probes and the scrape annotations, exactly where the pod spec points them.
         readiness = spec["readinessProbe"]["grpc"]["port"]
         assert service.health(readiness) == "SERVING", f"{name} readiness probe on port {readiness}"
-        liveness = spec["livenessProbe"]["httpGet"]
+        liveness = spec["livenessProbe"]["grpc"]
+        live = service.health(liveness["port"], liveness["service"])
+        assert live == "SERVING", f"{name} liveness probe on port {liveness['port']}: {live}"
         session = http_session()
-        live = session.get(f"http://127.0.0.1:{container_ports(spec)[liveness['port']]}{liveness['path']}", timeout=10)
-        assert live.status_code == 200, f"{name} liveness probe: {live.status_code}"
         annotations = find(rendered[name], kind, f"-{name}")["spec"]["template"]["metadata"]["annotations"]
         scrape = session.get(
             f"http://127.0.0.1:{annotations['prometheus.io/port']}{annotations['prometheus.io/path']}", timeout=10
@@ -588,11 +591,20 @@ def test_object_store_secret_reaches_the_appenders_s3_client(
         services.append(appender)
         appender.start()
         assert appender.process is not None
-        code = appender.process.wait(timeout=60)
+        # A store that refuses it: the appender cannot create its table, and waits (retrying)
+        # rather than exiting, until stopped.
+        wait_until(
+            lambda: S3Recorder.requests and "cannot open the iceberg table yet" in appender.log_text(),
+            timeout=60,
+            what="a refused table creation on the S3 endpoint",
+        )
+        appender.assert_alive()
+        appender.process.terminate()
+        code = appender.process.wait(timeout=30)
     finally:
         recorder.shutdown()
         recorder.server_close()
-    assert code == 1, f"the appender cannot create its table on a store that refuses it; exit {code}"
+    assert code == 1, f"stopped while waiting for its table: exit {code}"
     assert S3Recorder.requests, f"no request reached the S3 endpoint:\n{appender.log_tail()}"
     for method, path, authorization in S3Recorder.requests:
         assert path.startswith("/lake-bucket/warehouse/"), path
@@ -975,7 +987,13 @@ def test_compose_config_is_accepted_by_both_binaries(
     services.append(appender)
     appender.start()
     assert appender.process is not None
-    code = appender.process.wait(timeout=60)
+    # The config is accepted; with no catalog behind the address the appender waits for it.
+    wait_until(
+        lambda: "cannot open the iceberg table yet" in appender.log_text(), timeout=60, what="a catalog retry"
+    )
+    appender.assert_alive()
+    appender.process.terminate()
+    code = appender.process.wait(timeout=30)
     log = appender.log_text()
     assert code == 1 and "invalid configuration" not in log, f"exit {code}:\n{log[-2000:]}"
     warehouse = config["iceberg"]["warehouse"].replace(":", "%3A").replace("/", "%2F")

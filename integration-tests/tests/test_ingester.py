@@ -251,6 +251,8 @@ def test_broker_outage_gives_retryable_errors_and_health_flips(
 
         for port in (ingester.ports.otlp_grpc, ingester.ports.admin_grpc):
             wait_for(lambda p=port: ingester.health(p) == "NOT_SERVING", timeout=20, what=f"NOT_SERVING on {port}")
+            # Liveness is not readiness: no restart for an outage a restart cannot fix.
+            assert ingester.health(port, "telemetry_lake.liveness") == "SERVING"
         with http_session() as session:
             assert session.get(f"{ingester.ports.admin_http_url}/readyz", timeout=5).status_code == 503
 

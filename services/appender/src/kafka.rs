@@ -243,19 +243,24 @@ pub struct KafkaSource {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// Creates the dead-letter topic unless it exists (one partition: it is for people, not speed).
-async fn ensure_dead_letter_topic(config: &KafkaConfig) -> Result<(), KafkaError> {
+/// Creates the topic (`kafka.partitions` partitions, as the ingester would) and the dead-letter
+/// topic (one partition: it is for people, not speed) unless they exist, so an appender fed by a
+/// Collector's kafka exporter needs no ingester and no manual step.
+async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &config.brokers).create()?;
-    let topic =
-        NewTopic::new(&config.dead_letter_topic, 1, TopicReplication::Fixed(config.replication_factor));
+    let replication = || TopicReplication::Fixed(config.replication_factor);
+    let mut topics = vec![NewTopic::new(&config.topic, config.partitions, replication())];
+    if !config.dead_letter_topic.is_empty() {
+        topics.push(NewTopic::new(&config.dead_letter_topic, 1, replication()));
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-    for result in admin.create_topics([&topic], &options).await? {
+    for result in admin.create_topics(&topics, &options).await? {
         match result {
-            Ok(name) => tracing::info!(topic = %name, "created the dead-letter topic"),
+            Ok(name) => tracing::info!(topic = %name, "created kafka topic"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
-                tracing::warn!(topic = %name, error = %code, "cannot create the dead-letter topic")
+                tracing::warn!(topic = %name, error = %code, "cannot create kafka topic")
             }
         }
     }
@@ -288,12 +293,12 @@ impl KafkaSource {
         for (key, value) in &config.consumer {
             client.set(key, value);
         }
+        ensure_topics(config).await?;
         let consumer: Arc<LakeConsumer> = Arc::new(client.create_with_context(context)?);
         consumer.subscribe(&[&config.topic])?;
         let dead_letters = if config.dead_letter_topic.is_empty() {
             None
         } else {
-            ensure_dead_letter_topic(config).await?;
             let mut producer = ClientConfig::new();
             producer.set("bootstrap.servers", &config.brokers).set("acks", "all");
             for (key, value) in &config.producer {

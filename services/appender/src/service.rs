@@ -146,6 +146,7 @@ impl AdminHandler for AppenderAdmin {
             }),
             serving: self.health.is_serving(),
             partitions,
+            producer_queue_messages: 0, // the ingester's producer queue; the appender has none
         }
     }
 }

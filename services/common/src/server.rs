@@ -76,6 +76,9 @@ pub async fn serve<E: LogsExporter, A: AdminHandler>(
         "listening"
     );
     on_bound(bound);
+    health.report_alive().await;
+    // Every service name answers from the start, not only once health first changes.
+    health.set_serving(health.is_serving(), "started").await;
 
     // Servers stop on `stop`, which fires only after health has turned NOT_SERVING.
     let stop = CancellationToken::new();

@@ -13,10 +13,10 @@
 //! - `totals.flushes`: successful `Flush` calls; `totals.snapshots`, `totals.dead_lettered`:
 //!   always 0; `partitions`: empty (the ingester is assigned none);
 //! - `last_flush` / `time_since_last_flush_seconds`: the last `Flush` call (admin, signal or
-//!   shutdown), which waits until every queued record is delivered.
-//!
-//! The producer's queue depth (librdkafka's `in_flight_count`, in messages) has no field in
-//! `StatsResponse`; it is the `ingester_producer_queue_messages` gauge of `/metrics`.
+//!   shutdown), which waits until every queued record is delivered;
+//! - `producer_queue_messages`: the producer's queue depth: Kafka messages handed to the
+//!   producer and not yet acknowledged or failed (queued, in flight or awaiting their
+//!   acknowledgement); also the `ingester_producer_queue_messages` gauge of `/metrics`.
 
 use std::{
     sync::{
@@ -32,7 +32,6 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
-use rdkafka::producer::Producer;
 use telemetry_lake_admin_proto::v1::{FlushResponse, LastFlush, StatsResponse, Totals};
 use telemetry_lake_common::{
     admin::{AdminHandler, FlushTrigger},
@@ -137,13 +136,13 @@ impl AdminHandler for IngesterAdmin {
             }),
             serving: self.health.is_serving(),
             partitions: Vec::new(),
+            producer_queue_messages: get(&c.messages_in_flight),
         }
     }
 }
 
-/// The ingester's `/metrics`, read from [`Counters`] and the producer at scrape time.
+/// The ingester's `/metrics`, read from [`Counters`] and the broker state at scrape time.
 struct IngesterCollector {
-    producer: Arc<IngestProducer>,
     counters: Arc<Counters>,
     broker: Arc<BrokerState>,
 }
@@ -199,8 +198,8 @@ impl Collector for IngesterCollector {
             ),
             (
                 "ingester_producer_queue_messages",
-                "Messages in librdkafka's queue (in_flight_count)",
-                i64::from(self.producer.in_flight_count()),
+                "Kafka messages handed to the producer, not yet acknowledged or failed",
+                get(&c.messages_in_flight) as i64,
             ),
             (
                 "ingester_kafka_ready",
@@ -217,11 +216,99 @@ impl Collector for IngesterCollector {
 }
 
 /// Registers the ingester's metrics in `registry`.
-pub fn register_metrics(
-    registry: &mut Registry,
-    producer: Arc<IngestProducer>,
-    counters: Arc<Counters>,
-    broker: Arc<BrokerState>,
-) {
-    registry.register_collector(Box::new(IngesterCollector { producer, counters, broker }));
+pub fn register_metrics(registry: &mut Registry, counters: Arc<Counters>, broker: Arc<BrokerState>) {
+    registry.register_collector(Box::new(IngesterCollector { counters, broker }));
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use opentelemetry_proto::tonic::{
+        collector::logs::v1::ExportLogsServiceRequest,
+        common::v1::{AnyValue, KeyValue, any_value::Value},
+        logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+        resource::v1::Resource,
+    };
+    use telemetry_lake_common::otlp::LogsExporter;
+
+    use super::*;
+    use crate::producer::{IngestContext, KafkaExporter};
+
+    fn request(services: &[&str]) -> ExportLogsServiceRequest {
+        let string = |s: &str| Some(AnyValue { value: Some(Value::StringValue(s.into())) });
+        ExportLogsServiceRequest {
+            resource_logs: services
+                .iter()
+                .map(|service| ResourceLogs {
+                    resource: Some(Resource {
+                        attributes: vec![KeyValue {
+                            key: "service.name".into(),
+                            value: string(service),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                    scope_logs: vec![ScopeLogs {
+                        log_records: vec![LogRecord { body: string("line"), ..Default::default() }],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    }
+
+    /// Records queued for a broker that never answers show as the producer's queue depth in
+    /// `Stats`, beside the records in flight, and leave it once their delivery fails.
+    #[tokio::test]
+    async fn stats_report_the_producer_queue_depth() {
+        let user: BTreeMap<String, String> = [("message.timeout.ms".to_owned(), "1500".to_owned())].into();
+        let config = producer::producer_config("127.0.0.1:1", &user).unwrap();
+        let counters = Arc::new(Counters::default());
+        let broker = Arc::new(BrokerState::default());
+        broker.ready.store(true, Ordering::Relaxed);
+        let producer: Arc<IngestProducer> = Arc::new(
+            config.create_with_context(IngestContext::new(counters.clone(), broker.clone())).unwrap(),
+        );
+        let exporter = Arc::new(KafkaExporter {
+            producer: producer.clone(),
+            topic: "otel-logs".into(),
+            budget: 900_000,
+            counters: counters.clone(),
+            broker,
+            delivery_deadline: Duration::from_secs(3),
+        });
+        let admin = IngesterAdmin {
+            producer,
+            counters,
+            health: Health::default(),
+            flush_timeout: Duration::from_secs(3),
+            state: FlushState::default(),
+        };
+        assert_eq!(admin.stats().await.producer_queue_messages, 0);
+
+        let export = tokio::spawn({
+            let exporter = exporter.clone();
+            async move { exporter.export(request(&["a", "b", "c"])).await }
+        });
+        let mut stats = admin.stats().await;
+        for _ in 0..100 {
+            if stats.producer_queue_messages > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            stats = admin.stats().await;
+        }
+        assert_eq!(stats.producer_queue_messages, 3, "one message per service");
+        assert_eq!(stats.buffer_records, 3);
+
+        let failed = export.await.unwrap().unwrap_err();
+        assert_eq!(failed.grpc_code(), tonic::Code::Unavailable, "{failed}");
+        // The delivery callback settles the counts before it answers the export.
+        let stats = admin.stats().await;
+        assert_eq!(stats.producer_queue_messages, 0);
+        assert_eq!(stats.buffer_records, 0);
+        assert_eq!(stats.totals.unwrap().flush_failures, 3, "three delivery errors");
+    }
 }

@@ -72,7 +72,7 @@ pub async fn run(
     let health = Health::default();
     health.set_serving(false, "waiting for kafka").await;
     let mut registry = Registry::default();
-    admin::register_metrics(&mut registry, producer.clone(), counters.clone(), broker.clone());
+    admin::register_metrics(&mut registry, counters.clone(), broker.clone());
 
     let watcher = tokio::spawn(broker::watch(
         config.kafka.clone(),

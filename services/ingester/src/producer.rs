@@ -135,6 +135,10 @@ pub struct Counters {
     /// Records and bytes handed to the producer and not yet acknowledged or failed.
     pub records_in_flight: AtomicU64,
     pub bytes_in_flight: AtomicU64,
+    /// Kafka messages handed to the producer and not yet acknowledged or failed: the
+    /// producer's queue depth. librdkafka's own `outq_len` also counts its pending error and
+    /// log events, so it reads non-zero with nothing queued while a broker is down.
+    pub messages_in_flight: AtomicU64,
     /// Records and bytes Kafka acknowledged.
     pub records_delivered: AtomicU64,
     pub bytes_delivered: AtomicU64,
@@ -228,6 +232,7 @@ impl ProducerContext for IngestContext {
         let c = &self.counters;
         c.records_in_flight.fetch_sub(records, Ordering::Relaxed);
         c.bytes_in_flight.fetch_sub(bytes, Ordering::Relaxed);
+        c.messages_in_flight.fetch_sub(1, Ordering::Relaxed);
         let outcome = match result {
             Ok(_) => {
                 c.records_delivered.fetch_add(records, Ordering::Relaxed);
@@ -319,6 +324,7 @@ impl KafkaExporter {
             // Counted before sending: the delivery callback may run before `send` returns.
             self.counters.records_in_flight.fetch_add(batch.records, Ordering::Relaxed);
             self.counters.bytes_in_flight.fetch_add(bytes, Ordering::Relaxed);
+            self.counters.messages_in_flight.fetch_add(1, Ordering::Relaxed);
             let record = BaseRecord::with_opaque_to(&self.topic, pending)
                 .key(batch.key.as_str())
                 .payload(batch.payload.as_slice())
@@ -326,6 +332,7 @@ impl KafkaExporter {
             if let Err((error, _)) = self.producer.send(record) {
                 self.counters.records_in_flight.fetch_sub(batch.records, Ordering::Relaxed);
                 self.counters.bytes_in_flight.fetch_sub(bytes, Ordering::Relaxed);
+                self.counters.messages_in_flight.fetch_sub(1, Ordering::Relaxed);
                 if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
                     self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
                 }

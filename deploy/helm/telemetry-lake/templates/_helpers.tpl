@@ -146,20 +146,21 @@ capabilities:
   protocol: TCP
 {{- end -}}
 
-{{/* Readiness is grpc.health.v1 on the admin port: NOT_SERVING while Kafka, the catalog or
-     storage is down and during shutdown. Liveness is GET /healthz, which answers while the
-     process runs: a dependency outage must take a pod out of the Service, not restart it. */}}
+{{/* Kubernetes' native gRPC probes on the admin port (grpc.health.v1). Readiness asks for the
+     server ("" service): NOT_SERVING while Kafka, the catalog or storage is down and during
+     shutdown. Liveness and start-up ask for "telemetry_lake.liveness", which stays SERVING while
+     the process runs: a dependency outage takes a pod out of the Service, it does not restart it. */}}
 {{- define "telemetry-lake.probes" -}}
 startupProbe:
-  httpGet:
-    path: /healthz
-    port: admin-http
+  grpc:
+    port: {{ .Values.ports.adminGrpc }}
+    service: telemetry_lake.liveness
   periodSeconds: 2
   failureThreshold: 90
 livenessProbe:
-  httpGet:
-    path: /healthz
-    port: admin-http
+  grpc:
+    port: {{ .Values.ports.adminGrpc }}
+    service: telemetry_lake.liveness
   periodSeconds: 10
   timeoutSeconds: 5
   failureThreshold: 6
