@@ -103,7 +103,9 @@ impl Committer {
                     }
                     None => break,
                 },
-                Some(threshold) = thresholds.recv() => {
+                // After a failure only the backoff timer retries: a threshold note arrives with
+                // every staged group once past the threshold, and would hammer a down catalog.
+                Some(threshold) = thresholds.recv(), if failures == 0 => {
                     let trigger = match threshold {
                         Threshold::MaxRecords => FlushTrigger::MaxRecords,
                         Threshold::MaxBytes => FlushTrigger::MaxBytes,

@@ -25,19 +25,24 @@
 //!   [`MAX_ROW_GROUP_BYTES`]) per day partition seen in the call.
 //! - Rows are written in the order they arrive; the stager orders them (`ORDER BY service_name,
 //!   timestamp`) so that files follow the table's sort order.
-//! - Secrets (`*secret*`, `*password*`, `*token*`, `*access-key*`, `*credential*` properties and
-//!   the password of the catalog URI) never appear in errors, logs or `Debug` output.
+//! - Secrets (`*secret*`, `*password*`, `*token*`, `*access-key*`, `*credential*`,
+//!   `*authorization*` and `*key` properties, the password of the catalog URI) never appear in
+//!   errors, logs (at any level: configured S3 keys reach opendal through a provider whose `Debug`
+//!   hides them) or `Debug` output.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_array::{ArrayRef, RecordBatch, new_null_array};
 use arrow_schema::SchemaRef as ArrowSchemaRef;
 use futures::{Stream, StreamExt};
 use iceberg::arrow::{RecordBatchPartitionSplitter, schema_to_arrow_schema};
-use iceberg::io::StorageFactory;
+use iceberg::io::{
+    S3_ACCESS_KEY_ID, S3_ASSUME_ROLE_ARN, S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN, StorageFactory,
+};
 use iceberg::spec::{
     DataFile, DataFileFormat, FormatVersion, NullOrder, PartitionKey, Schema, SchemaRef, SortDirection,
     SortField, SortOrder, Struct, TableMetadata, Transform, Type, UnboundPartitionSpec,
@@ -56,7 +61,9 @@ use iceberg_catalog_sql::{
     SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlBindStyle,
     SqlCatalogBuilder,
 };
-use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
+use iceberg_storage_opendal::{
+    AwsCredential, CustomAwsCredentialLoader, OpenDalResolvingStorageFactory, ProvideCredential,
+};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use telemetry_lake_common::config::{CatalogType, IcebergConfig};
@@ -544,7 +551,7 @@ pub(crate) async fn connect(
     redactor: &Redactor,
     catalog_label: &str,
 ) -> Result<Arc<dyn Catalog>, LakeError> {
-    let storage: Arc<dyn StorageFactory> = Arc::new(OpenDalResolvingStorageFactory::new());
+    let storage: Arc<dyn StorageFactory> = Arc::new(storage_factory(&config.properties));
     let mut props: HashMap<String, String> =
         config.properties.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let connect_error = |e: iceberg::Error| LakeError::Catalog {
@@ -573,6 +580,7 @@ pub(crate) async fn connect(
                 props.insert(REST_CATALOG_PROP_WAREHOUSE.into(), config.warehouse.trim().to_string());
             }
             let catalog = RestCatalogBuilder::default()
+                .with_client(rest_http_client(&props)?)
                 .with_storage_factory(storage)
                 .load(config.catalog_name.clone(), props)
                 .await
@@ -580,6 +588,72 @@ pub(crate) async fn connect(
             Ok(Arc::new(catalog))
         }
     }
+}
+
+/// The FileIO's storage: by each path's scheme. Static S3 keys from `iceberg.properties` go to
+/// opendal as a credential provider of ours rather than as its config: from config keys opendal
+/// builds reqsign's `StaticCredentialProvider`, whose `Debug` (which reqsign logs at debug level
+/// on every signed request) prints the secret key in plain text. Not with an assumed role, which
+/// opendal builds from the config keys and a provider would replace.
+fn storage_factory(properties: &BTreeMap<String, String>) -> OpenDalResolvingStorageFactory {
+    let factory = OpenDalResolvingStorageFactory::new();
+    match (properties.get(S3_ACCESS_KEY_ID), properties.get(S3_SECRET_ACCESS_KEY)) {
+        (Some(id), Some(secret)) if !properties.contains_key(S3_ASSUME_ROLE_ARN) => factory
+            .with_s3_credential_loader(CustomAwsCredentialLoader::new(StaticS3Keys(AwsCredential {
+                access_key_id: id.clone(),
+                secret_access_key: secret.clone(),
+                session_token: properties.get(S3_SESSION_TOKEN).cloned(),
+                expires_in: None,
+            }))),
+        _ => factory,
+    }
+}
+
+/// S3 keys given in the configuration; `AwsCredential`'s `Debug` redacts them.
+#[derive(Debug)]
+struct StaticS3Keys(AwsCredential);
+
+impl ProvideCredential for StaticS3Keys {
+    type Credential = AwsCredential;
+
+    async fn provide_credential(
+        &self,
+        _: &reqsign_core::Context,
+    ) -> reqsign_core::Result<Option<AwsCredential>> {
+        Ok(Some(self.0.clone()))
+    }
+}
+
+/// Property (Iceberg Java's name) bounding how long connecting to a REST catalog may take.
+pub const REST_CONNECT_TIMEOUT_PROPERTY: &str = "rest.client.connection-timeout-ms";
+/// Property (Iceberg Java's name) bounding how long a REST catalog may stay silent mid-request.
+pub const REST_SOCKET_TIMEOUT_PROPERTY: &str = "rest.client.socket-timeout-ms";
+const REST_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REST_SOCKET_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP client of a REST catalog, with timeouts: iceberg-rust's default client has none, so
+/// a catalog that hangs (or retries its own storage for minutes before answering) would hold a
+/// flush forever while staging fills and health stays SERVING. A timed-out commit is an unknown
+/// outcome, which the append reconciles from the snapshot summaries.
+fn rest_http_client(props: &HashMap<String, String>) -> Result<reqwest::Client, LakeError> {
+    let millis = |key: &'static str, default: Duration| match props.get(key) {
+        None => Ok(default),
+        Some(value) => match value.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+            _ => Err(LakeError::Config {
+                key: "iceberg.properties",
+                reason: format!("{key} must be a positive number of milliseconds, not {value:?}"),
+            }),
+        },
+    };
+    reqwest::Client::builder()
+        .connect_timeout(millis(REST_CONNECT_TIMEOUT_PROPERTY, REST_CONNECT_TIMEOUT)?)
+        .read_timeout(millis(REST_SOCKET_TIMEOUT_PROPERTY, REST_SOCKET_TIMEOUT)?)
+        .build()
+        .map_err(|e| LakeError::Config {
+            key: "iceberg.catalog_uri",
+            reason: format!("cannot build the http client of the rest catalog: {e}"),
+        })
 }
 
 /// `(snapshot_id, summary properties)` of the current snapshot and its ancestors, newest first,
@@ -800,9 +874,14 @@ impl Redactor {
     }
 }
 
+/// Whether a property holds a secret: credentials, tokens, an `Authorization` header
+/// (`header.authorization`), and keys such as `s3.sse.key` (SSE-C) or `adls.account-key`.
 fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["secret", "password", "token", "access-key", "credential", "private-key"].iter().any(|s| key.contains(s))
+    key.ends_with("key")
+        || ["secret", "password", "token", "access-key", "credential", "authorization"]
+            .iter()
+            .any(|s| key.contains(s))
 }
 
 /// The password in `scheme://user:password@host/…` and secret-looking query parameters.
@@ -1384,15 +1463,19 @@ mod tests {
             properties: BTreeMap::from([
                 ("s3.secret-access-key".to_string(), "AKsecretVALUE".to_string()),
                 ("s3.access-key-id".to_string(), "AKIDVALUE".to_string()),
+                ("s3.sse.key".to_string(), "SSEcustomerKEY".to_string()),
+                ("header.Authorization".to_string(), "Bearer hdrTOKEN".to_string()),
                 ("s3.region".to_string(), "eu-west-1".to_string()),
             ]),
             ..IcebergConfig::default()
         };
         let redactor = Redactor::new(&config);
         let text = "connect postgres://lake:pg-Pa55word@db:5432/catalog?sslpassword=ssl-Secret1 \
-                    with AKIDVALUE/AKsecretVALUE in eu-west-1";
+                    with AKIDVALUE/AKsecretVALUE in eu-west-1, SSEcustomerKEY, Bearer hdrTOKEN";
         let redacted = redactor.redact(text);
-        for secret in ["pg-Pa55word", "ssl-Secret1", "AKsecretVALUE", "AKIDVALUE"] {
+        for secret in
+            ["pg-Pa55word", "ssl-Secret1", "AKsecretVALUE", "AKIDVALUE", "SSEcustomerKEY", "hdrTOKEN"]
+        {
             assert!(!redacted.contains(secret), "{secret} leaked: {redacted}");
         }
         assert!(
@@ -1424,5 +1507,34 @@ mod tests {
         assert_eq!(warehouse_location("s3://bucket/prefix/").unwrap(), "s3://bucket/prefix");
         assert!(warehouse_location("file://relative").is_err());
         assert!(warehouse_location(" ").is_err());
+    }
+
+    #[test]
+    fn lake_configured_s3_keys_never_show_in_debug_output() {
+        let keys = StaticS3Keys(AwsCredential {
+            access_key_id: "AKIDVALUE1234".into(),
+            secret_access_key: "AKsecretVALUE".into(),
+            session_token: Some("TOKENvalue99".into()),
+            expires_in: None,
+        });
+        let shown = format!("{keys:?}");
+        for secret in ["AKIDVALUE1234", "AKsecretVALUE", "TOKENvalue99"] {
+            assert!(!shown.contains(secret), "{secret} shown: {shown}");
+        }
+    }
+
+    #[test]
+    fn lake_rest_timeouts_come_from_properties() {
+        let props =
+            |value: &str| HashMap::from([(REST_SOCKET_TIMEOUT_PROPERTY.to_string(), value.to_string())]);
+        assert!(rest_http_client(&HashMap::new()).is_ok());
+        assert!(rest_http_client(&props("2500")).is_ok());
+        for bad in ["0", "2.5s", "-1"] {
+            let err = rest_http_client(&props(bad)).expect_err(bad);
+            assert!(
+                matches!(err, LakeError::Config { .. })
+                    && err.to_string().contains(REST_SOCKET_TIMEOUT_PROPERTY)
+            );
+        }
     }
 }

@@ -122,6 +122,7 @@ pub async fn run(
         staging: staging.clone(),
         totals: totals.clone(),
         metrics: metrics.clone(),
+        health: health.clone(),
     });
     let admin = Arc::new(AppenderAdmin {
         mode: if kafka.is_some() { "kafka" } else { "embedded" },

@@ -41,6 +41,8 @@ pub struct EmbeddedExporter {
     pub staging: Staging,
     pub totals: Arc<ExportTotals>,
     pub metrics: Arc<AppenderMetrics>,
+    /// Turned NOT_SERVING when staging is full.
+    pub health: Health,
 }
 
 fn now_micros() -> i64 {
@@ -64,10 +66,14 @@ impl LogsExporter for EmbeddedExporter {
             if let Err(err) = self.staging.append(converted).await {
                 self.totals.rejected.fetch_add(received, Ordering::Relaxed);
                 return Err(match err {
-                    StagingError::Full { .. } => ExportError::Overloaded {
-                        message: err.to_string(),
-                        retry_after: Duration::from_secs(5),
-                    },
+                    StagingError::Full { .. } => {
+                        // Not ready until a commit makes room (the committer turns it back on).
+                        self.health.set_serving(false, "staging is full").await;
+                        ExportError::Overloaded {
+                            message: err.to_string(),
+                            retry_after: Duration::from_secs(5),
+                        }
+                    }
                     other => {
                         tracing::error!(error = %other, "staging refused records");
                         ExportError::Unavailable {
