@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pytest
 
 from kafka_harness import Broker
 from lake_harness import NEVER_FLUSH, Appender, ConfigOverrides, merge_config
+
+if TYPE_CHECKING:  # catalog_harness imports this module: import it at run time only in fixtures
+    from catalog_harness import AppenderFactory, ObjectStore, RestCatalog
 
 APPENDERS = pytest.StashKey[list[Appender]]()
 
@@ -65,6 +68,36 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     node = Broker(tmp_path_factory.mktemp("kafka")).start_and_wait()
     yield node
     node.close()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
+    """One S3-compatible server (moto) per test module."""
+    from catalog_harness import ObjectStore
+
+    s3 = ObjectStore(tmp_path_factory.mktemp("s3")).start_and_wait()
+    yield s3
+    s3.close()
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory: pytest.TempPathFactory, store: ObjectStore) -> Iterator[RestCatalog]:
+    """One Iceberg REST catalog on `store` per test module (tests use their own tables)."""
+    from catalog_harness import RestCatalog
+
+    rest = RestCatalog(tmp_path_factory.mktemp("rest"), store).start_and_wait()
+    yield rest
+    rest.close()
+
+
+@pytest.fixture
+def lake_appender(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppenderFactory]:
+    """Appenders on a catalog of the test's choosing, killed after the test."""
+    from catalog_harness import AppenderFactory
+
+    factory = AppenderFactory(request, tmp_path)
+    yield factory
+    factory.close()
 
 
 @pytest.fixture

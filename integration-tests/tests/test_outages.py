@@ -55,13 +55,6 @@ def catalog(tmp_path: Path, store: ObjectStore) -> Iterator[RestCatalog]:
     rest.close()
 
 
-@pytest.fixture
-def lake_appender(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppenderFactory]:
-    factory = AppenderFactory(request, tmp_path)
-    yield factory
-    factory.close()
-
-
 def committed_snapshots(appender: Appender) -> int:
     """Snapshots the appender says it committed (its own count, no catalog needed)."""
     return int(appender.stats()["totals"]["snapshots"])

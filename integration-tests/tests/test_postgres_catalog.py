@@ -9,7 +9,6 @@ not even when it is wrong.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -19,25 +18,11 @@ from otlp_client import Transport, loghub_records, send, table_mismatches
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
-    s3 = ObjectStore(tmp_path_factory.mktemp("s3")).start_and_wait()
-    yield s3
-    s3.close()
-
-
-@pytest.fixture(scope="module")
 def db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
     postgres = Postgres(tmp_path_factory.mktemp("postgres"))
     postgres.start_and_wait()
     yield postgres
     postgres.close()
-
-
-@pytest.fixture
-def lake_appender(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppenderFactory]:
-    factory = AppenderFactory(request, tmp_path)
-    yield factory
-    factory.close()
 
 
 def test_appender_commits_through_postgres_and_pyiceberg_reads_it_back(

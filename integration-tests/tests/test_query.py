@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-from catalog_harness import AppenderFactory, ObjectStore, RestCatalog, load_rest_table, rest_config
+from catalog_harness import AppenderFactory, RestCatalog, load_rest_table, rest_config
 
 from conftest import MakeAppender
 from lake_harness import ENV_PREFIX, Appender, load_table
@@ -329,27 +328,6 @@ def clean_env(appender: Appender) -> dict[str, str]:
 
 
 # ---- REST catalog on S3 -----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
-    s3 = ObjectStore(tmp_path_factory.mktemp("s3")).start_and_wait()
-    yield s3
-    s3.close()
-
-
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory, store: ObjectStore) -> Iterator[RestCatalog]:
-    rest = RestCatalog(tmp_path_factory.mktemp("rest"), store).start_and_wait()
-    yield rest
-    rest.close()
-
-
-@pytest.fixture
-def lake_appender(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppenderFactory]:
-    factory = AppenderFactory(request, tmp_path)
-    yield factory
-    factory.close()
 
 
 def test_rest_catalog_on_s3(catalog: RestCatalog, lake_appender: AppenderFactory) -> None:

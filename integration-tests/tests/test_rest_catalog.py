@@ -17,9 +17,7 @@ import random
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -42,27 +40,6 @@ from lake_harness import wait_until
 from otlp_client import LogSpec, Transport, loghub_records, send, table_mismatches
 
 MAP_COLUMNS = ("resource_attributes", "scope_attributes", "log_attributes")
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ObjectStore]:
-    s3 = ObjectStore(tmp_path_factory.mktemp("s3")).start_and_wait()
-    yield s3
-    s3.close()
-
-
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory, store: ObjectStore) -> Iterator[RestCatalog]:
-    rest = RestCatalog(tmp_path_factory.mktemp("rest"), store).start_and_wait()
-    yield rest
-    rest.close()
-
-
-@pytest.fixture
-def lake_appender(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppenderFactory]:
-    factory = AppenderFactory(request, tmp_path)
-    yield factory
-    factory.close()
 
 
 def canonical(table: pa.Table) -> list[tuple[Any, ...]]:
