@@ -224,40 +224,10 @@ pub fn register_metrics(registry: &mut Registry, counters: Arc<Counters>, broker
 mod tests {
     use std::collections::BTreeMap;
 
-    use opentelemetry_proto::tonic::{
-        collector::logs::v1::ExportLogsServiceRequest,
-        common::v1::{AnyValue, KeyValue, any_value::Value},
-        logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
-        resource::v1::Resource,
-    };
     use telemetry_lake_common::otlp::LogsExporter;
 
     use super::*;
-    use crate::producer::{IngestContext, KafkaExporter};
-
-    fn request(services: &[&str]) -> ExportLogsServiceRequest {
-        let string = |s: &str| Some(AnyValue { value: Some(Value::StringValue(s.into())) });
-        ExportLogsServiceRequest {
-            resource_logs: services
-                .iter()
-                .map(|service| ResourceLogs {
-                    resource: Some(Resource {
-                        attributes: vec![KeyValue {
-                            key: "service.name".into(),
-                            value: string(service),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }),
-                    scope_logs: vec![ScopeLogs {
-                        log_records: vec![LogRecord { body: string("line"), ..Default::default() }],
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                })
-                .collect(),
-        }
-    }
+    use crate::producer::{IngestContext, KafkaExporter, tests::request};
 
     /// Records queued for a broker that never answers show as the producer's queue depth in
     /// `Stats`, beside the records in flight, and leave it once their delivery fails.

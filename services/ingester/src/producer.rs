@@ -406,7 +406,7 @@ pub async fn flush(producer: Arc<IngestProducer>, timeout: Duration) -> Result<(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn user(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -464,7 +464,8 @@ mod tests {
         }
     }
 
-    fn request(services: &[&str]) -> ExportLogsServiceRequest {
+    /// A request with one record per service, for the tests here and in `admin`.
+    pub(crate) fn request(services: &[&str]) -> ExportLogsServiceRequest {
         use opentelemetry_proto::tonic::{
             common::v1::{AnyValue, KeyValue, any_value::Value},
             logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
