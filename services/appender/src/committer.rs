@@ -403,7 +403,10 @@ mod tests {
             check(&[other_seal.clone(), other_partitions.clone(), other_topic.clone()], Some("otel-logs")),
             None
         );
-        assert_eq!(check(std::slice::from_ref(&ours), None).unwrap(), "snapshot 7 already holds sealed set 4");
+        assert_eq!(
+            check(std::slice::from_ref(&ours), None).unwrap(),
+            "snapshot 7 already holds sealed set 4"
+        );
         let reason = check(&[other_partitions, taken.clone()], Some("otel-logs")).unwrap();
         assert_eq!(reason, "snapshot 10 holds offsets of partition 5 of otel-logs");
         assert_eq!(check(&[taken], None), None, "embedded mode has no partitions to overlap");
