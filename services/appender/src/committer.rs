@@ -225,7 +225,7 @@ impl Committer {
     async fn commit_sealed(
         &self,
         sealed: &Sealed,
-        reader: duckdb::Connection,
+        reader: staging::SealedReader,
     ) -> Result<Committed, FlushError> {
         if sealed.resumed
             && let Some(snapshot_id) = self.find_committed(sealed).await?
@@ -261,7 +261,7 @@ impl Committer {
     async fn commit_checked(
         &self,
         sealed: &Sealed,
-        reader: duckdb::Connection,
+        reader: staging::SealedReader,
     ) -> Result<Committed, FlushError> {
         let summaries = self.lake.snapshot_summaries().await?;
         let base = summaries.first().map(|(id, _)| *id);

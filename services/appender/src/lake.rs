@@ -24,7 +24,8 @@
 //! - Memory stays bounded: one input batch at a time, plus one open row group (at most
 //!   [`MAX_ROW_GROUP_BYTES`]) per day partition seen in the call.
 //! - Rows are written in the order they arrive; the stager orders them (`ORDER BY service_name,
-//!   timestamp`) so that files follow the table's sort order.
+//!   timestamp`) so that files follow the table's sort order. A batch with no rows ends a
+//!   sorted run: the rows after it go to new files, so every file holds one sorted run.
 //! - Secrets (`*secret*`, `*password*`, `*token*`, `*access-key*`, `*credential*`,
 //!   `*authorization*` and `*key` properties, the password of the catalog URI) never appear in
 //!   errors, logs (at any level: configured S3 keys reach opendal through a provider whose `Debug`
@@ -233,6 +234,7 @@ impl Lake {
     /// fast-append snapshot whose summary carries `properties`. Columns are matched by name and
     /// cast to the table's current schema; a missing optional column is written as nulls.
     /// Returns what was committed, or `None` when the stream held no rows (nothing committed).
+    /// A batch with no rows closes the files written so far (the end of a sorted run).
     ///
     /// The commit lands only on top of the snapshot `checked` names (without it: the one current
     /// when the append starts). When other writers committed first, their snapshots are shown to
@@ -271,14 +273,26 @@ impl Lake {
 
         let commit_uuid = Uuid::new_v4();
         // Building the writer creates no file: files appear on the first write to a partition.
-        let mut writer = self.new_writer(&table, schema.clone(), commit_uuid)?;
+        let mut run = 0;
+        let mut writer = self.new_writer(&table, schema.clone(), &commit_uuid.to_string())?;
+        let mut run_rows = 0u64;
+        let mut data_files = Vec::new();
         let mut input_rows = 0u64;
         while let Some(batch) = batches.next().await {
             let batch = batch?;
             if batch.num_rows() == 0 {
+                // The end of a sorted run: its rows go to files of their own.
+                if run_rows > 0 {
+                    run += 1;
+                    let next = self.new_writer(&table, schema.clone(), &format!("{commit_uuid}-{run}"))?;
+                    let done = std::mem::replace(&mut writer, next);
+                    data_files.extend(done.close().await.map_err(|e| self.storage_error(&table, e))?);
+                    run_rows = 0;
+                }
                 continue;
             }
             input_rows += batch.num_rows() as u64;
+            run_rows += batch.num_rows() as u64;
             let batch = conform(&batch, &arrow_schema).map_err(|reason| self.schema_error(reason))?;
             match &splitter {
                 Some(splitter) => {
@@ -295,7 +309,7 @@ impl Lake {
                     .map_err(|e| self.storage_error(&table, e))?,
             }
         }
-        let data_files = writer.close().await.map_err(|e| self.storage_error(&table, e))?;
+        data_files.extend(writer.close().await.map_err(|e| self.storage_error(&table, e))?);
         if data_files.is_empty() {
             debug!(table = %self.ident, "nothing to append");
             return Ok(None);
@@ -494,7 +508,7 @@ impl Lake {
         &self,
         table: &Table,
         schema: SchemaRef,
-        commit_uuid: Uuid,
+        file_prefix: &str,
     ) -> Result<LakeWriter, LakeError> {
         let row_group_bytes = self.target_file_size.clamp(1, MAX_ROW_GROUP_BYTES);
         let props = WriterProperties::builder()
@@ -503,7 +517,7 @@ impl Lake {
             .build();
         let locations =
             DefaultLocationGenerator::new(table.metadata()).map_err(|e| self.storage_error(table, e))?;
-        let names = DefaultFileNameGenerator::new(commit_uuid.to_string(), None, DataFileFormat::Parquet);
+        let names = DefaultFileNameGenerator::new(file_prefix.to_string(), None, DataFileFormat::Parquet);
         let rolling = RollingFileWriterBuilder::new(
             ParquetWriterBuilder::new(props, schema),
             usize::try_from(self.target_file_size).unwrap_or(usize::MAX),
@@ -1350,6 +1364,20 @@ mod tests {
         assert_eq!(none, None);
         assert!(lake.snapshot_summaries().await.unwrap().is_empty(), "no snapshot");
         assert!(parquet_files(&t.dir.path().join("warehouse")).is_empty(), "no file");
+    }
+
+    #[tokio::test]
+    async fn lake_an_empty_batch_ends_a_sorted_run_and_its_files_in_one_snapshot() {
+        let t = test_lake();
+        let lake = Lake::open(&t.config, test_schema()).await.expect("open");
+        let run =
+            |service: &'static str| staging_batch(&[row(DAY1, service, "a", 1), row(DAY1, service, "b", 2)]);
+        let empty = staging_batch(&[]);
+        let stream = batches(vec![run("a"), empty.clone(), empty.clone(), run("b"), run("c"), empty]);
+        let info = lake.append(stream, props(&[("flush", "1")]), None).await.expect("append").expect("rows");
+        assert_eq!((info.data_files, info.records), (2, 6), "{info:?}");
+        assert_eq!(parquet_files(&t.dir.path().join("warehouse")).len(), 2, "one file per run");
+        assert_eq!(lake.snapshot_summaries().await.unwrap().len(), 1, "one snapshot");
     }
 
     #[tokio::test]

@@ -74,7 +74,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let (threshold_tx, threshold_rx) = mpsc::channel(1);
     let staging = Staging::open(&config.staging, &config.flush, threshold_tx)?;
-    let lake = Arc::new(open_lake(&config.iceberg, &shutdown).await?);
+    // A broken staging database stops the service like SIGTERM does, then exits non-zero.
+    let stop = shutdown.child_token();
+    let broken = staging.broken().clone();
+    let stop_on_broken = stop.clone();
+    tokio::spawn(async move {
+        broken.cancelled().await;
+        stop_on_broken.cancel();
+    });
+    let lake = Arc::new(open_lake(&config.iceberg, &stop).await?);
     let mut registry = Registry::default();
     let metrics = Arc::new(AppenderMetrics::register(&mut registry));
     metrics.observe_staging(staging.counters());
@@ -134,8 +142,7 @@ pub async fn run(
         metrics,
         health: health.clone(),
     });
-    let served =
-        server::serve(config, Service { exporter, admin, health, registry }, shutdown, on_bound).await;
+    let served = server::serve(config, Service { exporter, admin, health, registry }, stop, on_bound).await;
     signal_task.abort();
     consumer_stop.cancel();
     if let Some(source) = &kafka {
@@ -143,6 +150,10 @@ pub async fn run(
         tokio::task::spawn_blocking(move || source.join()).await?;
     }
 
+    if let Some(err) = staging.broken_error() {
+        // No final flush: the database refuses it. The next start reopens the file and commits.
+        return Err(err.into());
+    }
     // Drained: commit what is staged before exiting.
     let (reply, answer) = oneshot::channel();
     flush_tx.send(FlushRequest { trigger: FlushTrigger::Shutdown, reply: Some(reply) }).await?;

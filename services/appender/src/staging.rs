@@ -17,8 +17,8 @@
 use std::{
     path::Path,
     sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     thread,
 };
@@ -29,6 +29,7 @@ use duckdb::{Connection, params};
 use telemetry_lake_common::config::{FlushConfig, StagingConfig};
 use telemetry_lake_proto::duckdb_create_table;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::rows::Rows;
 
@@ -36,6 +37,8 @@ const STAGED_ROWS: &str = "staged_rows";
 const SEALED_ROWS: &str = "sealed_rows";
 /// Most append requests folded into one DuckDB transaction.
 const MAX_GROUP: usize = 512;
+/// DuckDB's `checkpoint_threshold` that its automatic checkpoint never reaches.
+const NO_AUTOMATIC_CHECKPOINT: &str = "1000TB";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StagingError {
@@ -49,6 +52,11 @@ pub enum StagingError {
     AppendFailed(String),
     #[error("staging thread has stopped")]
     Stopped,
+    #[error(
+        "staging database {path} failed and must be reopened: {reason}; restart the appender: \
+         acknowledged records are in the staging file and are committed at the next start"
+    )]
+    Broken { path: String, reason: String },
 }
 
 /// Counters read without asking the staging thread. `records`/`bytes` are everything not yet
@@ -80,9 +88,44 @@ pub struct Sealed {
     pub resumed: bool,
 }
 
+/// A connection to read a sealed set from. While one is open the staging thread does not
+/// checkpoint: DuckDB 1.5.5 corrupted a row group when a checkpoint overlapped other work.
+pub struct SealedReader {
+    conn: Connection,
+    open_readers: Arc<AtomicUsize>,
+    /// About how many rows one sort of [`read_sealed`] may hold.
+    sort_rows: u64,
+}
+
+impl SealedReader {
+    fn new(conn: Connection, open_readers: &Arc<AtomicUsize>, sort_rows: u64) -> Self {
+        open_readers.fetch_add(1, Ordering::SeqCst);
+        Self { conn, open_readers: open_readers.clone(), sort_rows }
+    }
+
+    /// Another connection to the same sealed set, counted as open too.
+    pub fn try_clone(&self) -> Result<Self, duckdb::Error> {
+        Ok(Self::new(self.conn.try_clone()?, &self.open_readers, self.sort_rows))
+    }
+}
+
+impl std::ops::Deref for SealedReader {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Drop for SealedReader {
+    fn drop(&mut self) {
+        self.open_readers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 enum Command {
     Append { rows: Rows, reply: oneshot::Sender<Result<(), StagingError>> },
-    Seal { reply: oneshot::Sender<Result<Option<(Sealed, Connection)>, StagingError>> },
+    Seal { reply: oneshot::Sender<Result<Option<(Sealed, SealedReader)>, StagingError>> },
     Release { seal_id: i64, reply: oneshot::Sender<Result<(), StagingError>> },
     DiscardUnsealed { partitions: Vec<i32>, reply: oneshot::Sender<Result<u64, StagingError>> },
 }
@@ -90,8 +133,11 @@ enum Command {
 /// Handle to the staging thread; cheap to clone.
 #[derive(Clone)]
 pub struct Staging {
+    path: String,
     commands: mpsc::Sender<Command>,
     counters: Arc<StagingCounters>,
+    broken: CancellationToken,
+    broken_reason: Arc<OnceLock<String>>,
 }
 
 impl Staging {
@@ -109,16 +155,29 @@ impl Staging {
         }
         let db = StagingDb::open(config, flush)?;
         let counters = db.counters.clone();
+        let (broken, broken_reason) = (db.broken.clone(), db.broken_reason.clone());
         let (commands, receiver) = mpsc::channel(4 * MAX_GROUP);
         thread::Builder::new()
             .name("staging".into())
             .spawn(move || db.run(receiver, thresholds))
             .map_err(|source| StagingError::Io { path, source })?;
-        Ok(Self { commands, counters })
+        Ok(Self { path: config.path.clone(), commands, counters, broken, broken_reason })
     }
 
     pub fn counters(&self) -> &StagingCounters {
         &self.counters
+    }
+
+    /// Cancelled when the database failed in a way only reopening it repairs (see
+    /// [`StagingError::Broken`]); every later command gets that error.
+    pub fn broken(&self) -> &CancellationToken {
+        &self.broken
+    }
+
+    /// The [`StagingError::Broken`] every command gets once the database failed for good.
+    pub fn broken_error(&self) -> Option<StagingError> {
+        let reason = self.broken_reason.get()?;
+        Some(StagingError::Broken { path: self.path.clone(), reason: reason.clone() })
     }
 
     /// Stages rows durably; returns once they are committed to the database file.
@@ -130,7 +189,7 @@ impl Staging {
 
     /// The sealed set to commit next: a leftover one if there is one, else everything staged
     /// now; `None` when nothing is staged. Comes with a connection to read it from.
-    pub async fn seal(&self) -> Result<Option<(Sealed, Connection)>, StagingError> {
+    pub async fn seal(&self) -> Result<Option<(Sealed, SealedReader)>, StagingError> {
         let (reply, answer) = oneshot::channel();
         self.commands.send(Command::Seal { reply }).await.map_err(|_| StagingError::Stopped)?;
         answer.await.map_err(|_| StagingError::Stopped)?
@@ -185,23 +244,50 @@ pub fn summarize_sealed(conn: &Connection, condition: &str) -> Result<SealedSumm
     Ok(summary)
 }
 
-/// Reads the sealed rows that pass `condition` in the order data files want, one DuckDB chunk
-/// at a time; blocking, so run it on its own thread. Panics inside DuckDB's iterator are turned
-/// into an error.
+/// Reads the sealed rows that pass `condition` as sorted runs, each in the order data files
+/// want (`service_name, timestamp`), one DuckDB chunk at a time; a batch with no rows ends each
+/// run, so every run becomes data files of its own ([`crate::lake::Lake::append`]). Blocking,
+/// so run it on its own thread. Panics inside DuckDB's iterator are turned into an error.
+///
+/// A run is a range of row ids of about [`SealedReader::sort_rows`] rows, so one sort holds at
+/// most that many and each row is read once: one sort of a whole 128 MiB sealed set took all of
+/// DuckDB's memory, and the appends running meanwhile failed to allocate.
 pub fn read_sealed(
-    conn: &Connection,
+    reader: &SealedReader,
     condition: &str,
     mut each: impl FnMut(RecordBatch) -> bool,
 ) -> Result<u64, String> {
-    let sql = format!("SELECT * FROM {SEALED_ROWS} WHERE {condition} ORDER BY service_name, \"timestamp\"");
+    let (first, last): (Option<i64>, Option<i64>) = reader
+        .query_row(&format!("SELECT min(rowid), max(rowid) FROM {SEALED_ROWS} WHERE {condition}"), [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .map_err(|e| format!("reading sealed rows: {e}"))?;
+    let (Some(first), Some(last)) = (first, last) else { return Ok(0) };
+    let run_rows = i64::try_from(reader.sort_rows.max(1)).unwrap_or(i64::MAX);
     let run = std::panic::AssertUnwindSafe(|| -> Result<u64, String> {
-        let mut stmt = conn.prepare(&sql).map_err(|e| format!("reading sealed rows: {e}"))?;
         let mut rows = 0u64;
-        for batch in stmt.stream_arrow([]).map_err(|e| format!("reading sealed rows: {e}"))? {
-            rows += batch.num_rows() as u64;
-            if !each(batch) {
-                break;
+        let mut start = first;
+        while start <= last {
+            let end = start.saturating_add(run_rows);
+            let sql = format!(
+                "SELECT * FROM {SEALED_ROWS} WHERE ({condition}) AND rowid >= {start} AND rowid < {end}
+                 ORDER BY service_name, \"timestamp\""
+            );
+            let mut stmt = reader.prepare(&sql).map_err(|e| format!("reading sealed rows: {e}"))?;
+            let mut schema = None;
+            for batch in stmt.stream_arrow([]).map_err(|e| format!("reading sealed rows: {e}"))? {
+                rows += batch.num_rows() as u64;
+                schema = Some(batch.schema());
+                if !each(batch) {
+                    return Ok(rows);
+                }
             }
+            if let Some(schema) = schema
+                && !each(RecordBatch::new_empty(schema))
+            {
+                return Ok(rows);
+            }
+            start = end;
         }
         Ok(rows)
     });
@@ -215,6 +301,14 @@ pub fn read_sealed(
 struct StagingDb {
     conn: Connection,
     path: String,
+    wal_path: String,
+    /// Checkpoint once the WAL is this large.
+    checkpoint_wal_bytes: u64,
+    memory_limit: u64,
+    open_readers: Arc<AtomicUsize>,
+    /// Set once the database failed for good; see [`StagingError::Broken`].
+    broken_reason: Arc<OnceLock<String>>,
+    broken: CancellationToken,
     writer_id: String,
     counters: Arc<StagingCounters>,
     max_bytes: u64,
@@ -237,11 +331,19 @@ impl StagingDb {
         // segments). Staged rows are short-lived, so they are stored uncompressed and
         // checkpointed less often; but rows not yet checkpointed stay in memory, so the
         // threshold stays well under the memory limit, and each release checkpoints too.
-        let checkpoint_threshold = (config.memory_limit.as_u64() / 4).max(16 << 20);
+        // One DuckDB thread: appends and the flush's reads each run on their own thread
+        // already, and DuckDB's workers competing with them for the cores cost more than their
+        // parallel scans and sorts saved (14.3 instead of 17.8 CPU-s per million rows, 2 cores).
+        // DuckDB's automatic checkpoint is off: it can run in whichever connection commits,
+        // and one running while the staging thread appended corrupted a row group in memory
+        // ("misaligned count", DuckDB 1.5.5), which invalidates the database. The staging
+        // thread checkpoints itself, between its own transactions, while no reader is open.
+        let checkpoint_wal_bytes = (config.memory_limit.as_u64() / 4).max(16 << 20);
         conn.execute_batch(&format!(
             "SET preserve_insertion_order = false;
+             SET threads = 1;
              SET force_compression = 'uncompressed';
-             SET checkpoint_threshold = '{checkpoint_threshold}B';
+             SET checkpoint_threshold = '{NO_AUTOMATIC_CHECKPOINT}';
              {};
              CREATE TABLE IF NOT EXISTS staged_batches (records BIGINT, bytes BIGINT);
              CREATE TABLE IF NOT EXISTS staging_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
@@ -288,7 +390,13 @@ impl StagingDb {
         );
         Ok(Self {
             conn,
+            wal_path: format!("{path}.wal"),
             path,
+            checkpoint_wal_bytes,
+            memory_limit: config.memory_limit.as_u64(),
+            open_readers: Arc::new(AtomicUsize::new(0)),
+            broken_reason: Arc::new(OnceLock::new()),
+            broken: CancellationToken::new(),
             writer_id,
             counters,
             max_bytes: config.max_bytes.as_u64(),
@@ -329,14 +437,52 @@ impl StagingDb {
         match command {
             Command::Append { .. } => unreachable!("appends are grouped by run"),
             Command::Seal { reply } => {
-                let _ = reply.send(self.seal());
+                let result = self.unless_broken(|db| db.seal());
+                let _ = reply.send(result);
             }
             Command::Release { seal_id, reply } => {
-                let _ = reply.send(self.release(seal_id));
+                let result = self.unless_broken(|db| db.release(seal_id));
+                let _ = reply.send(result);
             }
             Command::DiscardUnsealed { partitions, reply } => {
-                let _ = reply.send(self.discard_unsealed(&partitions));
+                let result = self.unless_broken(|db| db.discard_unsealed(&partitions));
+                let _ = reply.send(result);
             }
+        }
+    }
+
+    fn broken_error(&self) -> Option<StagingError> {
+        let reason = self.broken_reason.get()?.clone();
+        Some(StagingError::Broken { path: self.path.clone(), reason })
+    }
+
+    /// Runs `action` unless the database is broken; an error saying DuckDB invalidated the
+    /// database breaks it.
+    fn unless_broken<T>(
+        &mut self,
+        action: impl FnOnce(&mut Self) -> Result<T, StagingError>,
+    ) -> Result<T, StagingError> {
+        if let Some(err) = self.broken_error() {
+            return Err(err);
+        }
+        let result = action(self);
+        if let Err(StagingError::DuckDb { source, .. }) = &result
+            && is_invalidated(source)
+        {
+            self.mark_broken(source.to_string());
+        }
+        result
+    }
+
+    /// DuckDB does not recover in place from a failed append or checkpoint: a partly applied
+    /// append left a column longer than its row group ("misaligned count"), and the next
+    /// checkpoint invalidated the database. The file and its WAL hold every committed group, so
+    /// a restart recovers; until then the service stops taking records.
+    fn mark_broken(&self, reason: String) {
+        if self.broken_reason.get().is_none() {
+            tracing::error!(path = %self.path, reason = %reason, "staging database failed, the appender stops");
+            let _ = self.broken_reason.set(reason);
+            self.broken.cancel();
         }
     }
 
@@ -346,6 +492,12 @@ impl StagingDb {
         thresholds: &mpsc::Sender<Threshold>,
     ) {
         if group.is_empty() {
+            return;
+        }
+        if self.broken_reason.get().is_some() {
+            for (_, reply) in group.drain(..) {
+                let _ = reply.send(Err(self.broken_error().expect("broken")));
+            }
             return;
         }
         let mut staged = self.counters.bytes.load(Ordering::Relaxed);
@@ -380,10 +532,12 @@ impl StagingDb {
                 for (_, reply) in accepted {
                     let _ = reply.send(Ok(()));
                 }
+                self.checkpoint(false);
             }
             Err(e) => {
                 tracing::error!(error = %e, records, "staging append failed");
                 let message = e.to_string();
+                self.mark_broken(format!("an append failed: {message}"));
                 for (_, reply) in accepted {
                     let _ = reply.send(Err(StagingError::AppendFailed(message.clone())));
                 }
@@ -414,9 +568,38 @@ impl StagingDb {
         tx.commit().map_err(err)
     }
 
-    fn seal(&mut self) -> Result<Option<(Sealed, Connection)>, StagingError> {
+    /// A reader of `sealed`, whose sorts may take a third of DuckDB's memory. A row takes
+    /// about three times its OTLP size in the staging table (uncompressed, with its maps).
+    fn reader(&self, sealed: &Sealed) -> Result<SealedReader, StagingError> {
+        let conn = self.conn.try_clone().map_err(|e| self.err(e))?;
+        let row_bytes = 3 * (sealed.bytes / sealed.records.max(1)).max(100);
+        let sort_rows = (self.memory_limit / 3 / row_bytes).max(1_000);
+        Ok(SealedReader::new(conn, &self.open_readers, sort_rows))
+    }
+
+    /// Checkpoints if no reader is open and the WAL has reached the threshold (or `always`).
+    fn checkpoint(&mut self, always: bool) {
+        if self.open_readers.load(Ordering::SeqCst) > 0 {
+            return;
+        }
+        let wal_bytes = std::fs::metadata(&self.wal_path).map(|m| m.len()).unwrap_or(0);
+        if wal_bytes == 0 || (!always && wal_bytes < self.checkpoint_wal_bytes) {
+            return;
+        }
+        if let Err(e) = self.conn.execute_batch("CHECKPOINT") {
+            if is_invalidated(&e) {
+                self.mark_broken(format!("a checkpoint failed: {e}"));
+            } else {
+                tracing::warn!(error = %e, wal_bytes, "staging checkpoint failed; the wal keeps growing until one succeeds");
+            }
+        }
+    }
+
+    fn seal(&mut self) -> Result<Option<(Sealed, SealedReader)>, StagingError> {
+        // A failed read of the last sealed set may have invalidated the database; ask first.
+        self.conn.execute_batch("SELECT 1").map_err(|e| self.err(e))?;
         if let Some(sealed) = &self.sealed {
-            let reader = self.conn.try_clone().map_err(|e| self.err(e))?;
+            let reader = self.reader(sealed)?;
             return Ok(Some((Sealed { resumed: true, ..sealed.clone() }, reader)));
         }
         let records = self.counters.unsealed_records.load(Ordering::Relaxed);
@@ -447,8 +630,8 @@ impl StagingDb {
         self.counters.unsealed_records.fetch_sub(records, Ordering::Relaxed);
         self.counters.unsealed_bytes.fetch_sub(bytes, Ordering::Relaxed);
         let sealed = Sealed { writer_id: self.writer_id.clone(), seal_id, records, bytes, resumed: false };
+        let reader = self.reader(&sealed)?;
         self.sealed = Some(sealed.clone());
-        let reader = self.conn.try_clone().map_err(|e| self.err(e))?;
         Ok(Some((sealed, reader)))
     }
 
@@ -505,11 +688,146 @@ impl StagingDb {
                 self.err(e)
             })?;
         self.sealed = None;
-        if let Err(e) = self.conn.execute_batch("CHECKPOINT") {
-            tracing::warn!(error = %e, "staging checkpoint failed; the wal keeps growing until one succeeds");
-        }
+        self.checkpoint(true);
         self.counters.records.fetch_sub(records, Ordering::Relaxed);
         self.counters.bytes.fetch_sub(bytes, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Whether DuckDB refuses all further work on this database until it is reopened: a fatal
+/// error invalidates it.
+fn is_invalidated(err: &duckdb::Error) -> bool {
+    let message = err.to_string();
+    message.contains("FATAL Error") || message.contains("database has been invalidated")
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::{Array, StringArray, TimestampMicrosecondArray, cast::AsArray};
+    use opentelemetry_proto::tonic::{
+        collector::logs::v1::ExportLogsServiceRequest,
+        common::v1::{AnyValue, KeyValue, any_value::Value},
+        logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+        resource::v1::Resource,
+    };
+
+    use super::*;
+    use std::time::Duration;
+
+    /// `records` records of each service, timestamps in reverse order of arrival.
+    fn request(services: &[&str], records: u64) -> ExportLogsServiceRequest {
+        let string = |s: &str| Some(AnyValue { value: Some(Value::StringValue(s.into())) });
+        let resource_logs = services
+            .iter()
+            .map(|service| ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![KeyValue {
+                        key: "service.name".into(),
+                        value: string(service),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    log_records: (0..records)
+                        .map(|n| LogRecord {
+                            time_unix_nano: 1_700_000_000_000_000_000 + (records - n) * 1_000,
+                            body: string(&format!("{service} line {n}")),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        ExportLogsServiceRequest { resource_logs }
+    }
+
+    fn open(dir: &Path, memory_limit: ByteSize) -> Staging {
+        let config = StagingConfig {
+            path: dir.join("staging.duckdb").display().to_string(),
+            memory_limit,
+            ..Default::default()
+        };
+        let (thresholds, _) = mpsc::channel(1);
+        Staging::open(&config, &FlushConfig::default(), thresholds).expect("open staging")
+    }
+
+    #[tokio::test]
+    async fn a_large_sealed_set_is_read_as_sorted_runs_holding_every_row_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = open(dir.path(), ByteSize::mib(16));
+        for _ in 0..3 {
+            let mut rows = crate::rows::to_rows(&request(&["web", "db", "api"], 700), None, 0);
+            // Charged as large rows, so a sort may hold only the minimum 1,000 of them.
+            rows.bytes = rows.batch.num_rows() as u64 * 10_000;
+            staging.append(rows).await.expect("append");
+        }
+        let (sealed, reader) = staging.seal().await.expect("seal").expect("rows staged");
+        assert_eq!(sealed.records, 6_300);
+        assert_eq!(reader.sort_rows, 1_000);
+
+        let mut runs: Vec<Vec<(String, i64, String)>> = vec![Vec::new()];
+        let read = read_sealed(&reader, "TRUE", |batch| {
+            if batch.num_rows() == 0 {
+                runs.push(Vec::new());
+                return true;
+            }
+            let column = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+            let (services, times, bodies) = (column("service_name"), column("timestamp"), column("body"));
+            let services = services.as_any().downcast_ref::<StringArray>().unwrap();
+            let times = times.as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+            let bodies = bodies.as_string::<i32>();
+            let run = runs.last_mut().unwrap();
+            for i in 0..batch.num_rows() {
+                run.push((services.value(i).to_string(), times.value(i), bodies.value(i).to_string()));
+            }
+            true
+        })
+        .expect("read");
+        assert_eq!(read, 6_300);
+        assert_eq!(runs.pop(), Some(Vec::new()), "every run ends with an empty batch");
+        assert_eq!(runs.len(), 7, "6,300 rows in runs of 1,000 rows");
+        for run in &runs {
+            assert!(run.len() <= 1_000, "a run of {} rows", run.len());
+            let keys: Vec<_> = run.iter().map(|(s, t, _)| (s.clone(), *t)).collect();
+            assert!(keys.is_sorted(), "a run is not in service_name, timestamp order");
+        }
+        let mut bodies: Vec<String> = runs.into_iter().flatten().map(|(_, _, body)| body).collect();
+        bodies.sort();
+        let before = bodies.len();
+        bodies.dedup();
+        assert_eq!((before, bodies.len()), (6_300, 2_100), "each of 2,100 distinct records three times");
+    }
+
+    #[tokio::test]
+    async fn a_failed_append_stops_staging_until_it_is_reopened_and_keeps_what_was_staged() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = open(dir.path(), ByteSize::mib(64));
+        staging.append(crate::rows::to_rows(&request(&["web"], 10), None, 0)).await.expect("append");
+        let (_, reader) = staging.seal().await.unwrap().unwrap();
+        staging.append(crate::rows::to_rows(&request(&["web"], 5), None, 0)).await.expect("append");
+        // Any failure inside an append counts: here the table it appends to is gone.
+        reader.execute_batch(&format!("ALTER TABLE {STAGED_ROWS} RENAME TO elsewhere")).unwrap();
+        drop(reader);
+
+        let failed = staging.append(crate::rows::to_rows(&request(&["web"], 3), None, 0)).await;
+        assert!(matches!(failed, Err(StagingError::AppendFailed(_))), "{failed:?}");
+        assert!(staging.broken().is_cancelled(), "the service is told to stop");
+        let refused = staging.append(crate::rows::to_rows(&request(&["web"], 3), None, 0)).await;
+        assert!(matches!(refused, Err(StagingError::Broken { .. })), "{refused:?}");
+        let message = staging.broken_error().expect("broken").to_string();
+        assert!(message.contains("restart the appender"), "{message}");
+        assert!(matches!(staging.seal().await, Err(StagingError::Broken { .. })));
+        assert!(matches!(staging.release(1).await, Err(StagingError::Broken { .. })));
+
+        drop(staging);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let reopened = open(dir.path(), ByteSize::mib(64));
+        assert!(!reopened.broken().is_cancelled());
+        let (sealed, _) = reopened.seal().await.unwrap().unwrap();
+        assert_eq!((sealed.records, sealed.resumed), (10, true), "the sealed set survived");
     }
 }
