@@ -897,4 +897,30 @@ mod tests {
         let (sealed, _) = reopened.seal().await.unwrap().unwrap();
         assert_eq!((sealed.records, sealed.resumed), (10, true), "the sealed set survived");
     }
+
+    #[tokio::test]
+    async fn the_checkpointer_folds_the_wal_into_the_file_while_appends_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        // memory_limit 64 MiB: checkpoint at 16 MiB of WAL; the staging thread itself only at 32.
+        let staging = open(dir.path(), ByteSize::mib(64));
+        let wal = dir.path().join("staging.duckdb.wal");
+        let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let mut request = request(&["web"], 1_000);
+        for record in &mut request.resource_logs[0].scope_logs[0].log_records {
+            record.body = Some(AnyValue { value: Some(Value::StringValue("x".repeat(1_000))) });
+        }
+        let mut appended = 0;
+        while wal_len() < 17 << 20 {
+            staging.append(crate::rows::to_rows(&request, None, 0)).await.expect("append");
+            appended += 1;
+            assert!(appended < 100, "the WAL did not grow: {} bytes", wal_len());
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while wal_len() >= 16 << 20 {
+            assert!(std::time::Instant::now() < deadline, "no checkpoint: the WAL holds {} bytes", wal_len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!staging.broken().is_cancelled());
+        assert_eq!(staging.counters().records.load(Ordering::Relaxed), appended * 1_000);
+    }
 }
