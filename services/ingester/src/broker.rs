@@ -7,6 +7,12 @@
 //!            broker down --> BrokerState::ready + health SERVING / NOT_SERVING
 //! ```
 //!
+//! Probes go through a metadata client of their own, replaced after [`FRESH_CLIENT_AFTER`]
+//! failures in a row: after a broker was frozen (SIGSTOP, a stalled VM) and thawed, probes over
+//! the producer's connections kept failing for over a minute while the broker answered new
+//! connections, and an ingester that is not ready refuses the exports that could have shown
+//! Kafka back.
+//!
 //! Health starts NOT_SERVING and turns SERVING only once the topic exists and a broker
 //! answered, so a load balancer sends nothing before Kafka can take it. Once shutdown starts
 //! the watcher stops and never turns health back on.
@@ -18,20 +24,68 @@ use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
     error::{KafkaError, RDKafkaErrorCode},
-    producer::Producer,
+    producer::{BaseProducer, Producer},
 };
 use telemetry_lake_common::{config::KafkaConfig, health::Health};
 use tokio_util::sync::CancellationToken;
 
-use crate::producer::{BrokerState, IngestProducer};
+use crate::producer::BrokerState;
 
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// librdkafka may report brokers down many times a second; probes stay this far apart.
 const MIN_PROBE_GAP: Duration = Duration::from_millis(500);
+/// Failed probes in a row after which the next one starts from a new client (new connections).
+const FRESH_CLIENT_AFTER: u32 = 3;
+
+/// The client metadata probes go through.
+pub struct Prober {
+    kafka: KafkaConfig,
+    client: Option<Arc<BaseProducer>>,
+    failures: u32,
+}
+
+impl Prober {
+    pub fn new(kafka: &KafkaConfig) -> Self {
+        Self { kafka: kafka.clone(), client: None, failures: 0 }
+    }
+
+    /// Asks a broker for the topic's metadata; the partition count if it has any.
+    pub async fn probe(&mut self, topic: &str) -> Result<usize, String> {
+        let client = match &self.client {
+            Some(client) => client.clone(),
+            None => {
+                // The producer's settings (security, addresses), but no producer session.
+                let mut config = ClientConfig::new();
+                config.set("bootstrap.servers", &self.kafka.brokers);
+                for (key, value) in &self.kafka.producer {
+                    config.set(key, value);
+                }
+                let client: BaseProducer = config
+                    .set("client.id", "telemetry-lake-ingester-probe")
+                    .set("enable.idempotence", "false")
+                    .create()
+                    .map_err(|e| format!("cannot create the kafka metadata client: {e}"))?;
+                self.client.insert(Arc::new(client)).clone()
+            }
+        };
+        let result = probe(client, topic).await;
+        match &result {
+            Ok(_) => self.failures = 0,
+            Err(_) => {
+                self.failures += 1;
+                if self.failures >= FRESH_CLIENT_AFTER {
+                    self.client = None;
+                    self.failures = 0;
+                }
+            }
+        }
+        result
+    }
+}
 
 /// Creates the topic unless it exists; returns the partition count it has.
-pub async fn ensure_topic(kafka: &KafkaConfig, producer: &Arc<IngestProducer>) -> Result<usize, String> {
+pub async fn ensure_topic(kafka: &KafkaConfig, prober: &mut Prober) -> Result<usize, String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &kafka.brokers)
         .set("client.id", "telemetry-lake-ingester-admin")
@@ -54,7 +108,7 @@ pub async fn ensure_topic(kafka: &KafkaConfig, producer: &Arc<IngestProducer>) -
             Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
         }
     }
-    let partitions = probe(producer, &kafka.topic).await?;
+    let partitions = prober.probe(&kafka.topic).await?;
     if partitions != kafka.partitions as usize {
         tracing::warn!(
             topic = %kafka.topic,
@@ -67,12 +121,10 @@ pub async fn ensure_topic(kafka: &KafkaConfig, producer: &Arc<IngestProducer>) -
     Ok(partitions)
 }
 
-/// Asks a broker for the topic's metadata; the partition count if it has any.
-pub async fn probe(producer: &Arc<IngestProducer>, topic: &str) -> Result<usize, String> {
-    let producer = producer.clone();
+async fn probe(client: Arc<BaseProducer>, topic: &str) -> Result<usize, String> {
     let name = topic.to_owned();
     let metadata = tokio::task::spawn_blocking(move || {
-        let metadata = producer.client().fetch_metadata(Some(&name), PROBE_TIMEOUT)?;
+        let metadata = client.client().fetch_metadata(Some(&name), PROBE_TIMEOUT)?;
         let topic = metadata.topics().iter().find(|t| t.name() == name);
         match topic {
             Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(t.partitions().len()),
@@ -88,20 +140,15 @@ pub async fn probe(producer: &Arc<IngestProducer>, topic: &str) -> Result<usize,
 }
 
 /// Keeps `state` and `health` in step with Kafka until `shutdown`.
-pub async fn watch(
-    kafka: KafkaConfig,
-    producer: Arc<IngestProducer>,
-    state: Arc<BrokerState>,
-    health: Health,
-    shutdown: CancellationToken,
-) {
+pub async fn watch(kafka: KafkaConfig, state: Arc<BrokerState>, health: Health, shutdown: CancellationToken) {
+    let mut prober = Prober::new(&kafka);
     let mut topic_ready = false;
     let mut last_error = String::new();
     loop {
         let outcome = if topic_ready {
-            probe(&producer, &kafka.topic).await.map(|_| ())
+            prober.probe(&kafka.topic).await.map(|_| ())
         } else {
-            ensure_topic(&kafka, &producer).await.map(|_| {
+            ensure_topic(&kafka, &mut prober).await.map(|_| {
                 topic_ready = true;
             })
         };

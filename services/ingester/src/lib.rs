@@ -74,13 +74,8 @@ pub async fn run(
     let mut registry = Registry::default();
     admin::register_metrics(&mut registry, counters.clone(), broker.clone());
 
-    let watcher = tokio::spawn(broker::watch(
-        config.kafka.clone(),
-        producer.clone(),
-        broker.clone(),
-        health.clone(),
-        shutdown.clone(),
-    ));
+    let watcher =
+        tokio::spawn(broker::watch(config.kafka.clone(), broker.clone(), health.clone(), shutdown.clone()));
     let exporter = Arc::new(KafkaExporter {
         producer: producer.clone(),
         topic: config.kafka.topic.clone(),
