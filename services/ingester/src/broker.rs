@@ -55,14 +55,8 @@ impl Prober {
         let client = match &self.client {
             Some(client) => client.clone(),
             None => {
-                // The producer's settings (security, addresses), but no producer session.
-                let mut config = ClientConfig::new();
-                config.set("bootstrap.servers", &self.kafka.brokers);
-                for (key, value) in &self.kafka.producer {
-                    config.set(key, value);
-                }
-                let client: BaseProducer = config
-                    .set("client.id", "telemetry-lake-ingester-probe")
+                // No producer session: metadata only.
+                let client: BaseProducer = client_config(&self.kafka, "telemetry-lake-ingester-probe")
                     .set("enable.idempotence", "false")
                     .create()
                     .map_err(|e| format!("cannot create the kafka metadata client: {e}"))?;
@@ -84,11 +78,21 @@ impl Prober {
     }
 }
 
+/// A client of the ingester's brokers with the `[kafka.producer]` settings (security,
+/// addresses, timeouts) the producer has too.
+fn client_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in &kafka.producer {
+        config.set(key, value);
+    }
+    config.set("client.id", client_id);
+    config
+}
+
 /// Creates the topic unless it exists; returns the partition count it has.
 pub async fn ensure_topic(kafka: &KafkaConfig, prober: &mut Prober) -> Result<usize, String> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &kafka.brokers)
-        .set("client.id", "telemetry-lake-ingester-admin")
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, "telemetry-lake-ingester-admin")
         .create()
         .map_err(|e| format!("cannot create the kafka admin client: {e}"))?;
     let topic =
