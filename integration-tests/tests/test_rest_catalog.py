@@ -202,18 +202,26 @@ def test_two_appenders_on_one_rest_table_keep_every_record_exactly_once(
     first = lake_appender(config)
     second = lake_appender(config)
     conflicts_before = catalog.log_text().count("type=CommitFailedException")
+
+    def both_committed_three_times() -> bool:
+        writers = writer_ids(load_rest_table(catalog, "two_writers"))
+        return len(writers) == 2 and min(writers.values()) >= 3
+
     with Load(first, "first", senders=2) as load_first, Load(second, "second", senders=2) as load_second:
         started = time.monotonic()
-        # Until both took 20,000 records and the catalog refused at least one commit because
-        # the other writer had moved the table (HTTP 409): the race this test is about.
+        # Until both took 20,000 records, each committed at least three times, and the catalog
+        # refused at least one commit because the other writer had moved the table (HTTP 409):
+        # the race this test is about. (A writer losing races retries for seconds, so a fixed
+        # amount of load alone does not make both commit several times.)
         wait_until(
             lambda: (
                 load_first.acknowledged >= 20_000
                 and load_second.acknowledged >= 20_000
                 and catalog.log_text().count("type=CommitFailedException") > conflicts_before
+                and both_committed_three_times()
             ),
             timeout=150,
-            what="20,000 acknowledged records on each appender and one commit conflict",
+            what="20,000 acknowledged records and three commits on each appender, and one commit conflict",
             interval=0.5,
         )
         loaded = time.monotonic() - started
