@@ -3,6 +3,7 @@
 //! `/stats`, `/metrics`, `/healthz`, `/readyz`), the server assembly and graceful shutdown.
 
 pub mod admin;
+pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod health;
