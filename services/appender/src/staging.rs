@@ -19,7 +19,7 @@ use std::{
     sync::mpsc::RecvTimeoutError,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     thread,
     time::Duration,
@@ -332,6 +332,9 @@ struct StagingDb {
     checkpoint_wal_bytes: u64,
     memory_limit: u64,
     open_readers: Arc<AtomicUsize>,
+    /// Set after a release: the checkpointer then checkpoints whatever the WAL's size, so that
+    /// the released rows' blocks are freed for reuse without stalling the appends.
+    checkpoint_wanted: Arc<AtomicBool>,
     broken: BrokenFlag,
     writer_id: String,
     counters: Arc<StagingCounters>,
@@ -354,7 +357,7 @@ impl StagingDb {
         // Checkpoints were half the CPU at DuckDB's defaults (16 MiB of WAL, compressed
         // segments). Staged rows are short-lived, so they are stored uncompressed and
         // checkpointed less often; but rows not yet checkpointed stay in memory, so the
-        // threshold stays well under the memory limit, and each release checkpoints too.
+        // threshold stays well under the memory limit, and each release has the checkpointer run one.
         // One DuckDB thread: appends and the flush's reads each run on their own thread
         // already, and DuckDB's workers competing with them for the cores cost more than their
         // parallel scans and sorts saved (14.3 instead of 17.8 CPU-s per million rows, 2 cores).
@@ -419,6 +422,7 @@ impl StagingDb {
             checkpoint_wal_bytes,
             memory_limit: config.memory_limit.as_u64(),
             open_readers: Arc::new(AtomicUsize::new(0)),
+            checkpoint_wanted: Arc::new(AtomicBool::new(false)),
             broken: BrokenFlag {
                 path: path.clone(),
                 reason: Arc::new(OnceLock::new()),
@@ -595,16 +599,13 @@ impl StagingDb {
     fn reader(&self, sealed: &Sealed) -> Result<SealedReader, StagingError> {
         let conn = self.conn.try_clone().map_err(|e| self.err(e))?;
         let row_bytes = 3 * (sealed.bytes / sealed.records.max(1)).max(100);
-        let sort_rows = std::env::var("XSORT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or((self.memory_limit / 3 / row_bytes).max(1_000));
+        let sort_rows = (self.memory_limit / 3 / row_bytes).max(1_000);
         Ok(SealedReader::new(conn, &self.open_readers, sort_rows))
     }
 
     /// Checkpoints on the staging thread if no reader is open and the WAL holds at least
     /// `min_wal_bytes` (and something).
-    fn checkpoint(&mut self, min_wal_bytes: u64) {
+    fn checkpoint(&self, min_wal_bytes: u64) {
         if self.open_readers.load(Ordering::SeqCst) == 0 && wal_len(&self.wal_path) >= min_wal_bytes.max(1) {
             checkpoint(&self.conn, &self.broken);
         }
@@ -616,8 +617,12 @@ impl StagingDb {
     /// checks the WAL every [`CHECKPOINT_POLL`], and stops when `stop`'s sender is dropped.
     fn start_checkpointer(&self) -> Result<Checkpointer, StagingError> {
         let conn = self.conn.try_clone().map_err(|e| self.err(e))?;
-        let (readers, broken, wal_path) =
-            (self.open_readers.clone(), self.broken.clone(), self.wal_path.clone());
+        let (readers, wanted, broken, wal_path) = (
+            self.open_readers.clone(),
+            self.checkpoint_wanted.clone(),
+            self.broken.clone(),
+            self.wal_path.clone(),
+        );
         let threshold = self.checkpoint_wal_bytes;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let thread = thread::Builder::new()
@@ -625,8 +630,10 @@ impl StagingDb {
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_POLL) {
                     let idle = readers.load(Ordering::SeqCst) == 0 && broken.error().is_none();
-                    if idle && wal_len(&wal_path) >= threshold {
-                        checkpoint(&conn, &broken);
+                    if idle && (wanted.swap(false, Ordering::SeqCst) || wal_len(&wal_path) >= threshold) {
+                        if !checkpoint(&conn, &broken) {
+                            wanted.store(true, Ordering::SeqCst);
+                        }
                     }
                 }
             })
@@ -727,7 +734,7 @@ impl StagingDb {
                 self.err(e)
             })?;
         self.sealed = None;
-        self.checkpoint(1);
+        self.checkpoint_wanted.store(true, Ordering::SeqCst);
         self.counters.records.fetch_sub(records, Ordering::Relaxed);
         self.counters.bytes.fetch_sub(bytes, Ordering::Relaxed);
         Ok(())
@@ -747,12 +754,15 @@ fn wal_len(wal_path: &str) -> u64 {
     std::fs::metadata(wal_path).map(|m| m.len()).unwrap_or(0)
 }
 
-/// Runs `CHECKPOINT`. DuckDB refuses one while another connection is inside a write
-/// transaction; that is retried later. A fatal error breaks the database.
-fn checkpoint(conn: &Connection, broken: &BrokenFlag) {
+/// Runs `CHECKPOINT` and tells whether it did. DuckDB refuses one while another connection is
+/// inside a write transaction; that is retried later. A fatal error breaks the database.
+fn checkpoint(conn: &Connection, broken: &BrokenFlag) -> bool {
     let started = std::time::Instant::now();
     match conn.execute_batch("CHECKPOINT") {
-        Ok(()) => tracing::debug!(seconds = started.elapsed().as_secs_f64(), "staging checkpointed"),
+        Ok(()) => {
+            tracing::debug!(seconds = started.elapsed().as_secs_f64(), "staging checkpointed");
+            return true;
+        }
         Err(e) if is_invalidated(&e) => broken.mark(format!("a checkpoint failed: {e}")),
         Err(e) if e.to_string().contains("other write transactions active") => {
             tracing::trace!(error = %e, "staging checkpoint deferred");
@@ -761,6 +771,7 @@ fn checkpoint(conn: &Connection, broken: &BrokenFlag) {
             tracing::warn!(error = %e, "staging checkpoint failed; the wal keeps growing until one succeeds")
         }
     }
+    false
 }
 
 /// Whether DuckDB refuses all further work on this database until it is reopened: a fatal
@@ -922,5 +933,29 @@ mod tests {
         }
         assert!(!staging.broken().is_cancelled());
         assert_eq!(staging.counters().records.load(Ordering::Relaxed), appended * 1_000);
+    }
+
+    #[tokio::test]
+    async fn a_release_is_checkpointed_by_the_checkpointer_however_small_the_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let staging = open(dir.path(), ByteSize::mib(64));
+        let wal = dir.path().join("staging.duckdb.wal");
+        let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        staging.append(crate::rows::to_rows(&request(&["web"], 100), None, 0)).await.expect("append");
+        let (sealed, reader) = staging.seal().await.expect("seal").expect("rows staged");
+        drop(reader);
+        staging.release(sealed.seal_id).await.expect("release");
+        // Far below the 16 MiB threshold: only the release's request checkpoints it.
+        assert!(wal_len() > 0, "the release is in the WAL");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while wal_len() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the release was not checkpointed: {} bytes",
+                wal_len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(staging.counters().records.load(Ordering::Relaxed), 0);
     }
 }

@@ -27,7 +27,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   about a second; `muzzy_decay_ms:0`: released pages are unmapped at once.
 ///
 /// Decays of 0 (purge on every free) cost a third of the throughput in the benchmark.
-const MALLOC_CONF: &std::ffi::CStr = c"percpu_arena:percpu,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
+const MALLOC_CONF: &std::ffi::CStr =
+    c"percpu_arena:percpu,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
 
 /// The symbol jemalloc looks up for its compiled-in options (`malloc_conf(3)`), of the type
 /// `tikv-jemalloc-sys` declares it with.
