@@ -156,6 +156,20 @@ impl LakeError {
     }
 }
 
+/// Whether a SQL catalog's database refused the configured credentials (SQLSTATE class 28,
+/// "invalid authorization specification": a wrong PostgreSQL user or password). Waiting cannot
+/// help an appender that keeps sending the same ones, so start-up stops instead of retrying.
+fn refused_credentials(err: &iceberg::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cause {
+        if let Some(sqlx::Error::Database(db)) = e.downcast_ref::<sqlx::Error>() {
+            return db.code().is_some_and(|code| code.starts_with("28"));
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// Whether an iceberg error may go away on its own: I/O, network and commit conflicts do; bad
 /// data, unsupported features and missing or duplicate objects do not.
 fn retryable(err: &iceberg::Error) -> bool {
@@ -572,7 +586,7 @@ pub(crate) async fn connect(
         catalog: catalog_label.to_string(),
         action: "connect",
         message: redactor.redact(&e.to_string()),
-        retryable: retryable(&e),
+        retryable: retryable(&e) && !refused_credentials(&e),
     };
     match config.catalog_type {
         CatalogType::Sql => {

@@ -44,7 +44,7 @@ use crate::{
 
 /// Opens the table, waiting with backoff while the catalog or storage is unreachable, so an
 /// appender that starts before its catalog waits for it instead of crash-looping; a
-/// configuration error stops at once.
+/// configuration error, or a catalog database refusing the credentials, stops at once.
 async fn open_lake(config: &IcebergConfig, shutdown: &CancellationToken) -> anyhow::Result<Lake> {
     let mut delay = Duration::from_secs(1);
     loop {
