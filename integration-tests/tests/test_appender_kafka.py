@@ -48,7 +48,7 @@ def kafka_config(broker: Broker, topic: str, lake: Path, **flush: Any) -> dict[s
             "brokers": broker.bootstrap,
             "topic": topic,
             "group_id": f"{topic}-appenders",
-            "dead_letter_topic": f"{topic}-dlq",
+            # kafka.dead_letter_topic left out: its default is f"{topic}-dlq".
         },
         "iceberg": {"catalog_uri": f"sqlite://{lake}/catalog.db", "warehouse": str(lake / "warehouse")},
         "flush": {"interval": "1h", "max_records": 100_000_000, "max_bytes": "1GiB", **flush},

@@ -247,12 +247,12 @@ pub struct KafkaSource {
 /// topic (one partition: it is for people, not speed) unless they exist, so an appender fed by a
 /// Collector's kafka exporter needs no ingester and no manual step.
 async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &config.brokers).create()?;
+    let admin: AdminClient<DefaultClientContext> = admin_client_config(config).create()?;
     let replication = || TopicReplication::Fixed(config.replication_factor);
     let mut topics = vec![NewTopic::new(&config.topic, config.partitions, replication())];
-    if !config.dead_letter_topic.is_empty() {
-        topics.push(NewTopic::new(&config.dead_letter_topic, 1, replication()));
+    let dead_letters = config.dead_letters();
+    if let Some(name) = &dead_letters {
+        topics.push(NewTopic::new(name, 1, replication()));
     }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     for result in admin.create_topics(&topics, &options).await? {
@@ -265,6 +265,18 @@ async fn ensure_topics(config: &KafkaConfig) -> Result<(), KafkaError> {
         }
     }
     Ok(())
+}
+
+/// The topic-creating client's settings: the `[kafka.consumer]` table too, so that it reaches
+/// the cluster the way the consumer does (security protocol, SASL, TLS, client addresses).
+/// librdkafka logs and ignores the consumer-only keys among them.
+fn admin_client_config(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    for (key, value) in &config.consumer {
+        client.set(key, value);
+    }
+    client
 }
 
 impl KafkaSource {
@@ -296,15 +308,16 @@ impl KafkaSource {
         ensure_topics(config).await?;
         let consumer: Arc<LakeConsumer> = Arc::new(client.create_with_context(context)?);
         consumer.subscribe(&[&config.topic])?;
-        let dead_letters = if config.dead_letter_topic.is_empty() {
-            None
-        } else {
-            let mut producer = ClientConfig::new();
-            producer.set("bootstrap.servers", &config.brokers).set("acks", "all");
-            for (key, value) in &config.producer {
-                producer.set(key, value);
+        let dead_letters = match config.dead_letters() {
+            None => None,
+            Some(topic) => {
+                let mut producer = ClientConfig::new();
+                producer.set("bootstrap.servers", &config.brokers).set("acks", "all");
+                for (key, value) in &config.producer {
+                    producer.set(key, value);
+                }
+                Some((producer.create::<FutureProducer>()?, topic))
             }
-            Some((producer.create::<FutureProducer>()?, config.dead_letter_topic.clone()))
         };
         let worker = Worker {
             consumer: consumer.clone(),
@@ -569,5 +582,21 @@ mod tests {
         let kept: i64 = conn.query_row(&sql, [], |r| r.get(0)).unwrap();
         // kept: the embedded row, (0,120) and (3,7); dropped: below the table, or not owned
         assert_eq!(kept, 3);
+    }
+
+    #[test]
+    fn the_topic_creating_client_connects_like_the_consumer() {
+        let config = KafkaConfig {
+            brokers: "kafka-0:9093".into(),
+            consumer: [("security.protocol", "SASL_SSL"), ("sasl.mechanism", "SCRAM-SHA-512")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..KafkaConfig::default()
+        };
+        let admin = admin_client_config(&config);
+        assert_eq!(admin.get("bootstrap.servers"), Some("kafka-0:9093"));
+        assert_eq!(admin.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(admin.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
     }
 }

@@ -98,8 +98,10 @@ pub struct KafkaConfig {
     pub partitions: i32,
     pub replication_factor: i32,
     pub group_id: String,
-    /// Topic for records the appender cannot decode; empty disables it.
-    pub dead_letter_topic: String,
+    /// Topic for records the appender cannot decode: unset means `{topic}-dlq`, empty disables
+    /// it. Read it through [`KafkaConfig::dead_letters`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
     /// Passed through to librdkafka's producer (e.g. `compression.type`, `linger.ms`).
     pub producer: BTreeMap<String, String>,
     /// Passed through to librdkafka's consumer.
@@ -114,9 +116,21 @@ impl Default for KafkaConfig {
             partitions: 12,
             replication_factor: 1,
             group_id: "telemetry-lake-appender".into(),
-            dead_letter_topic: "otel-logs-dlq".into(),
+            dead_letter_topic: None,
             producer: BTreeMap::new(),
             consumer: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The dead-letter topic, `None` when disabled: by default the topic's name plus `-dlq`, so
+    /// appenders of different topics do not mix their dead letters.
+    pub fn dead_letters(&self) -> Option<String> {
+        match &self.dead_letter_topic {
+            None => Some(format!("{}-dlq", self.topic)),
+            Some(name) if name.trim().is_empty() => None,
+            Some(name) => Some(name.clone()),
         }
     }
 }
@@ -287,6 +301,7 @@ mod tests {
         assert_eq!(c.kafka.topic, "otel-logs");
         assert_eq!(c.kafka.partitions, 12);
         assert_eq!(c.kafka.group_id, "telemetry-lake-appender");
+        assert_eq!(c.kafka.dead_letters().as_deref(), Some("otel-logs-dlq"));
         assert_eq!(c.staging.path, "data/staging.duckdb");
         assert_eq!(c.staging.memory_limit, ByteSize::mib(256));
         assert_eq!(c.flush.interval, Duration::from_secs(30));
@@ -321,6 +336,22 @@ mod tests {
             assert_eq!(c.otlp.grpc_endpoint.to_string(), "127.0.0.1:14317");
             assert_eq!(c.kafka.producer.get("linger.ms").map(String::as_str), Some("5"));
             assert_eq!(c.iceberg.properties.get("s3.region").map(String::as_str), Some("eu-west-1"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_dead_letter_topic_follows_the_topic_unless_named_or_disabled() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("lake.toml", "[kafka]\ntopic = \"app-logs\"\n")?;
+            let c = Config::load(Some(Path::new("lake.toml"))).expect("valid config");
+            assert_eq!(c.kafka.dead_letters().as_deref(), Some("app-logs-dlq"));
+            jail.create_file("lake.toml", "[kafka]\ntopic = \"app-logs\"\ndead_letter_topic = \"bad\"\n")?;
+            let c = Config::load(Some(Path::new("lake.toml"))).expect("valid config");
+            assert_eq!(c.kafka.dead_letters().as_deref(), Some("bad"));
+            jail.set_env("TELEMETRY_LAKE_KAFKA__DEAD_LETTER_TOPIC", "");
+            let c = Config::load(Some(Path::new("lake.toml"))).expect("valid config");
+            assert_eq!(c.kafka.dead_letters(), None, "an empty name disables it");
             Ok(())
         });
     }
