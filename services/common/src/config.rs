@@ -357,6 +357,23 @@ mod tests {
     }
 
     #[test]
+    fn iceberg_properties_with_dots_can_come_from_one_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("lake.toml", "[iceberg.properties]\n\"s3.region\" = \"eu-west-1\"\n")?;
+            jail.set_env(
+                "TELEMETRY_LAKE_ICEBERG__PROPERTIES",
+                r#"{"s3.endpoint"="http://minio:9000", "s3.access-key-id"="AKIA/x+y=="}"#,
+            );
+            let c = Config::load(Some(Path::new("lake.toml"))).expect("valid config");
+            let get = |k: &str| c.iceberg.properties.get(k).map(String::as_str);
+            assert_eq!(get("s3.endpoint"), Some("http://minio:9000"));
+            assert_eq!(get("s3.access-key-id"), Some("AKIA/x+y=="));
+            assert_eq!(get("s3.region"), Some("eu-west-1"), "the file's properties stay");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("lake.toml", "[flush]\nintervall = \"10s\"\n")?;
