@@ -914,21 +914,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         // memory_limit 64 MiB: checkpoint at 16 MiB of WAL; the staging thread itself only at 32.
         let staging = open(dir.path(), ByteSize::mib(64));
-        let wal = dir.path().join("staging.duckdb.wal");
-        let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let wal = dir.path().join("staging.duckdb.wal").display().to_string();
         let mut request = request(&["web"], 1_000);
         for record in &mut request.resource_logs[0].scope_logs[0].log_records {
             record.body = Some(AnyValue { value: Some(Value::StringValue("x".repeat(1_000))) });
         }
         let mut appended = 0;
-        while wal_len() < 17 << 20 {
+        while wal_len(&wal) < 17 << 20 {
             staging.append(crate::rows::to_rows(&request, None, 0)).await.expect("append");
             appended += 1;
-            assert!(appended < 100, "the WAL did not grow: {} bytes", wal_len());
+            assert!(appended < 100, "the WAL did not grow: {} bytes", wal_len(&wal));
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while wal_len() >= 16 << 20 {
-            assert!(std::time::Instant::now() < deadline, "no checkpoint: the WAL holds {} bytes", wal_len());
+        while wal_len(&wal) >= 16 << 20 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no checkpoint: the WAL holds {} bytes",
+                wal_len(&wal)
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(!staging.broken().is_cancelled());
@@ -939,20 +942,19 @@ mod tests {
     async fn a_release_is_checkpointed_by_the_checkpointer_however_small_the_wal() {
         let dir = tempfile::tempdir().unwrap();
         let staging = open(dir.path(), ByteSize::mib(64));
-        let wal = dir.path().join("staging.duckdb.wal");
-        let wal_len = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+        let wal = dir.path().join("staging.duckdb.wal").display().to_string();
         staging.append(crate::rows::to_rows(&request(&["web"], 100), None, 0)).await.expect("append");
         let (sealed, reader) = staging.seal().await.expect("seal").expect("rows staged");
         drop(reader);
         staging.release(sealed.seal_id).await.expect("release");
         // Far below the 16 MiB threshold: only the release's request checkpoints it.
-        assert!(wal_len() > 0, "the release is in the WAL");
+        assert!(wal_len(&wal) > 0, "the release is in the WAL");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while wal_len() > 0 {
+        while wal_len(&wal) > 0 {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the release was not checkpointed: {} bytes",
-                wal_len()
+                wal_len(&wal)
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
