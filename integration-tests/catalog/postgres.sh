@@ -18,12 +18,11 @@
 # directory nobody can enter), runs as `nobody`, and DIR/pgdata.path says where it is.
 set -euo pipefail
 
-usage() { echo "usage: postgres.sh start|wait|stop|kill|destroy DIR PORT" >&2; exit 2; }
-[[ $# -eq 3 ]] || usage
-command="$1"
-dir="$(mkdir -p "$2" && cd "$2" && pwd)"
-port="$3"
-pid_file="$dir/postgres.pid"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=../lib/service.sh
+source "$here/../lib/service.sh"
+svc_init postgres "postgres.sh start|wait|stop|kill|destroy DIR PORT" 3 "$@"
+log="$dir/postgres.log"
 password="${PG_PASSWORD:-lake}"
 
 newest_bin() {
@@ -73,39 +72,11 @@ owner_prefix() {
     fi
 }
 
-running_pid() {
-    [[ -f "$pid_file" ]] || return 1
-    local pid
-    pid="$(cat "$pid_file")"
-    kill -0 "$pid" 2>/dev/null || return 1
-    echo "$pid"
-}
-
-stop() {
-    local signal="$1" pid
-    if pid="$(running_pid)"; then
-        kill -s "$signal" "$pid"
-        for _ in $(seq 1 300); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "postgres.sh: pid $pid still alive 30s after SIG$signal; killing it" >&2
-            kill -s KILL "$pid"
-        fi
-    fi
-    rm -f "$pid_file"
-}
-
 case "$command" in
 start)
-    if pid="$(running_pid)"; then
-        echo "postgres.sh: already running as pid $pid" >&2
-        exit 1
-    fi
+    svc_refuse_if_running
     bin="$(bin_dir)"
     data="$(data_dir)"
-    log="$dir/postgres.log"
     if [[ ! -f "$data/db/PG_VERSION" ]]; then
         printf '%s\n' "$password" >"$data/pwfile"
         [[ "$(id -u)" == 0 ]] && chown nobody: "$data/pwfile"
@@ -118,39 +89,24 @@ start)
         }
         rm -f "$data/pwfile"
     fi
-    echo "===== start at $(date +%T) on 127.0.0.1:$port =====" >>"$log"
     # env and setpriv exec postgres, so $! is the postmaster's pid.
     owner_prefix "$data"
-    "${owner[@]}" "$bin/postgres" -D "$data/db" -p "$port" -c listen_addresses=127.0.0.1 \
-        -c unix_socket_directories="$data" -c fsync=off -c full_page_writes=off \
-        -c max_connections=100 >>"$log" 2>&1 </dev/null &
-    echo $! >"$pid_file"
+    svc_launch "$log" "${owner[@]}" "$bin/postgres" -D "$data/db" -p "$port" -c listen_addresses=127.0.0.1 \
+        -c unix_socket_directories="$data" -c fsync=off -c full_page_writes=off -c max_connections=100
     ;;
 wait)
     bin="$(bin_dir)"
-    deadline=$((SECONDS + ${WAIT_SECONDS:-60}))
-    until "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -d postgres -U lake; do
-        if ! running_pid >/dev/null; then
-            echo "postgres.sh: postgres is not running; tail of $dir/postgres.log:" >&2
-            tail -20 "$dir/postgres.log" >&2
-            exit 1
-        fi
-        if ((SECONDS >= deadline)); then
-            echo "postgres.sh: postgres on port $port not ready after ${WAIT_SECONDS:-60}s" >&2
-            exit 1
-        fi
-        sleep 0.2
-    done
+    svc_wait postgres "$log" "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" -d postgres -U lake
     export PGPASSWORD="$password"
     if [[ -z "$("$bin/psql" -h 127.0.0.1 -p "$port" -U lake -d postgres -tAc \
         "SELECT 1 FROM pg_database WHERE datname = 'catalog'")" ]]; then
         "$bin/createdb" -h 127.0.0.1 -p "$port" -U lake catalog
     fi
     ;;
-stop) stop INT ;;
-kill) stop KILL ;;
+stop) svc_stop INT ;;
+kill) svc_stop KILL ;;
 destroy)
-    stop INT
+    svc_stop INT
     if [[ "$(id -u)" == 0 && -f "$dir/pgdata.path" ]]; then
         rm -rf "$(cat "$dir/pgdata.path")"
         rm -f "$dir/pgdata.path"
@@ -158,5 +114,5 @@ destroy)
         rm -rf "$dir/pgdata"
     fi
     ;;
-*) usage ;;
+*) svc_usage ;;
 esac

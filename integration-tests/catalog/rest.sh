@@ -18,68 +18,23 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-usage() { echo "usage: rest.sh start|wait|stop|kill DIR PORT" >&2; exit 2; }
-[[ $# -eq 3 ]] || usage
-command="$1"
-dir="$(mkdir -p "$2" && cd "$2" && pwd)"
-port="$3"
-pid_file="$dir/rest.pid"
+# shellcheck source=../lib/service.sh
+source "$here/../lib/service.sh"
+svc_init rest "rest.sh start|wait|stop|kill DIR PORT" 3 "$@"
 log="$dir/rest.log"
-
-running_pid() {
-    [[ -f "$pid_file" ]] || return 1
-    local pid
-    pid="$(cat "$pid_file")"
-    kill -0 "$pid" 2>/dev/null || return 1
-    echo "$pid"
-}
 
 case "$command" in
 start)
-    if pid="$(running_pid)"; then
-        echo "rest.sh: already running as pid $pid" >&2
-        exit 1
-    fi
+    svc_refuse_if_running
     home="$(bash "$here/fetch.sh" rest)"
     export CATALOG_URI="${CATALOG_URI:-jdbc:sqlite:file:$dir/catalog.db}"
     # The AWS SDK would otherwise look for ~/.aws and instance metadata.
     export AWS_REGION="${AWS_REGION:-${CATALOG_CLIENT_REGION:-us-east-1}}"
-    echo "===== start at $(date +%T) on 127.0.0.1:$port =====" >>"$log"
-    nohup java -Xms64m -Xmx384m -XX:+UseSerialGC -Djava.awt.headless=true \
-        -cp "$home/libs/*:$home/classes" org.apache.iceberg.rest.LoopbackRestCatalog 127.0.0.1 "$port" \
-        >>"$log" 2>&1 </dev/null &
-    echo $! >"$pid_file"
+    svc_launch "$log" nohup java -Xms64m -Xmx384m -XX:+UseSerialGC -Djava.awt.headless=true \
+        -cp "$home/libs/*:$home/classes" org.apache.iceberg.rest.LoopbackRestCatalog 127.0.0.1 "$port"
     ;;
-wait)
-    deadline=$((SECONDS + ${WAIT_SECONDS:-60}))
-    until curl -sf --noproxy '*' -o /dev/null "http://127.0.0.1:$port/v1/config"; do
-        if ! running_pid >/dev/null; then
-            echo "rest.sh: the catalog is not running; tail of $log:" >&2
-            tail -20 "$log" >&2
-            exit 1
-        fi
-        if ((SECONDS >= deadline)); then
-            echo "rest.sh: catalog on port $port not ready after ${WAIT_SECONDS:-60}s; see $log" >&2
-            exit 1
-        fi
-        sleep 0.2
-    done
-    ;;
-stop | kill)
-    if pid="$(running_pid)"; then
-        signal=TERM
-        [[ "$command" == kill ]] && signal=KILL
-        kill -s "$signal" "$pid"
-        for _ in $(seq 1 300); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "rest.sh: pid $pid still alive 30s after SIG$signal; killing it" >&2
-            kill -s KILL "$pid"
-        fi
-    fi
-    rm -f "$pid_file"
-    ;;
-*) usage ;;
+wait) svc_wait "the catalog" "$log" curl -sf --noproxy '*' -o /dev/null "http://127.0.0.1:$port/v1/config" ;;
+stop) svc_stop TERM ;;
+kill) svc_stop KILL ;;
+*) svc_usage ;;
 esac

@@ -13,52 +13,24 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-usage() { echo "usage: s3.sh start|wait|stop|kill DIR PORT | s3.sh bucket DIR PORT NAME" >&2; exit 2; }
-[[ $# -ge 3 ]] || usage
-command="$1"
-dir="$(mkdir -p "$2" && cd "$2" && pwd)"
-port="$3"
-pid_file="$dir/s3.pid"
+# shellcheck source=../lib/service.sh
+source "$here/../lib/service.sh"
+svc_init s3 "s3.sh start|wait|stop|kill DIR PORT | s3.sh bucket DIR PORT NAME" 4 "$@"
 log="$dir/s3.log"
-
-running_pid() {
-    [[ -f "$pid_file" ]] || return 1
-    local pid
-    pid="$(cat "$pid_file")"
-    kill -0 "$pid" 2>/dev/null || return 1
-    echo "$pid"
-}
 
 case "$command" in
 start)
-    [[ $# -eq 3 ]] || usage
-    if pid="$(running_pid)"; then
-        echo "s3.sh: already running as pid $pid" >&2
-        exit 1
-    fi
+    svc_expect_args 3
+    svc_refuse_if_running
     venv="$(bash "$here/fetch.sh" moto)"
-    echo "===== start at $(date +%T) on 127.0.0.1:$port =====" >>"$log"
-    nohup "$venv/bin/python" -m moto.server -H 127.0.0.1 -p "$port" >>"$log" 2>&1 </dev/null &
-    echo $! >"$pid_file"
+    svc_launch "$log" nohup "$venv/bin/python" -m moto.server -H 127.0.0.1 -p "$port"
     ;;
 wait)
-    [[ $# -eq 3 ]] || usage
-    deadline=$((SECONDS + ${WAIT_SECONDS:-60}))
-    until curl -sf --noproxy '*' -o /dev/null "http://127.0.0.1:$port/"; do
-        if ! running_pid >/dev/null; then
-            echo "s3.sh: the S3 server is not running; tail of $log:" >&2
-            tail -20 "$log" >&2
-            exit 1
-        fi
-        if ((SECONDS >= deadline)); then
-            echo "s3.sh: S3 server on port $port not ready after ${WAIT_SECONDS:-60}s; see $log" >&2
-            exit 1
-        fi
-        sleep 0.2
-    done
+    svc_expect_args 3
+    svc_wait "the S3 server" "$log" curl -sf --noproxy '*' -o /dev/null "http://127.0.0.1:$port/"
     ;;
 bucket)
-    [[ $# -eq 4 ]] || usage
+    svc_expect_args 4
     code="$(curl -s --noproxy '*' -o /dev/null -w '%{http_code}' -X PUT "http://127.0.0.1:$port/$4")"
     if [[ "$code" != 200 && "$code" != 409 ]]; then
         echo "s3.sh: creating bucket $4 answered HTTP $code; see $log" >&2
@@ -66,20 +38,8 @@ bucket)
     fi
     ;;
 stop | kill)
-    [[ $# -eq 3 ]] || usage
-    if pid="$(running_pid)"; then
-        signal=TERM
-        [[ "$command" == kill ]] && signal=KILL
-        kill -s "$signal" "$pid"
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -s KILL "$pid"
-        fi
-    fi
-    rm -f "$pid_file"
+    svc_expect_args 3
+    if [[ "$command" == kill ]]; then svc_stop KILL 10; else svc_stop TERM 10; fi
     ;;
-*) usage ;;
+*) svc_usage ;;
 esac

@@ -12,21 +12,10 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-usage() { echo "usage: broker.sh start|stop|kill|wait DIR PORT" >&2; exit 2; }
-[[ $# -eq 3 ]] || usage
-command="$1"
-dir="$(mkdir -p "$2" && cd "$2" && pwd)"
-port="$3"
+# shellcheck source=../lib/service.sh
+source "$here/../lib/service.sh"
+svc_init broker "broker.sh start|stop|kill|wait DIR PORT" 3 "$@"
 controller_port=$((port + 1))
-pid_file="$dir/broker.pid"
-
-running_pid() {
-    [[ -f "$pid_file" ]] || return 1
-    local pid
-    pid="$(cat "$pid_file")"
-    kill -0 "$pid" 2>/dev/null || return 1
-    echo "$pid"
-}
 
 java_cmd() {
     local home
@@ -76,12 +65,15 @@ logger.apache.level = info
 PROPS
 }
 
+# This start's "Kafka Server started" line (start moves an older server.log away) and the port.
+started_and_listening() {
+    grep -q "Kafka Server started" "$dir/logs/server.log" 2>/dev/null &&
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
+}
+
 case "$command" in
 start)
-    if pid="$(running_pid)"; then
-        echo "broker.sh: already running as pid $pid" >&2
-        exit 1
-    fi
+    svc_refuse_if_running
     write_config
     java_cmd
     # `wait` looks for this start's "Kafka Server started" line, not a previous one.
@@ -97,41 +89,13 @@ start)
             exit 1
         }
     fi
-    nohup "${JAVA_CMD[@]}" kafka.Kafka "$dir/server.properties" >>"$dir/broker.out" 2>&1 </dev/null &
-    echo $! >"$pid_file"
+    svc_launch "$dir/broker.out" nohup "${JAVA_CMD[@]}" kafka.Kafka "$dir/server.properties"
     ;;
 wait)
-    deadline=$((SECONDS + ${WAIT_SECONDS:-60}))
     # The server logs this line once the broker has registered and listens for clients.
-    until grep -q "Kafka Server started" "$dir/logs/server.log" 2>/dev/null &&
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
-        if ! running_pid >/dev/null; then
-            echo "broker.sh: broker is not running; tail of $dir/broker.out:" >&2
-            tail -20 "$dir/broker.out" >&2
-            exit 1
-        fi
-        if ((SECONDS >= deadline)); then
-            echo "broker.sh: broker on port $port not ready after ${WAIT_SECONDS:-60}s" >&2
-            exit 1
-        fi
-        sleep 0.2
-    done
+    svc_wait "the broker" "$dir/broker.out" started_and_listening
     ;;
-stop | kill)
-    if pid="$(running_pid)"; then
-        signal=TERM
-        [[ "$command" == kill ]] && signal=KILL
-        kill -s "$signal" "$pid"
-        for _ in $(seq 1 300); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "broker.sh: pid $pid still alive 30s after SIG$signal; killing it" >&2
-            kill -s KILL "$pid"
-        fi
-    fi
-    rm -f "$pid_file"
-    ;;
-*) usage ;;
+stop) svc_stop TERM ;;
+kill) svc_stop KILL ;;
+*) svc_usage ;;
 esac
