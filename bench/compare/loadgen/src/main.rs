@@ -6,9 +6,9 @@
 //! with what was sent, acknowledged and refused, the export latency percentiles and a
 //! per-`--step` timeline of acknowledged records.
 //!
-//! The workload and the load loop are the embedded benchmark's (`bench/src/workload.rs`,
-//! `bench/src/load.rs`), compiled in unchanged: real Loghub lines as ~200-byte bodies, 8
-//! services per request, requests encoded before the clock starts, `--concurrency` HTTP/2
+//! The workload and the load loop are the embedded benchmark's (the
+//! `telemetry-lake-bench-workload` crate, `bench/workload/`): real Loghub lines as ~200-byte
+//! bodies, 8 services per request, requests encoded before the clock starts, `--concurrency` HTTP/2
 //! connections with one export in flight each, paced to `--rate` when given. Before the clock
 //! starts, one request goes through opentelemetry-proto's typed `LogsServiceClient` to check
 //! the endpoint; its records are counted in `warmup_records` (they reach Kafka too).
@@ -17,14 +17,6 @@
 //! records with `bench.sequence` = `k * batch + i` and `time_unix_nano` = the send time, and
 //! the JSON lists every request's send and answer wall-clock times, so a reader of the table
 //! can tell when each record became visible.
-
-#[allow(dead_code)]
-#[path = "../../../src/workload.rs"]
-mod workload;
-
-#[allow(dead_code)]
-#[path = "../../../src/load.rs"]
-mod load;
 
 use std::{
     collections::BTreeMap,
@@ -48,7 +40,10 @@ use serde::Serialize;
 use tokio::time::MissedTickBehavior;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::load::{Answer, LiveCounters, LoadPlan};
+use telemetry_lake_bench_workload::{
+    load::{self, Answer, LiveCounters, LoadPlan},
+    workload,
+};
 
 /// The attribute every workload record carries; `--freshness` makes it unique per record.
 const SEQUENCE_KEY: &str = "bench.sequence";

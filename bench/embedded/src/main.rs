@@ -31,10 +31,8 @@
 //! ```
 
 mod appender;
-mod load;
 mod report;
 mod sampler;
-mod workload;
 
 use std::{
     collections::BTreeMap,
@@ -48,14 +46,16 @@ use clap::Parser;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
 use telemetry_lake_admin_proto::v1::admin_client::AdminClient;
+use telemetry_lake_bench_workload::{
+    load::{self, LiveCounters, LoadPlan, LoadResult},
+    workload::{self, PreEncoded},
+};
 use tonic::transport::Channel;
 
 use crate::{
     appender::{Appender, FlushLog},
-    load::{LiveCounters, LoadPlan, LoadResult},
     report::{Inputs, Report, Setup, Span},
     sampler::{ProcWatch, Samplers},
-    workload::PreEncoded,
 };
 
 const PROC_EVERY: Duration = Duration::from_millis(250);

@@ -5,9 +5,10 @@ use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use serde::Serialize;
 
+use telemetry_lake_bench_workload::load::{Answer, LoadResult};
+
 use crate::{
     appender::FlushLog,
-    load::{Answer, LoadResult},
     sampler::{ProcSample, Samples, StatsSample},
 };
 

@@ -11,10 +11,11 @@ use std::{
 
 use anyhow::Context;
 use telemetry_lake_admin_proto::v1::admin_client::AdminClient;
+use telemetry_lake_bench_workload::load::LiveCounters;
 use tokio::{sync::watch, task::JoinHandle};
 use tonic::transport::Channel;
 
-use crate::{appender, load::LiveCounters};
+use crate::appender;
 
 /// One look at the process.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
