@@ -27,8 +27,10 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from kafka_harness import Broker, Ingester  # noqa: E402
-from lake_harness import GRPC_CHANNEL_OPTIONS, NEVER_FLUSH, Appender, merge_config  # noqa: E402
+from harness.clients import GRPC_CHANNEL_OPTIONS  # noqa: E402
+from harness.config import NEVER_FLUSH, merge_config  # noqa: E402
+from harness.kafka import Broker, Ingester  # noqa: E402
+from harness.lake import Appender  # noqa: E402
 from otlp_client import LOGS_EXPORT_METHOD, loghub_records, otlp_protobuf  # noqa: E402
 
 SYSTEMS = ("Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "OpenStack", "Spark", "Zookeeper")

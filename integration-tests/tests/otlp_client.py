@@ -39,7 +39,9 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
-from lake_harness import GRPC_CHANNEL_OPTIONS, Ports, http_session, loghub_dir
+from harness.clients import GRPC_CHANNEL_OPTIONS, http_session
+from harness.paths import loghub_dir
+from harness.ports import Ports
 
 # BoundedAttributes warns for each attribute it evicts, which is the point in dropped-count tests.
 logging.getLogger("opentelemetry.attributes").setLevel(logging.ERROR)

@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from conftest import APPENDERS, MakeAppender
-from kafka_harness import Broker, Ingester
-from lake_harness import Appender, load_table, read_table, wait_until
+from harness.kafka import Broker, Ingester
+from harness.lake import APPENDERS, Appender, AppenderFactory, load_table, read_table
+from harness.wait import wait_until
 from otlp_client import LogSpec, loghub_records, otlp_protobuf, post_logs, record_id, send, table_mismatches
 
 SYSTEMS = ("Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "OpenStack", "Spark", "Zookeeper")
@@ -93,7 +93,7 @@ def snapshot_offsets(appender: Appender) -> list[dict[str, int]]:
 
 
 def test_records_flow_from_the_ingester_into_the_table(
-    make_appender: MakeAppender, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
+    make_appender: AppenderFactory, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
 ) -> None:
     appender = make_appender(kafka_config(broker, topic, tmp_path / "lake"))
     assert appender.stats()["mode"] == "kafka"
@@ -114,7 +114,7 @@ def test_records_flow_from_the_ingester_into_the_table(
 
 
 def test_garbage_goes_to_the_dead_letter_topic_while_the_rest_flows(
-    make_appender: MakeAppender, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
+    make_appender: AppenderFactory, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
 ) -> None:
     appender = make_appender(kafka_config(broker, topic, tmp_path / "lake"))
     first = loghub_records("Spark", 100, tag="before-garbage")
@@ -132,7 +132,7 @@ def test_garbage_goes_to_the_dead_letter_topic_while_the_rest_flows(
 
 @pytest.mark.timeout(600)
 def test_kill9_and_restarts_while_records_flow_commit_each_record_once(
-    make_appender: MakeAppender, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
+    make_appender: AppenderFactory, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
 ) -> None:
     appender = make_appender(kafka_config(broker, topic, tmp_path / "lake", max_records=10_000))
     sent: list[LogSpec] = []
@@ -165,7 +165,7 @@ def test_kill9_and_restarts_while_records_flow_commit_each_record_once(
 
 
 def test_two_appenders_in_one_group_hand_over_without_doubles(
-    make_appender: MakeAppender, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
+    make_appender: AppenderFactory, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
 ) -> None:
     config = kafka_config(broker, topic, tmp_path / "lake", interval="2s")
     first = make_appender(config)
@@ -187,7 +187,7 @@ def test_two_appenders_in_one_group_hand_over_without_doubles(
 
 @pytest.mark.timeout(300)
 def test_broker_outage_loses_no_acknowledged_record(
-    make_appender: MakeAppender, request: pytest.FixtureRequest, tmp_path: Path, topic: str
+    make_appender: AppenderFactory, request: pytest.FixtureRequest, tmp_path: Path, topic: str
 ) -> None:
     """The broker stops for 20 s while a client sends: the ingester refuses with retryable
     answers meanwhile, and afterwards every acknowledged record is in the table exactly once."""

@@ -16,8 +16,8 @@ import grpc
 import requests
 from google.rpc import error_details_pb2, status_pb2
 
-from conftest import MakeAppender
-from lake_harness import Appender, read_table, wait_until
+from harness.lake import Appender, AppenderFactory, read_table
+from harness.wait import wait_until
 from otlp_client import (
     LogSpec,
     grpc_export_raw,
@@ -78,7 +78,7 @@ def fill_until_refused(appender: Appender, max_batches: int = 40) -> tuple[list[
     raise AssertionError(f"{len(acknowledged)} records staged with failing storage and nothing refused")
 
 
-def test_failing_storage_pushes_back_then_recovers_without_loss(make_appender: MakeAppender) -> None:
+def test_failing_storage_pushes_back_then_recovers_without_loss(make_appender: AppenderFactory) -> None:
     appender = make_appender(CONFIG)
     broken = break_storage(appender)
 

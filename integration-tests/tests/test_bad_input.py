@@ -16,8 +16,9 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
-from conftest import MakeAppender
-from lake_harness import Appender, Ports, prometheus_samples, read_table
+from harness.clients import prometheus_samples
+from harness.lake import Appender, AppenderFactory, read_table
+from harness.ports import Ports
 from otlp_client import (
     LogSpec,
     Transport,
@@ -192,7 +193,7 @@ def assert_only_good_records(appender: Appender, good: list[LogSpec]) -> None:
 
 
 @pytest.fixture
-def limited(make_appender: MakeAppender) -> Appender:
+def limited(make_appender: AppenderFactory) -> Appender:
     return make_appender(LIMITED)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from lake_harness import REPO_DIR, bin_dir
+from harness.paths import REPO_DIR, bin_dir
 
 COMPARE = REPO_DIR / "integration-tests" / "bench" / "compare" / "compare.py"
 # A cold machine builds the load generator (cargo) and the Collector (Go) first.

@@ -22,7 +22,6 @@ import json
 import os
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,18 +33,17 @@ import pytest
 from google.protobuf import json_format
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 
-from collector_harness import (
+from harness.collector import (
     COLLECTOR_CONFIGS,
     TOOL_NAMES,
-    TOOLS_DIR,
     Collector,
     build_tools,
     run_tool,
     telemetrygen_logs,
 )
-from conftest import APPENDERS, MakeAppender
-from kafka_harness import Broker, Ingester, kafka_home, wait_for
-from lake_harness import Appender, read_table, wait_until
+from harness.kafka import Broker, Ingester
+from harness.lake import APPENDERS, Appender, AppenderFactory, read_table
+from harness.wait import wait_until
 from otlp_client import (
     LogSpec,
     Transport,
@@ -120,7 +118,7 @@ def log_list(request: pytest.FixtureRequest) -> list[Any]:
 
 @pytest.fixture
 def make_ingester(
-    request: pytest.FixtureRequest, tmp_path: Path, broker: Broker, make_appender: MakeAppender
+    request: pytest.FixtureRequest, tmp_path: Path, broker: Broker, make_appender: AppenderFactory
 ) -> Iterator[MakeIngester]:
     """Ingesters (started and ready) on the module's broker unless another is given."""
     created: list[Ingester] = []
@@ -140,7 +138,7 @@ def make_ingester(
 
 @pytest.fixture
 def make_collector(
-    request: pytest.FixtureRequest, tmp_path: Path, go_tools: dict[str, Path], make_appender: MakeAppender
+    request: pytest.FixtureRequest, tmp_path: Path, go_tools: dict[str, Path], make_appender: AppenderFactory
 ) -> Iterator[MakeCollector]:
     """Collectors (started and ready), killed after the test; logs shown on failure."""
     created: list[Collector] = []
@@ -234,7 +232,7 @@ def test_collector_otlp_grpc_exporter_to_the_ingester(
     topic: str,
     tmp_path: Path,
     make_ingester: MakeIngester,
-    make_appender: MakeAppender,
+    make_appender: AppenderFactory,
     make_collector: MakeCollector,
 ) -> None:
     ingester = make_ingester(topic)
@@ -266,7 +264,7 @@ def test_collector_otlp_http_exporter(
     topic: str,
     tmp_path: Path,
     make_ingester: MakeIngester,
-    make_appender: MakeAppender,
+    make_appender: AppenderFactory,
     make_collector: MakeCollector,
 ) -> None:
     if target == "ingester":
@@ -349,7 +347,7 @@ def test_collector_retries_through_a_kafka_outage(
     topic: str,
     tmp_path: Path,
     make_ingester: MakeIngester,
-    make_appender: MakeAppender,
+    make_appender: AppenderFactory,
     make_collector: MakeCollector,
 ) -> None:
     """Kafka goes away for ~20 s while records keep flowing into the Collector (the README's
@@ -373,15 +371,25 @@ def test_collector_retries_through_a_kafka_outage(
             else:
                 broker_signal(own, signal.SIGSTOP)
             outage_started = time.monotonic()
-            wait_for(lambda: ingester.stats()["serving"] is False, timeout=20, what="the ingester to see Kafka down")
-            wait_for(
+            wait_until(
+                lambda: ingester.stats()["serving"] is False,
+                timeout=20,
+                interval=0.2,
+                retry_errors=True,
+                what="the ingester to see Kafka down",
+            )
+            wait_until(
                 lambda: ingester.stats()["totals"]["records_rejected"] > 0,
                 timeout=20,
+                interval=0.2,
+                retry_errors=True,
                 what="the ingester to refuse an export",
             )
-            wait_for(
+            wait_until(
                 lambda: collector.metric_sum("otelcol_exporter_queue_size") > 0,
                 timeout=20,
+                interval=0.2,
+                retry_errors=True,
                 what="batches waiting in the collector's queue",
             )
             time.sleep(max(0.0, 20 - (time.monotonic() - outage_started)))
@@ -389,7 +397,13 @@ def test_collector_retries_through_a_kafka_outage(
                 own.start_and_wait()
             else:
                 broker_signal(own, signal.SIGCONT)
-            wait_for(lambda: ingester.stats()["serving"] is True, timeout=30, what="the ingester to see Kafka back")
+            wait_until(
+                lambda: ingester.stats()["serving"] is True,
+                timeout=30,
+                interval=0.2,
+                retry_errors=True,
+                what="the ingester to see Kafka back",
+            )
             time.sleep(1)
         sent = sender.check()
         wait_collector_sent(collector, len(sent), timeout=60)
@@ -407,7 +421,7 @@ def test_collector_retries_through_a_kafka_outage(
 
 
 def test_collector_kafka_exporter_feeds_the_appender(
-    broker: Broker, topic: str, tmp_path: Path, make_appender: MakeAppender, make_collector: MakeCollector
+    broker: Broker, topic: str, tmp_path: Path, make_appender: AppenderFactory, make_collector: MakeCollector
 ) -> None:
     """No ingester: the Collector writes `otlp_proto` records to the topic the appender reads.
     The appender creates the topic with `kafka.partitions` (the brokers do not create topics)."""
@@ -559,7 +573,7 @@ def test_telemetrygen_logs_land(
     tmp_path: Path,
     go_tools: dict[str, Path],
     make_ingester: MakeIngester,
-    make_appender: MakeAppender,
+    make_appender: AppenderFactory,
 ) -> None:
     ingester = make_ingester(topic)
     appender = make_appender(kafka_appender_config(broker, topic, tmp_path / "lake"))
@@ -599,7 +613,7 @@ def assert_admin_plane_by_reflection(service: Appender) -> None:
     assert health == {"status": "SERVING"}, health
 
 
-def test_grpcurl_on_the_appender(make_appender: MakeAppender, go_tools: dict[str, Path]) -> None:
+def test_grpcurl_on_the_appender(make_appender: AppenderFactory, go_tools: dict[str, Path]) -> None:
     appender = make_appender()
     assert_admin_plane_by_reflection(appender)
     target = appender.ports.admin_grpc_target
@@ -646,7 +660,13 @@ def test_ingester_stats_report_the_producer_queue_depth(
     sender = threading.Thread(target=lambda: outcome.append(grpc_export_raw(ingester.ports, otlp_protobuf(specs))))
     sender.start()
     try:
-        wait_for(lambda: ingester.stats()["buffer_records"] == 20, timeout=10, what="the export in flight")
+        wait_until(
+            lambda: ingester.stats()["buffer_records"] == 20,
+            timeout=10,
+            interval=0.2,
+            retry_errors=True,
+            what="the export in flight",
+        )
         http_stats = ingester.stats()
         assert http_stats["producer_queue_messages"] == 2, http_stats  # one message per service
         stats = json.loads(grpcurl(ingester.ports.admin_grpc_target, "telemetry_lake.admin.v1.Admin/Stats"))
@@ -709,7 +729,7 @@ def test_grpc_health_probe_on_the_ingester(
         own.close()
 
 
-def test_grpc_health_probe_on_the_appender(make_appender: MakeAppender, go_tools: dict[str, Path]) -> None:
+def test_grpc_health_probe_on_the_appender(make_appender: AppenderFactory, go_tools: dict[str, Path]) -> None:
     appender = make_appender()
     assert_probes(appender, serving=True, named=False)  # the names: see the test below
     broken = break_storage(appender)
@@ -725,6 +745,6 @@ def test_grpc_health_probe_on_the_appender(make_appender: MakeAppender, go_tools
 
 
 def test_grpc_health_probe_names_every_service_from_the_start(
-    make_appender: MakeAppender, go_tools: dict[str, Path]
+    make_appender: AppenderFactory, go_tools: dict[str, Path]
 ) -> None:
     assert_probes(make_appender(), serving=True)

@@ -43,20 +43,13 @@ import pytest
 import yaml
 from pyiceberg.catalog.sql import SqlCatalog
 
-from conftest import APPENDERS
-from kafka_harness import Broker, free_port_pair, kafka_home
-from lake_harness import (
-    ENV_PREFIX,
-    REPO_DIR,
-    Appender,
-    Ports,
-    bin_dir,
-    free_ports,
-    http_session,
-    read_table,
-    shared_dir,
-    wait_until,
-)
+from harness.clients import http_session
+from harness.config import ENV_PREFIX
+from harness.kafka import Broker, kafka_home
+from harness.lake import APPENDERS, Appender, read_table
+from harness.paths import REPO_DIR, bin_dir, shared_dir
+from harness.ports import Ports, free_port_pair, free_ports
+from harness.wait import wait_until
 from otlp_client import Transport, loghub_records, send, table_mismatches
 
 DEPLOY = REPO_DIR / "deploy"

@@ -21,18 +21,10 @@ from pyiceberg.expressions import LessThan
 from pyiceberg.transforms import DayTransform
 from pyiceberg.types import IntegerType, LongType, MapType, StringType, TimestamptzType
 
-from conftest import MakeAppender
-from lake_harness import (
-    Appender,
-    duckdb_reader,
-    duckdb_scan,
-    free_ports,
-    load_table,
-    prometheus_samples,
-    read_table,
-    snapshot_count,
-    wait_until,
-)
+from harness.clients import prometheus_samples
+from harness.lake import Appender, AppenderFactory, duckdb_reader, duckdb_scan, load_table, read_table, snapshot_count
+from harness.ports import free_ports
+from harness.wait import wait_until
 from otlp_client import (
     RECORD_ID,
     LogSpec,
@@ -353,7 +345,7 @@ def assert_flushed_by(appender: Appender, specs: list[LogSpec], trigger: str, ti
     assert stats["buffer_records"] == 0, stats
 
 
-def test_flush_interval_alone_commits(make_appender: MakeAppender) -> None:
+def test_flush_interval_alone_commits(make_appender: AppenderFactory) -> None:
     # Set through the environment, which must override the file's 1h.
     appender = make_appender(env={"TELEMETRY_LAKE_FLUSH__INTERVAL": "2s"})
     specs = loghub_records("OpenSSH", 200)
@@ -365,7 +357,7 @@ def test_flush_interval_alone_commits(make_appender: MakeAppender) -> None:
     assert snapshot_count(appender) == 1
 
 
-def test_flush_max_records_alone_commits(make_appender: MakeAppender) -> None:
+def test_flush_max_records_alone_commits(make_appender: AppenderFactory) -> None:
     appender = make_appender({"flush": {"max_records": 50}})
     below = loghub_records("Zookeeper", 30, tag="below")
     send(appender.ports, below)
@@ -375,7 +367,7 @@ def test_flush_max_records_alone_commits(make_appender: MakeAppender) -> None:
     assert_flushed_by(appender, below + over, "max_records")
 
 
-def test_flush_max_bytes_alone_commits(make_appender: MakeAppender) -> None:
+def test_flush_max_bytes_alone_commits(make_appender: AppenderFactory) -> None:
     appender = make_appender({"flush": {"max_bytes": "20KiB"}})
     below = loghub_records("HDFS", 5, tag="below")
     send(appender.ports, below)
@@ -412,7 +404,7 @@ def test_flushes_racing_concurrent_exports_lose_and_duplicate_nothing(appender: 
 # ---- configuration -----------------------------------------------------------------------
 
 
-def test_environment_alone_configures_the_appender(make_appender: MakeAppender) -> None:
+def test_environment_alone_configures_the_appender(make_appender: AppenderFactory) -> None:
     """No config file: every key from TELEMETRY_LAKE_* variables, the lake in ./data."""
     appender = make_appender({"flush": {"max_records": 40}}, config_in_env=True)
     assert not appender.config_path.exists()
@@ -422,7 +414,7 @@ def test_environment_alone_configures_the_appender(make_appender: MakeAppender) 
     assert appender.catalog_db.is_file() and appender.staging_path.exists()
 
 
-def test_unknown_config_key_is_refused_by_name(make_appender: MakeAppender) -> None:
+def test_unknown_config_key_is_refused_by_name(make_appender: AppenderFactory) -> None:
     appender = make_appender({"flush": {"max_recordz": 10}}, start=False)
     process = appender.start().process
     assert process is not None
@@ -432,7 +424,7 @@ def test_unknown_config_key_is_refused_by_name(make_appender: MakeAppender) -> N
 
 
 
-def test_waits_for_an_unreachable_catalog_instead_of_exiting(make_appender: MakeAppender) -> None:
+def test_waits_for_an_unreachable_catalog_instead_of_exiting(make_appender: AppenderFactory) -> None:
     # A pod that starts before its catalog must wait for it, not crash-loop; SIGTERM still stops it.
     nowhere = f"http://127.0.0.1:{free_ports(1)[0]}"
     appender = make_appender({"iceberg": {"catalog_type": "rest", "catalog_uri": nowhere}}, start=False)
@@ -478,7 +470,7 @@ def test_sigterm_drains_staged_records(appender: Appender) -> None:
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "kill9"])
-def test_stop_under_load_keeps_every_acknowledged_record(make_appender: MakeAppender, stop: str) -> None:
+def test_stop_under_load_keeps_every_acknowledged_record(make_appender: AppenderFactory, stop: str) -> None:
     """A stop while four clients export and threshold flushes run: whatever was answered 200 is
     in the table afterwards (after the exit, code 0; or after a restart and a flush), nothing is
     in it twice, and nothing appears that was never sent."""

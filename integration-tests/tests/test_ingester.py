@@ -20,9 +20,10 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceResponse
 
-from conftest import APPENDERS
-from kafka_harness import Broker, Ingester, KafkaRecord, bodies, service_names, wait_for
-from lake_harness import http_session
+from harness.clients import http_session
+from harness.kafka import Broker, Ingester, KafkaRecord, bodies, service_names
+from harness.lake import APPENDERS
+from harness.wait import wait_until
 from otlp_client import (
     LogSpec,
     Transport,
@@ -88,7 +89,7 @@ def wait_records(broker: Broker, topic: str, expected: int) -> list[KafkaRecord]
         records = broker.records(topic)
         return records if sum(len(record_ids(r)) for r in records) >= expected else None
 
-    return wait_for(probe, timeout=30, what=f"{expected} log records on {topic}")
+    return wait_until(probe, timeout=30, interval=0.2, retry_errors=True, what=f"{expected} log records on {topic}")
 
 
 def status_details(error: grpc.RpcError) -> status_pb2.Status:
@@ -250,7 +251,13 @@ def test_broker_outage_gives_retryable_errors_and_health_flips(
             assert error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED), error
 
         for port in (ingester.ports.otlp_grpc, ingester.ports.admin_grpc):
-            wait_for(lambda p=port: ingester.health(p) == "NOT_SERVING", timeout=20, what=f"NOT_SERVING on {port}")
+            wait_until(
+                lambda p=port: ingester.health(p) == "NOT_SERVING",
+                timeout=20,
+                interval=0.2,
+                retry_errors=True,
+                what=f"NOT_SERVING on {port}",
+            )
             # Liveness is not readiness: no restart for an outage a restart cannot fix.
             assert ingester.health(port, "telemetry_lake.liveness") == "SERVING"
         with http_session() as session:
@@ -270,7 +277,13 @@ def test_broker_outage_gives_retryable_errors_and_health_flips(
 
         own.start_and_wait()
         for port in (ingester.ports.otlp_grpc, ingester.ports.admin_grpc):
-            wait_for(lambda p=port: ingester.health(p) == "SERVING", timeout=60, what=f"SERVING again on {port}")
+            wait_until(
+                lambda p=port: ingester.health(p) == "SERVING",
+                timeout=60,
+                interval=0.2,
+                retry_errors=True,
+                what=f"SERVING again on {port}",
+            )
         after = loghub_records("Linux", 50, tag="after")
         send(ingester.ports, after, Transport.HTTP_PROTOBUF)
 
@@ -307,7 +320,13 @@ def test_starts_before_the_broker_and_creates_the_topic_when_it_comes(
     request.node.stash[APPENDERS] = [ingester]  # type: ignore[assignment]
     try:
         ingester.start()
-        wait_for(lambda: ingester.health(ingester.ports.otlp_grpc) == "NOT_SERVING", timeout=20, what="NOT_SERVING")
+        wait_until(
+            lambda: ingester.health(ingester.ports.otlp_grpc) == "NOT_SERVING",
+            timeout=20,
+            interval=0.2,
+            retry_errors=True,
+            what="NOT_SERVING",
+        )
         response = post_logs(ingester.ports, otlp_protobuf(loghub_records("Spark", 3)), "application/x-protobuf")
         assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
 
@@ -328,7 +347,13 @@ def test_sigterm_drains_an_export_in_flight(broker: Broker, make_ingester: MakeI
     outcome: list[grpc.RpcError | None] = []
     sender = threading.Thread(target=lambda: outcome.append(grpc_export_raw(ingester.ports, otlp_protobuf(specs))))
     sender.start()
-    wait_for(lambda: ingester.stats()["buffer_records"] == 20, timeout=10, what="the export in flight")
+    wait_until(
+        lambda: ingester.stats()["buffer_records"] == 20,
+        timeout=10,
+        interval=0.2,
+        retry_errors=True,
+        what="the export in flight",
+    )
     started = time.monotonic()
     assert ingester.stop() == 0
     sender.join(timeout=30)

@@ -12,8 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from conftest import MakeAppender
-from lake_harness import Appender, load_table
+from harness.lake import Appender, AppenderFactory, load_table
 from otlp_client import grpc_export_raw, loghub_records, otlp_protobuf
 
 SYSTEMS = ("HDFS", "Hadoop", "OpenStack", "Spark", "Zookeeper", "Linux", "OpenSSH", "Apache")
@@ -52,7 +51,7 @@ def export(appender: Appender, payload: bytes) -> None:
         raise AssertionError(f"export refused under load: {error}")
 
 
-def test_memory_stays_flat_under_sustained_load(make_appender: MakeAppender) -> None:
+def test_memory_stays_flat_under_sustained_load(make_appender: AppenderFactory) -> None:
     appender = make_appender(
         {"flush": {"max_records": 50_000, "interval": "2s"}, "staging": {"memory_limit": "128MiB"}}
     )

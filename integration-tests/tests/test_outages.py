@@ -18,10 +18,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from test_backpressure import assert_retryable_grpc, assert_retryable_http, fill_until_refused
 
-from catalog_harness import (
-    AppenderFactory,
+from harness.catalog import (
     HealthLog,
     Load,
     ObjectStore,
@@ -30,10 +28,11 @@ from catalog_harness import (
     load_rest_table,
     rest_config,
 )
-from conftest import APPENDERS
-from kafka_harness import Broker, Ingester
-from lake_harness import Appender, wait_until
+from harness.kafka import Broker, Ingester
+from harness.lake import APPENDERS, Appender, AppenderFactory
+from harness.wait import wait_until
 from otlp_client import loghub_records, table_mismatches
+from test_backpressure import assert_retryable_grpc, assert_retryable_http, fill_until_refused
 
 OUTAGE_SECONDS = 30
 # Catalog calls give up after 10 s of silence (the default is 30 s): the REST server itself

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from catalog_harness import AppenderFactory, ObjectStore, Postgres, postgres_config, pyiceberg_postgres
-from lake_harness import wait_until
+from harness.catalog import ObjectStore, Postgres, postgres_config, pyiceberg_postgres
+from harness.lake import AppenderFactory
 from otlp_client import Transport, loghub_records, send, table_mismatches
 
 

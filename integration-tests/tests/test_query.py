@@ -18,10 +18,9 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from catalog_harness import AppenderFactory, RestCatalog, load_rest_table, rest_config
-
-from conftest import MakeAppender
-from lake_harness import ENV_PREFIX, Appender, load_table
+from harness.catalog import RestCatalog, load_rest_table, rest_config
+from harness.config import ENV_PREFIX
+from harness.lake import Appender, AppenderFactory, load_table
 from otlp_client import LogSpec, Transport, send
 
 
@@ -102,7 +101,7 @@ def ok(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout
 
 
-def committed(make_appender: MakeAppender, records: Sequence[LogSpec] = RECORDS) -> Appender:
+def committed(make_appender: AppenderFactory, records: Sequence[LogSpec] = RECORDS) -> Appender:
     """A running appender whose table holds exactly `records`, in one snapshot."""
     appender = make_appender()
     send(appender.ports, records, Transport.GRPC)
@@ -110,7 +109,7 @@ def committed(make_appender: MakeAppender, records: Sequence[LogSpec] = RECORDS)
     return appender
 
 
-def test_group_by_in_every_format(make_appender: MakeAppender) -> None:
+def test_group_by_in_every_format(make_appender: AppenderFactory) -> None:
     appender = committed(make_appender)
     appender.stop()
 
@@ -135,7 +134,7 @@ def test_group_by_in_every_format(make_appender: MakeAppender) -> None:
     assert [json.loads(line) for line in lines] == expected
 
 
-def test_map_column_filter_and_nested_values(make_appender: MakeAppender) -> None:
+def test_map_column_filter_and_nested_values(make_appender: AppenderFactory) -> None:
     appender = committed(make_appender)
     sql = "SELECT body FROM logs WHERE log_attributes['k'] = 'v1' ORDER BY timestamp"
     assert ok(query(appender, sql, "--format", "csv")) == "body\norder placed\ncart emptied\n"
@@ -148,7 +147,7 @@ def test_map_column_filter_and_nested_values(make_appender: MakeAppender) -> Non
     assert ok(query(appender, sql, "--format", "csv")) == "n\n4\n"
 
 
-def test_timestamps_are_timestamptz_printed_in_utc(make_appender: MakeAppender) -> None:
+def test_timestamps_are_timestamptz_printed_in_utc(make_appender: AppenderFactory) -> None:
     appender = committed(make_appender)
     sql = (
         "SELECT timestamp, observed_timestamp, typeof(timestamp) AS t, CAST(timestamp AS DATE) AS day "
@@ -169,7 +168,7 @@ def test_timestamps_are_timestamptz_printed_in_utc(make_appender: MakeAppender) 
     assert ok(query(appender, sql, "--format", "csv")) == "n\n2\n"
 
 
-def test_nulls_are_distinct_in_every_format(make_appender: MakeAppender) -> None:
+def test_nulls_are_distinct_in_every_format(make_appender: AppenderFactory) -> None:
     appender = committed(make_appender)
     sql = (
         "SELECT body, trace_id, span_id, kafka_offset, '' AS empty FROM logs "
@@ -202,7 +201,7 @@ def test_nulls_are_distinct_in_every_format(make_appender: MakeAppender) -> None
     ]
 
 
-def test_csv_quotes_what_needs_quoting(make_appender: MakeAppender) -> None:
+def test_csv_quotes_what_needs_quoting(make_appender: AppenderFactory) -> None:
     tricky = LogSpec(
         body='a "quoted", multi\nline body',
         service="svc",
@@ -214,7 +213,7 @@ def test_csv_quotes_what_needs_quoting(make_appender: MakeAppender) -> None:
     assert out == 'body,p\n"a ""quoted"", multi\nline body"," padded "\n'
 
 
-def test_every_row_and_column_matches_what_was_sent(make_appender: MakeAppender) -> None:
+def test_every_row_and_column_matches_what_was_sent(make_appender: AppenderFactory) -> None:
     """`SELECT *` returns the 21 documented columns, and each record's values."""
     appender = committed(make_appender)
     rows = json.loads(ok(query(appender, "SELECT * FROM logs ORDER BY timestamp", "--format", "json")))
@@ -231,7 +230,7 @@ def test_every_row_and_column_matches_what_was_sent(make_appender: MakeAppender)
         assert (row["kafka_partition"], row["kafka_offset"]) == (None, None)
 
 
-def test_empty_table(make_appender: MakeAppender) -> None:
+def test_empty_table(make_appender: AppenderFactory) -> None:
     """Created at start, nothing committed: no snapshot, so every query sees zero rows."""
     appender = make_appender()
     assert ok(query(appender, "SELECT count(*) AS n FROM logs", "--format", "csv")) == "n\n0\n"
@@ -247,7 +246,7 @@ def test_empty_table(make_appender: MakeAppender) -> None:
     assert ok(query(appender, "SELECT body FROM logs", "--format", "csv")) == "body\n"
 
 
-def test_bad_sql_exits_2_naming_the_error_and_the_table(make_appender: MakeAppender) -> None:
+def test_bad_sql_exits_2_naming_the_error_and_the_table(make_appender: AppenderFactory) -> None:
     appender = committed(make_appender)
     cases = {
         "SELEC 1": "Parser Error",
@@ -263,7 +262,7 @@ def test_bad_sql_exits_2_naming_the_error_and_the_table(make_appender: MakeAppen
         assert "query the table as `logs` (iceberg table default.logs)" in result.stderr, result.stderr
 
 
-def test_no_lake_or_no_table_exits_1(make_appender: MakeAppender, tmp_path: Path) -> None:
+def test_no_lake_or_no_table_exits_1(make_appender: AppenderFactory, tmp_path: Path) -> None:
     appender = make_appender()
     empty = tmp_path / "no-lake-here"
     empty.mkdir()
@@ -278,7 +277,7 @@ def test_no_lake_or_no_table_exits_1(make_appender: MakeAppender, tmp_path: Path
     assert "table default.other does not exist" in result.stderr, result.stderr
 
 
-def test_unreadable_data_file_exits_1_and_prints_nothing(make_appender: MakeAppender) -> None:
+def test_unreadable_data_file_exits_1_and_prints_nothing(make_appender: AppenderFactory) -> None:
     appender = committed(make_appender)
     appender.stop()
     (victim, *_) = sorted(appender.warehouse_dir.rglob("*.parquet"))
@@ -289,14 +288,14 @@ def test_unreadable_data_file_exits_1_and_prints_nothing(make_appender: MakeAppe
     assert "reading table default.logs failed" in result.stderr and victim.name in result.stderr, result.stderr
 
 
-def test_no_config_reads_the_lake_under_data(make_appender: MakeAppender) -> None:
+def test_no_config_reads_the_lake_under_data(make_appender: AppenderFactory) -> None:
     """The harness keeps the default paths, so `./data` in the appender's directory is the lake."""
     appender = committed(make_appender)
     result = query(appender, GROUP_BY, "--format", "csv", config=False, env=clean_env(appender))
     assert ok(result) == "severity_text,n\nERROR,1\nINFO,2\nWARN,1\n"
 
 
-def test_config_from_environment_and_sql_from_stdin(make_appender: MakeAppender) -> None:
+def test_config_from_environment_and_sql_from_stdin(make_appender: AppenderFactory) -> None:
     appender = make_appender({"iceberg": {"table": "events", "warehouse": "lake/wh"}}, config_in_env=True)
     send(appender.ports, RECORDS, Transport.HTTP_PROTOBUF)
     appender.flush_grpc()
@@ -305,7 +304,7 @@ def test_config_from_environment_and_sql_from_stdin(make_appender: MakeAppender)
     assert ok(query(appender, "-", "--format", "csv", config=False, stdin=sql)) == "events,logs\n4,4\n"
 
 
-def test_snapshot_option_reads_an_older_snapshot(make_appender: MakeAppender) -> None:
+def test_snapshot_option_reads_an_older_snapshot(make_appender: AppenderFactory) -> None:
     appender = committed(make_appender, RECORDS[:1])
     send(appender.ports, RECORDS[1:], Transport.GRPC)
     appender.flush_http()

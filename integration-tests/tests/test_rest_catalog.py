@@ -25,8 +25,7 @@ import pyarrow.compute as pc
 import pytest
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 
-from catalog_harness import (
-    AppenderFactory,
+from harness.catalog import (
     Load,
     ObjectStore,
     RestCatalog,
@@ -36,7 +35,8 @@ from catalog_harness import (
     read_data_file,
     rest_config,
 )
-from lake_harness import wait_until
+from harness.lake import AppenderFactory
+from harness.wait import wait_until
 from otlp_client import LogSpec, Transport, loghub_records, send, table_mismatches
 
 MAP_COLUMNS = ("resource_attributes", "scope_attributes", "log_attributes")

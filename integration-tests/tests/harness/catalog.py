@@ -1,4 +1,4 @@
-"""Typed helpers for the production lake: a REST catalog on S3, PostgreSQL, and load with outages.
+"""The production lake: a REST catalog on S3, PostgreSQL, and load with outages.
 
 The services come from `integration-tests/catalog/` (fetched once, cached by version) and run on
 free 127.0.0.1 ports in a test's temp dir:
@@ -9,8 +9,8 @@ free 127.0.0.1 ports in a test's temp dir:
 - `RestCatalog`: Apache Iceberg's REST catalog test server, its JdbcCatalog in a SQLite file
   (so `stop()` and `start()` keep every table) and S3FileIO on the `ObjectStore`.
 - `Postgres`: a throwaway PostgreSQL cluster with a password, for the SQL catalog.
-- `LakeAppender`: `lake_harness.Appender` whose config file may hold nested tables
-  (`[iceberg.properties]`); `rest_config` / `postgres_config` are its `[iceberg]` sections.
+- `rest_config` / `postgres_config`: the appender's `[iceberg]` sections (with
+  `[iceberg.properties]`) for them.
 - Readers no one here wrote: `pyiceberg_rest` (pyiceberg's RestCatalog, pyarrow's S3) and
   `duckdb_rest` (DuckDB 1.5.5 with `ATTACH ... (TYPE iceberg)` and an httpfs S3 secret).
 - `Load`: OTLP/HTTP senders that retry what is refused with a retryable code, as an exporter
@@ -23,8 +23,6 @@ import functools
 import os
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -37,25 +35,17 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 import requests
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.table import Table
 
-from conftest import APPENDERS
-from kafka_harness import nested_toml
-from lake_harness import (
-    NEVER_FLUSH,
-    REPO_DIR,
-    Appender,
-    ConfigOverrides,
-    duckdb_reader,
-    free_ports,
-    http_session,
-    merge_config,
-    wait_until,
-)
+from harness.clients import http_session
+from harness.lake import Appender, duckdb_reader
+from harness.paths import REPO_DIR
+from harness.ports import free_ports, port_refuses
+from harness.process import Process, ScriptService, fetched_dir
+from harness.wait import wait_until
 from otlp_client import LogSpec, otlp_protobuf
 
 CATALOG_DIR = REPO_DIR / "integration-tests" / "catalog"
@@ -66,140 +56,57 @@ REGION = "us-east-1"
 @functools.cache
 def fetch(what: str) -> Path:
     """`catalog/fetch.sh rest|moto`: the cached directory, fetched on first use."""
-    out = subprocess.run(
-        ["bash", str(CATALOG_DIR / "fetch.sh"), what], check=True, capture_output=True, text=True, timeout=900
-    )
-    return Path(out.stdout.strip().splitlines()[-1])
-
-
-def port_refuses(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(2)
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-class ScriptService:
-    """A server driven by one of the `catalog/*.sh` scripts: `start|wait|stop|kill DIR PORT`."""
-
-    script = ""
-    log_name = ""
-
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
-        self.workdir = workdir
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_ports(1)[0]
-
-    def env(self) -> dict[str, str]:
-        return dict(os.environ)
-
-    def run_script(self, command: str, *args: str, timeout: float = 120) -> None:
-        out = subprocess.run(
-            ["bash", str(CATALOG_DIR / self.script), command, str(self.workdir), str(self.port), *args],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env={**self.env(), "WAIT_SECONDS": str(int(timeout))},
-        )
-        if out.returncode != 0:
-            raise AssertionError(
-                f"{self.script} {command} failed ({out.returncode}): {out.stderr[-3000:]}\nlog tail:\n{self.log_tail()}"
-            )
-
-    def start(self) -> ScriptService:
-        self.run_script("start")
-        return self
-
-    def wait_ready(self, timeout: float = 60) -> ScriptService:
-        self.run_script("wait", timeout=timeout)
-        return self
-
-    def start_and_wait(self, timeout: float = 60) -> ScriptService:
-        return self.start().wait_ready(timeout)
-
-    def stop(self) -> None:
-        self.run_script("stop")
-
-    def kill9(self) -> None:
-        self.run_script("kill")
-
-    @property
-    def running(self) -> bool:
-        pid_file = self.workdir / f"{self.script.removesuffix('.sh')}.pid"
-        try:
-            os.kill(int(pid_file.read_text()), 0)
-        except (OSError, ValueError):
-            return False
-        return True
-
-    def log_text(self) -> str:
-        try:
-            return (self.workdir / self.log_name).read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
-    def close(self) -> None:
-        if self.running:
-            self.kill9()
+    return fetched_dir(CATALOG_DIR / "fetch.sh", what, timeout=900)
 
 
 class S3Server(ScriptService):
     """moto's S3 server (objects in memory: a stop loses them; `ObjectStore` gates it instead)."""
 
-    script, log_name = "s3.sh", "s3.log"
+    script = CATALOG_DIR / "s3.sh"
+    name, log_name = "s3", "s3.log"
+
+    def prepare(self) -> None:
+        fetch("moto")
 
 
-class GateProcess:
+class GateProcess(Process):
     """`catalog/gate.py` in front of 127.0.0.1:`target_port`: clients use `port`."""
 
     def __init__(self, workdir: Path, name: str, target_port: int) -> None:
-        self.log_path = workdir / f"{name}.log"
+        self.name = name
+        super().__init__(workdir)
         self.port = free_ports(1)[0]
         self.target_port = target_port
-        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(CATALOG_DIR / "gate.py"), str(self.port), str(self.target_port)]
+
+    def banner(self) -> None:
+        return None  # the gate's log says what it does, line by line
 
     def start(self) -> GateProcess:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, str(CATALOG_DIR / "gate.py"), str(self.port), str(self.target_port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
+        super().start()
         wait_until(self.listens, timeout=20, what=f"the gate on {self.port} to listen")
         return self
 
-    def log_text(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
     def listens(self) -> bool:
         """Our gate (not some other process that took the port) is alive and says it is open."""
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError(f"the gate exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+        self.assert_alive()
         return self.log_text().rstrip().endswith("gate open") and not port_refuses(self.port)
 
     def down(self) -> None:
         """The server goes away: new connections are refused, open ones reset."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGUSR1)
+        self._require_process().send_signal(signal.SIGUSR1)
         wait_until(lambda: port_refuses(self.port), timeout=10, what=f"the gate on {self.port} to close")
 
     def up(self) -> None:
         """Forward everything again."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGUSR2)
+        self._require_process().send_signal(signal.SIGUSR2)
         wait_until(self.listens, timeout=15, what=f"the gate on {self.port} to open")
 
     def lose_commit_replies(self) -> None:
         """REST commits still reach the catalog, their replies never reach the client."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGHUP)
+        self._require_process().send_signal(signal.SIGHUP)
         wait_until(
             lambda: self.log_text().rstrip().endswith("gate loses commit replies"),
             timeout=10,
@@ -211,13 +118,9 @@ class GateProcess:
         return self.log_text().count("gate lost the reply to ")
 
     def close(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        else:  # shown with a failing test's captured output
+        if self.process is not None and not self.running:  # shown with a failing test's captured output
             print(f"the gate had exited with {self.process.returncode}:\n{self.log_text()[-3000:]}")
+        super().close()
 
 
 class ObjectStore:
@@ -236,7 +139,6 @@ class ObjectStore:
         return f"http://127.0.0.1:{self.gate.port}"
 
     def start_and_wait(self) -> ObjectStore:
-        fetch("moto")
         self.server.start_and_wait()
         self.server.run_script("bucket", BUCKET)
         self.gate.start()
@@ -259,7 +161,7 @@ class ObjectStore:
             "s3.path-style-access": "true",
         }
 
-    def log_tail(self, lines: int = 40) -> str:
+    def log_tail(self, lines: int = 60) -> str:
         return self.server.log_tail(lines)
 
     def close(self) -> None:
@@ -271,7 +173,8 @@ class RestCatalog(ScriptService):
     """Iceberg's REST catalog server on `store`, its tables under s3://lake/`prefix`. With
     `gated`, clients reach it through a `GateProcess` (`gate`), which can lose commit replies."""
 
-    script, log_name = "rest.sh", "rest.log"
+    script = CATALOG_DIR / "rest.sh"
+    name, log_name = "rest", "rest.log"
 
     def __init__(self, workdir: Path, store: ObjectStore, prefix: str = "warehouse", *, gated: bool = False) -> None:
         super().__init__(workdir)
@@ -282,6 +185,9 @@ class RestCatalog(ScriptService):
     @property
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.gate.port if self.gate else self.port}"
+
+    def prepare(self) -> None:
+        fetch("rest")
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CATALOG_")}
@@ -297,7 +203,6 @@ class RestCatalog(ScriptService):
         return env
 
     def start_and_wait(self, timeout: float = 60) -> RestCatalog:
-        fetch("rest")  # outside the start's own timeout
         super().start_and_wait(timeout)
         if self.gate is not None and self.gate.process is None:
             self.gate.start()
@@ -312,7 +217,8 @@ class RestCatalog(ScriptService):
 class Postgres(ScriptService):
     """A PostgreSQL cluster with user `lake`, a random password and a database `catalog`."""
 
-    script, log_name = "postgres.sh", "postgres.log"
+    script = CATALOG_DIR / "postgres.sh"
+    name, log_name = "postgres", "postgres.log"
 
     def __init__(self, workdir: Path) -> None:
         super().__init__(workdir)
@@ -333,15 +239,7 @@ class Postgres(ScriptService):
         self.run_script("destroy")
 
 
-# ---- the appender with nested config tables ---------------------------------------------------
-
-
-class LakeAppender(Appender):
-    """An appender whose `--config` file may hold `[iceberg.properties]`."""
-
-    def command(self) -> list[str]:
-        self.config_path.write_text(nested_toml(self.config))
-        return [str(self.binary), "--config", str(self.config_path)]
+# ---- the appender's config for them -----------------------------------------------------------
 
 
 def rest_config(
@@ -372,26 +270,6 @@ def postgres_config(db: Postgres, store: ObjectStore, prefix: str, table: str) -
             "properties": store.properties(),
         }
     }
-
-
-class AppenderFactory:
-    """Makes `LakeAppender`s under `tmp_path`, registered so conftest shows their logs on failure
-    and kills them after the test. `config` is merged over `NEVER_FLUSH`."""
-
-    def __init__(self, request: pytest.FixtureRequest, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-        self.created: list[Appender] = request.node.stash.setdefault(APPENDERS, [])
-
-    def __call__(self, config: ConfigOverrides | None = None, *, start: bool = True) -> LakeAppender:
-        appender = LakeAppender(self.tmp_path / f"lake-appender-{len(self.created)}", merge_config(NEVER_FLUSH, config))
-        self.created.append(appender)
-        if start:
-            appender.start_and_wait()
-        return appender
-
-    def close(self) -> None:
-        for appender in self.created:
-            appender.close()
 
 
 # ---- readers ----------------------------------------------------------------------------------

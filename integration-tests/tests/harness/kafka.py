@@ -1,0 +1,150 @@
+"""A real Apache Kafka broker, Kafka's own client, and the `ingester` binary.
+
+`Broker` runs one KRaft node (broker and controller in one JVM) on 127.0.0.1 through
+`integration-tests/kafka/broker.sh`, with the jars `kafka/fetch.sh` downloads once from Maven
+Central. It can stop, `kill -9` and restart on the same data and ports. Topics are read with
+Kafka's own Java client (`kafka/KafkaProbe.java`, run from source by `java`), so the tests need
+no Python Kafka package: `partitions`, `records` (every record with partition, offset, key,
+headers and value) and `produce`.
+
+`Ingester` is the `ingester` binary booted like the appender (`harness.lake.Appender`: a temp
+dir, free loopback ports, a TOML config, a log file, the same admin helpers), pointed at a
+broker and a topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+from harness.config import ConfigOverrides, merge_config
+from harness.lake import Appender
+from harness.paths import REPO_DIR, bin_dir
+from harness.ports import free_port_pair
+from harness.process import ScriptService, fetched_dir
+
+KAFKA_DIR = REPO_DIR / "integration-tests" / "kafka"
+PROBE_SOURCE = KAFKA_DIR / "KafkaProbe.java"
+
+
+@functools.cache
+def kafka_home() -> Path:
+    """The directory holding Kafka's `libs/`, fetched on first use (cached across runs)."""
+    return fetched_dir(KAFKA_DIR / "fetch.sh", timeout=600)
+
+
+@dataclass(frozen=True)
+class KafkaRecord:
+    partition: int
+    offset: int
+    key: str | None
+    headers: dict[str, str | None]
+    value: bytes
+
+    def request(self) -> ExportLogsServiceRequest:
+        """The value decoded as an OTLP `ExportLogsServiceRequest` (raises if it is not one)."""
+        request = ExportLogsServiceRequest()
+        request.ParseFromString(self.value)
+        return request
+
+
+def service_names(request: ExportLogsServiceRequest) -> set[str]:
+    names = set()
+    for resource_logs in request.resource_logs:
+        for attribute in resource_logs.resource.attributes:
+            if attribute.key == "service.name":
+                names.add(attribute.value.string_value)
+    return names
+
+
+def bodies(request: ExportLogsServiceRequest) -> list[str]:
+    return [
+        record.body.string_value
+        for resource_logs in request.resource_logs
+        for scope_logs in resource_logs.scope_logs
+        for record in scope_logs.log_records
+    ]
+
+
+class Broker(ScriptService):
+    """One Kafka node in `workdir` on 127.0.0.1:`port` (controller on `port`+1); `stop` is a
+    controlled shutdown (SIGTERM), `kill9` none at all."""
+
+    script = KAFKA_DIR / "broker.sh"
+    name, log_name = "broker", "logs/server.log"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir, free_port_pair())
+
+    def prepare(self) -> None:
+        kafka_home()
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    # ---- clients (Kafka's own Java client) -------------------------------------------------
+
+    def _probe(self, *args: str, timeout: float = 120) -> str:
+        out = subprocess.run(
+            ["java", "-cp", f"{kafka_home()}/libs/*", str(PROBE_SOURCE), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if out.returncode != 0:
+            raise AssertionError(f"KafkaProbe {' '.join(args[:1])} failed ({out.returncode}): {out.stderr[-2000:]}")
+        return out.stdout
+
+    def partitions(self, topic: str) -> int:
+        """The topic's partition count; -1 when it does not exist."""
+        return int(self._probe("partitions", self.bootstrap, topic).strip())
+
+    def records(self, topic: str) -> list[KafkaRecord]:
+        """Every record on `topic` now, in partition then offset order."""
+        records = []
+        for line in self._probe("dump", self.bootstrap, topic).splitlines():
+            if not line.startswith("{"):
+                continue
+            raw: dict[str, Any] = json.loads(line)
+            records.append(
+                KafkaRecord(
+                    partition=raw["partition"],
+                    offset=raw["offset"],
+                    key=raw["key"],
+                    headers=raw["headers"],
+                    value=base64.b64decode(raw["value_b64"] or ""),
+                )
+            )
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+
+    def produce(self, topic: str, key: str, value: bytes) -> None:
+        """Writes one record with `acks=all`."""
+        self._probe("produce", self.bootstrap, topic, key, value.hex())
+
+
+class Ingester(Appender):
+    """One `ingester` process writing to `broker`'s `topic`; the appender's helpers apply."""
+
+    name = "ingester"
+
+    def __init__(
+        self,
+        workdir: Path,
+        broker: Broker,
+        topic: str,
+        config: ConfigOverrides | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        kafka = {"kafka": {"brokers": broker.bootstrap, "topic": topic, "partitions": 4}}
+        super().__init__(workdir, merge_config(kafka, config), env, binary=bin_dir() / "ingester")
+        self.broker = broker
+        self.topic = topic
