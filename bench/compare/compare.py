@@ -1,12 +1,12 @@
 """Our ingester and the OpenTelemetry Collector side by side, on one Kafka broker, then the appender.
 
-    integration-tests/bench/compare/run.sh            # full run (release build), results/ here
-    integration-tests/bench/compare/run.sh --quick    # under 2 minutes, into a temp dir
+    bench/compare/run.sh            # full run (release build): results/ (summary), out/ (raw)
+    bench/compare/run.sh --quick    # under 2 minutes, everything into out/quick/
 
 In: the `ingester` and `appender` binaries (`--bin-dir`), the Collector built by
 `tools/build.sh otelcol` (otlp receiver -> batch -> kafka exporter, `otlp_proto`, `required_acks:
 -1`), the Kafka 4.1.1 jars of `kafka/fetch.sh`, Loghub lines (`$LAKE_SHARED_DIR/data/loghub`) and
-the load generator `loadgen/` (built here with cargo on first use, cached).
+the load generator `loadgen/` (a workspace member, built here with cargo on first use).
 
 What runs, all on 127.0.0.1 against ONE broker started here:
 1. A/B runs, alternating the order of the systems between repeats: each system on a fresh topic
@@ -27,10 +27,13 @@ What runs, all on 127.0.0.1 against ONE broker started here:
 4. With `--profile`, after the rest: perf on an extra ingester saturation run and an extra
    appender run (kept out of the figures), reported by symbol in `profile-*.txt`.
 
-Out, in `--out`, rewritten after every step (an interrupted run keeps what it measured):
-`results.json` (every figure, every run, the samples behind the chart, the configs, the
-machine), `results.md` (the tables) and `timeline.png` (throughput and RSS over time). The
-machine is shared: the load average and the CPU the rest of the machine used are recorded.
+Out, rewritten after every step (an interrupted run keeps what it measured): in `--out` (by
+default `out/` here, which git ignores) the raw output, `results.json` (every figure, every run,
+the samples behind the chart, the configs, the machine) and `profile-*.txt`; in `--summary` the
+summary git keeps, `results.md` (the tables) and `timeline.png` (throughput and RSS over time):
+by default `results/` here for a full run, the `--out` directory when `--out` or `--quick` is
+given, so that only a full run replaces the committed summary. The machine is shared: the load
+average and the CPU the rest of the machine used are recorded.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 HERE = Path(__file__).resolve().parent
-TESTS_DIR = HERE.parents[1] / "tests"
+TESTS_DIR = HERE.parents[1] / "integration-tests" / "tests"
 sys.path.insert(0, str(TESTS_DIR))
 
 import duckdb  # noqa: E402
@@ -63,12 +66,17 @@ import report  # noqa: E402
 from pyiceberg.catalog.sql import SqlCatalog  # noqa: E402
 from pyiceberg.exceptions import NoSuchTableError  # noqa: E402
 
-from collector_harness import Collector, tool  # noqa: E402
-from kafka_harness import Broker, Ingester, kafka_home  # noqa: E402
-from lake_harness import REPO_DIR, Appender, loghub_dir, merge_config  # noqa: E402
+from harness.collector import Collector, tool  # noqa: E402
+from harness.config import merge_config  # noqa: E402
+from harness.kafka import Broker, Ingester, kafka_home  # noqa: E402
+from harness.lake import Appender  # noqa: E402
+from harness.paths import REPO_DIR, loghub_dir  # noqa: E402
 
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "telemetry-lake"
-LOADGEN_DIR = HERE / "loadgen"
+LOADGEN_PACKAGE = "compare-loadgen"
+# What git keeps of a full run (the summary), and where everything else goes (ignored by git).
+SUMMARY_DIR = HERE / "results"
+RAW_DIR = HERE / "out"
 COUNTER_SOURCE = HERE / "KafkaCount.java"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SAMPLE_EVERY = 0.5
@@ -207,24 +215,26 @@ class Sampler(threading.Thread):
 
 
 def loadgen_binary() -> Path:
-    """Builds (cargo, release, cached target dir of its own) and returns `compare-loadgen`."""
-    rust = subprocess.run(["rustc", "--version"], capture_output=True, text=True, check=True).stdout.split()[1]
-    target = Path(os.environ.get("COMPARE_LOADGEN_TARGET_DIR", CACHE / f"compare-loadgen-rust-{rust}"))
-    env = {**os.environ, "CARGO_TARGET_DIR": str(target)}
+    """Builds (cargo, release, the workspace's target dir: `$CARGO_TARGET_DIR`, which `./dev env`
+    sets, else `target/`) and returns `compare-loadgen`. It builds only the load generator and
+    the workload crate, not the services."""
+    target = Path(os.environ.get("CARGO_TARGET_DIR") or "target")
+    target = target if target.is_absolute() else REPO_DIR / target
     started = time.monotonic()
     out = subprocess.run(
-        ["cargo", "build", "--release", "--locked", "--quiet", "--manifest-path", str(LOADGEN_DIR / "Cargo.toml")],
-        env=env,
+        ["cargo", "build", "--release", "--quiet", "-p", LOADGEN_PACKAGE, "--bin", LOADGEN_PACKAGE],
+        cwd=REPO_DIR,
+        env={**os.environ, "CARGO_TARGET_DIR": str(target)},
         capture_output=True,
         text=True,
         timeout=3600,
         check=False,
     )
     if out.returncode != 0:
-        raise RuntimeError(f"building {LOADGEN_DIR} failed (cargo exited {out.returncode}):\n{out.stderr[-4000:]}")
+        raise RuntimeError(f"building {LOADGEN_PACKAGE} failed (cargo exited {out.returncode}):\n{out.stderr[-4000:]}")
     if time.monotonic() - started > 5:
-        note(f"built compare-loadgen in {time.monotonic() - started:.0f} s")
-    return target / "release" / "compare-loadgen"
+        note(f"built {LOADGEN_PACKAGE} in {time.monotonic() - started:.0f} s")
+    return target / "release" / LOADGEN_PACKAGE
 
 
 class Topics:
@@ -1046,13 +1056,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     wall_started = time.time()
     plan = make_plan(args)
-    if args.out:
-        out = Path(args.out)
-    elif args.quick:
-        out = Path(tempfile.mkdtemp(prefix="bench-compare-quick-"))
-    else:
-        out = HERE / "results"
-    out.mkdir(parents=True, exist_ok=True)
+    out, summary = output_dirs(args)
+    for directory in (out, summary):
+        directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
         bin_dir = Path(args.bin_dir)
         for binary in ("ingester", "appender"):
@@ -1118,13 +1124,13 @@ def main(argv: list[str] | None = None) -> int:
                         topics.delete(appender_topic[0])
                     appender_topic = (run.topic, run.figures["delivered"] + run.loadgen["warmup_records"])
                 results["runs"] = [r.__dict__ for r in runs]
-                save(results, out, wall_started, final=False)
+                save(results, out, summary, wall_started, final=False)
             if appender_topic is not None:
                 note(f"appender on the {appender_topic[1]:,} records of topic {appender_topic[0]}")
                 results["appender"] = attempt(
                     "the appender run", lambda: bench_appender(setup, broker, *appender_topic)
                 )
-                save(results, out, wall_started, final=False)
+                save(results, out, summary, wall_started, final=False)
             if plan.freshness:
                 results["freshness"] = attempt(
                     "the freshness run",
@@ -1138,15 +1144,15 @@ def main(argv: list[str] | None = None) -> int:
                         plan.freshness_batch,
                     ),
                 )
-                save(results, out, wall_started, final=False)
+                save(results, out, summary, wall_started, final=False)
             if args.profile:
                 results["profiles"] = attempt(
                     "the profile runs", lambda: profile_runs(setup, broker, topics, plan, appender_topic, out)
                 )
             if appender_topic is not None:
                 topics.delete(appender_topic[0])
-        save(results, out, wall_started, final=True)
-        note(f"done in {results['wall_seconds']:.0f} s; results in {out}")
+        save(results, out, summary, wall_started, final=True)
+        note(f"done in {results['wall_seconds']:.0f} s; summary in {summary}, raw results in {out}")
         print(report.markdown(results))
     return 0
 
@@ -1160,16 +1166,31 @@ def attempt(what: str, step: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return {"error": f"{what} failed: {error}"}
 
 
-def save(results: dict[str, Any], out: Path, wall_started: float, *, final: bool) -> None:
-    """results.json, results.md and timeline.png from what has been measured so far (after
-    every step, so a crash or an interrupted run keeps the runs already done)."""
+def output_dirs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """(raw, summary): where results.json and the profiles go, and where results.md and
+    timeline.png go. Only a full run without --out writes the summary git keeps (results/)."""
+    if args.out:
+        out = Path(args.out)
+    elif args.quick:
+        out = RAW_DIR / "quick"
+    else:
+        out = RAW_DIR
+    if args.summary:
+        return out, Path(args.summary)
+    return out, out if args.out or args.quick else SUMMARY_DIR
+
+
+def save(results: dict[str, Any], out: Path, summary: Path, wall_started: float, *, final: bool) -> None:
+    """results.json (in `out`), results.md and timeline.png (in `summary`) from what has been
+    measured so far (after every step, so a crash or an interrupted run keeps the runs already
+    done)."""
     results["machine"]["load_average_after"] = load_average()
     results["wall_seconds"] = time.time() - wall_started
     results["complete"] = final
     results["summary"] = report.summarise(results)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (out / "results.md").write_text(report.markdown(results))
-    report.chart(results, out / "timeline.png")
+    (summary / "results.md").write_text(report.markdown(results))
+    report.chart(results, summary / "timeline.png")
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -1218,7 +1239,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run under 2 minutes (CI)")
     parser.add_argument("--prepare-only", action="store_true", help="build and fetch the tools (cached), then exit")
-    parser.add_argument("--out", help="results directory [default: results/ here; a temp dir with --quick]")
+    parser.add_argument(
+        "--out", help="raw results: results.json, profile-*.txt [default: out/ here; --quick: out/quick/ here]"
+    )
+    parser.add_argument(
+        "--summary",
+        help="results.md and timeline.png [default: results/ here (kept in git); the --out dir with --out or --quick]",
+    )
     parser.add_argument("--bin-dir", default=default_bin, help="where ingester and appender are [$LAKE_BIN_DIR]")
     parser.add_argument(
         "--systems", help="comma-separated, of " + ", ".join(SYSTEM_LABELS) + " [all; --quick: the first two]"

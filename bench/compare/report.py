@@ -403,15 +403,19 @@ def chart(results: Mapping[str, Any], path: Path) -> None:
 
 
 def main() -> None:
-    """`python report.py DIR`: rewrites DIR/results.md and DIR/timeline.png from DIR/results.json."""
+    """`python report.py DIR [SUMMARY_DIR]`: rewrites SUMMARY_DIR/results.md and
+    SUMMARY_DIR/timeline.png (SUMMARY_DIR defaults to DIR) from DIR/results.json, e.g.
+    `report.py out results` for the committed summary of the full run."""
     import sys
 
     directory = Path(sys.argv[1])
+    summary = Path(sys.argv[2]) if len(sys.argv) > 2 else directory
     results = json.loads((directory / "results.json").read_text())
     results["summary"] = summarise(results)
     (directory / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (directory / "results.md").write_text(markdown(results))
-    chart(results, directory / "timeline.png")
+    summary.mkdir(parents=True, exist_ok=True)
+    (summary / "results.md").write_text(markdown(results))
+    chart(results, summary / "timeline.png")
 
 
 if __name__ == "__main__":

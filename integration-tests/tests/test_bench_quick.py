@@ -25,7 +25,7 @@ from PIL import Image
 
 from harness.paths import REPO_DIR, bin_dir
 
-COMPARE = REPO_DIR / "integration-tests" / "bench" / "compare" / "compare.py"
+COMPARE = REPO_DIR / "bench" / "compare" / "compare.py"
 # A cold machine builds the load generator (cargo) and the Collector (Go) first.
 PREPARE_TIMEOUT = 3600
 # The quick mode is meant to take at most 2 minutes; a loaded machine gets slack, never a failure
