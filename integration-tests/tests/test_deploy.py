@@ -791,7 +791,7 @@ def test_dockerfile_passes_hadolint() -> None:
 
 def test_images_run_the_services_as_the_chart_expects() -> None:
     stages = dockerfile_stages()
-    assert set(stages) == {"build", "runtime", *SERVICES}, sorted(stages)
+    assert set(stages) == {"duckdb", "build", "runtime", *SERVICES}, sorted(stages)
     build = " ".join(rest for word, rest in stages["build"] if word == "RUN")
     for name in SERVICES:
         crate = (REPO_DIR / "services" / name / "Cargo.toml").read_text()
@@ -823,14 +823,25 @@ def test_images_run_the_services_as_the_chart_expects() -> None:
     assert stop == "SIGTERM", "SIGTERM drains and commits"
 
     # The appender links libduckdb with an rpath to /opt/duckdb: the image must ship it there,
-    # the very build ./dev uses (same npm release, same checksum).
+    # the very build ./dev uses, fetched the way ./dev fetches it (npm pack of the same release,
+    # the same checksum) in a stage of its own, never from a spelled-out registry URL.
     assert "DUCKDB_LIB_DIR=/opt/duckdb" in build
-    assert "--from=build /opt/duckdb /opt/duckdb" in [rest for word, rest in stages["appender"] if word == "COPY"]
-    args = dict(rest.split("=", 1) for word, rest in stages["build"] if word == "ARG" and "=" in rest)
+    duckdb_copy = "--from=duckdb /opt/duckdb /opt/duckdb"
+    assert duckdb_copy in [rest for word, rest in stages["build"] if word == "COPY"]
+    assert duckdb_copy in [rest for word, rest in stages["appender"] if word == "COPY"]
+    fetch_stage = stages["duckdb"]
+    assert fetch_stage[0][1].startswith("node:"), "the duckdb stage has npm"
+    args = dict(rest.split("=", 1) for word, rest in fetch_stage if word == "ARG" and "=" in rest)
     npm_package, npm_version = dev_script_value("duckdb_npm").rsplit("@", 1)
     assert npm_package == "@duckdb/node-bindings-linux-x64"
     assert args["DUCKDB_NPM_VERSION"] == npm_version
     assert args["DUCKDB_SHA256_AMD64"] == dev_script_value("duckdb_sha256")
+    (fetch,) = [rest for word, rest in fetch_stage if word == "RUN"]
+    assert 'amd64) npm_arch=x64; sha256="$DUCKDB_SHA256_AMD64"' in fetch
+    assert 'npm pack --silent "@duckdb/node-bindings-linux-${npm_arch}@${DUCKDB_NPM_VERSION}"' in fetch
+    assert "sha256sum --check --strict" in fetch and "mv package/libduckdb.so" in fetch
+    instructions = " ".join(f"{word} {rest}" for word, rest in dockerfile_instructions())
+    assert not re.search(r"\b(curl|wget)\b|://", instructions), "nothing is downloaded from a spelled-out URL"
     assert "--features telemetry-lake-appender/bundled" in build
     assert "bundled" in (REPO_DIR / "services" / "appender" / "Cargo.toml").read_text()
 
