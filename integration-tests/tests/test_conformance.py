@@ -58,7 +58,7 @@ SYSTEMS = ("Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "OpenStack", "Spark",
 ADMIN_SERVICE = "telemetry_lake.admin.v1.Admin"
 # What `grpcurl list` shows on an admin port: ours, health and reflection. grpcurl asks
 # reflection v1 first, and that service lists itself, not its v1alpha twin (which
-# lake_harness's reflection tests cover with grpcio).
+# harness.lake's reflection tests cover with grpcio).
 ADMIN_PORT_SERVICES = {ADMIN_SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"}
 
 

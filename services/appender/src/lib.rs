@@ -1,23 +1,25 @@
 //! The appender: OTLP logs (embedded mode) or the Kafka topic (Kafka mode), staged in DuckDB and
-//! appended to an Iceberg table.
+//! appended to an Iceberg table. The modules follow the data:
 //!
 //! ```text
-//!  OTLP gRPC/HTTP --> service::EmbeddedExporter --rows--> staging (DuckDB file, group commit)
-//!  Kafka topic ----> kafka::KafkaSource ---------rows-->     | sealed sets
-//!  interval / thresholds / Flush / SIGUSR1 / shutdown --> committer --> lake (one snapshot each)
+//!  source::otlp  (OTLP gRPC/HTTP, embedded) --rows--+
+//!                                                   +--> staging (DuckDB file, group commit)
+//!  source::kafka (the topic, Kafka mode) ----rows---+        | sealed sets
+//!                                                            v
+//!  interval / thresholds / Flush / SIGUSR1 / shutdown --> commit (fence, summary) --> lake
+//!                                                         (one Iceberg snapshot per sealed set)
 //! ```
 //!
+//! `rows` turns OTLP into Arrow rows of the table's shape; `admin` answers Flush and Stats.
 //! An export is answered once its rows are durable in the staging file; a staged row leaves the
 //! staging file only after the Iceberg commit that holds it.
 
-pub mod committer;
-pub mod kafka;
+pub mod admin;
+pub mod commit;
 pub mod lake;
 pub mod metrics;
-mod pinned_catalog;
-pub mod query;
 pub mod rows;
-pub mod service;
+pub mod source;
 pub mod staging;
 
 use std::{sync::Arc, time::Duration};
@@ -26,26 +28,29 @@ use anyhow::Context;
 use prometheus_client::registry::Registry;
 use telemetry_lake_common::{
     admin::FlushTrigger,
-    config::{Config, IcebergConfig},
     health::Health,
     server::{self, BoundAddrs, Service},
+    settings::{IcebergSettings, Mode, Settings},
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    committer::{Committer, FlushRequest, FlushState},
-    kafka::KafkaSource,
+    admin::AppenderAdmin,
+    commit::{Committer, FlushRequest, FlushState, fence::Fencer},
     lake::Lake,
     metrics::AppenderMetrics,
-    service::{AppenderAdmin, EmbeddedExporter, ExportTotals},
+    source::{
+        kafka::KafkaSource,
+        otlp::{EmbeddedExporter, ExportTotals},
+    },
     staging::Staging,
 };
 
 /// Opens the table, waiting with backoff while the catalog or storage is unreachable, so an
 /// appender that starts before its catalog waits for it instead of crash-looping; a
 /// configuration error, or a catalog database refusing the credentials, stops at once.
-async fn open_lake(config: &IcebergConfig, shutdown: &CancellationToken) -> anyhow::Result<Lake> {
+async fn open_lake(config: &IcebergSettings, shutdown: &CancellationToken) -> anyhow::Result<Lake> {
     let mut delay = Duration::from_secs(1);
     loop {
         let err = match Lake::open(config, telemetry_lake_proto::iceberg_schema()).await {
@@ -67,7 +72,7 @@ async fn open_lake(config: &IcebergConfig, shutdown: &CancellationToken) -> anyh
 /// Runs the appender until `shutdown`, then drains, flushes and returns: embedded when
 /// `kafka.brokers` is empty, else consuming the topic. `flush_signal` is notified on SIGUSR1.
 pub async fn run(
-    config: &Config,
+    config: &Settings,
     shutdown: CancellationToken,
     flush_signal: Arc<Notify>,
     on_bound: impl FnOnce(BoundAddrs),
@@ -91,18 +96,19 @@ pub async fn run(
     let totals = Arc::new(ExportTotals::default());
 
     let consumer_stop = CancellationToken::new();
-    let kafka = if config.embedded() {
-        None
-    } else {
-        let source = KafkaSource::start(&config.kafka, staging.clone(), lake.clone(), consumer_stop.clone())
-            .await
-            .context("cannot start the kafka consumer")?;
-        Some(Arc::new(source))
+    let kafka = match &config.mode {
+        Mode::Embedded => None,
+        Mode::Kafka(kafka) => {
+            let source = KafkaSource::start(kafka, staging.clone(), lake.clone(), consumer_stop.clone())
+                .await
+                .context("cannot start the kafka consumer")?;
+            Some(Arc::new(source))
+        }
     };
 
     let (flush_tx, flush_rx) = mpsc::channel::<FlushRequest>(64);
     let committer = Committer {
-        kafka: kafka.clone(),
+        fencer: kafka.clone().map_or(Fencer::Embedded, Fencer::Kafka),
         staging: staging.clone(),
         lake,
         health: health.clone(),

@@ -4,8 +4,16 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use telemetry_lake_appender::query::{self, QueryArgs};
-use telemetry_lake_common::cli::{self, ConfigArg};
+use telemetry_lake_appender::lake;
+use telemetry_lake_common::{
+    cli::{self, ConfigArg},
+    config::LogConfig,
+    secrets::Redactor,
+    telemetry,
+};
+use telemetry_lake_query::QueryArgs;
+
+telemetry_lake_common::jemalloc_allocator!();
 
 /// OTLP logs (embedded, or from the Kafka topic) into an Iceberg table.
 #[derive(Parser)]
@@ -30,14 +38,24 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let config_file = cli.config.config.as_deref();
     match cli.command {
-        Some(Command::Query(args)) => query::main(config_file, args).await,
+        Some(Command::Query(args)) => {
+            let settings = match cli::load_settings("appender query", config_file) {
+                Ok(settings) => settings,
+                Err(code) => return code,
+            };
+            // Library warnings only (RUST_LOG still wins): stdout is the result.
+            telemetry::init(&LogConfig { level: "warn".into(), ..settings.log.clone() });
+            let redactor = Redactor::for_iceberg(&settings.iceberg);
+            let table = lake::load_existing(&settings.iceberg, &redactor).await;
+            telemetry_lake_query::main(args, table, &settings.iceberg.table, &redactor).await
+        }
         None => {
             cli::run_service_with(
                 "appender",
                 config_file,
                 |_| Ok(()),
-                |config, shutdown, flush_signal| async move {
-                    telemetry_lake_appender::run(&config, shutdown, flush_signal, |_| {}).await
+                |settings, shutdown, flush_signal| async move {
+                    telemetry_lake_appender::run(&settings, shutdown, flush_signal, |_| {}).await
                 },
             )
             .await

@@ -1,4 +1,5 @@
-//! The process-wide allocator of both services: jemalloc, configured to hand freed memory back to
+//! The process-wide allocator of both services (declared in each `main.rs` with
+//! [`jemalloc_allocator!`](crate::jemalloc_allocator)): jemalloc, configured to hand freed memory back to
 //! the operating system about a second after it is freed.
 //!
 //! It replaces `malloc` for the whole process (the `unprefixed_malloc_on_supported_platforms`
@@ -14,11 +15,6 @@
 //! configured here it peaked at 269-293 MiB, at the same throughput. Operators can still override
 //! any option with the `MALLOC_CONF` environment variable, which jemalloc reads after this.
 
-use std::ffi::c_char;
-
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// jemalloc's options, read when it initialises (before `main`):
 /// - `percpu_arena:percpu`: one arena per CPU, used by the threads running on it (jemalloc's
 ///   default is four per CPU, each keeping its own freed pages; 20-40 MiB more in the benchmark);
@@ -28,18 +24,33 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 ///   about a second; `muzzy_decay_ms:0`: released pages are unmapped at once.
 ///
 /// Decays of 0 (purge on every free) cost a third of the throughput in the benchmark.
-const MALLOC_CONF: &std::ffi::CStr =
+pub const MALLOC_CONF: &std::ffi::CStr =
     c"percpu_arena:percpu,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
 
-/// The symbol jemalloc looks up for its compiled-in options (`malloc_conf(3)`), of the type
-/// `tikv-jemalloc-sys` declares it with.
-#[used]
-#[unsafe(export_name = "malloc_conf")]
-static JEMALLOC_OPTIONS: Option<&'static c_char> = Some(unsafe { &*MALLOC_CONF.as_ptr() });
+/// Declares jemalloc as the process's allocator with [`MALLOC_CONF`]; invoked once, in each
+/// binary's `main.rs` (a library never chooses the allocator of whoever links it).
+#[macro_export]
+macro_rules! jemalloc_allocator {
+    () => {
+        #[global_allocator]
+        static GLOBAL: $crate::allocator::Jemalloc = $crate::allocator::Jemalloc;
+
+        /// The symbol jemalloc looks up for its compiled-in options (`malloc_conf(3)`), of the
+        /// type `tikv-jemalloc-sys` declares it with.
+        #[used]
+        #[unsafe(export_name = "malloc_conf")]
+        static JEMALLOC_OPTIONS: Option<&'static ::std::ffi::c_char> =
+            Some(unsafe { &*$crate::allocator::MALLOC_CONF.as_ptr() });
+    };
+}
+
+pub use tikv_jemallocator::Jemalloc;
 
 #[cfg(test)]
 mod tests {
     use tikv_jemalloc_ctl::raw;
+
+    crate::jemalloc_allocator!();
 
     #[test]
     fn jemalloc_serves_this_process_with_the_compiled_in_options() {

@@ -16,7 +16,7 @@ use clap::{Args, Parser};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Config, shutdown, telemetry};
+use crate::{settings::Settings, shutdown, telemetry};
 
 /// `--config FILE`, shared by every binary and subcommand (global, so it may come before or
 /// after a subcommand).
@@ -36,15 +36,15 @@ struct Cli {
 }
 
 /// Runs a service binary whose only argument is `--config`. `check` refuses a config the
-/// service cannot work with; `run` gets the config, the shutdown token (SIGTERM/SIGINT) and the
+/// service cannot work with; `run` gets the settings, the shutdown token (SIGTERM/SIGINT) and the
 /// flush signal (SIGUSR1).
 pub async fn run_service<F, Fut>(
     name: &str,
-    check: impl FnOnce(&Config) -> Result<(), String>,
+    check: impl FnOnce(&Settings) -> Result<(), String>,
     run: F,
 ) -> ExitCode
 where
-    F: FnOnce(Config, CancellationToken, Arc<Notify>) -> Fut,
+    F: FnOnce(Settings, CancellationToken, Arc<Notify>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let cli = Cli::parse();
@@ -56,22 +56,22 @@ where
 pub async fn run_service_with<F, Fut>(
     name: &str,
     config_file: Option<&Path>,
-    check: impl FnOnce(&Config) -> Result<(), String>,
+    check: impl FnOnce(&Settings) -> Result<(), String>,
     run: F,
 ) -> ExitCode
 where
-    F: FnOnce(Config, CancellationToken, Arc<Notify>) -> Fut,
+    F: FnOnce(Settings, CancellationToken, Arc<Notify>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let config = match load_config(name, config_file) {
-        Ok(config) => config,
+    let settings = match load_settings(name, config_file) {
+        Ok(settings) => settings,
         Err(code) => return code,
     };
-    if let Err(err) = check(&config) {
+    if let Err(err) = check(&settings) {
         eprintln!("{name}: invalid configuration: {err}");
         return ExitCode::from(2);
     }
-    telemetry::init(&config.log);
+    telemetry::init(&settings.log);
     let flush_signal = Arc::new(Notify::new());
     let notify = flush_signal.clone();
     let shutdown = match shutdown::listen(move || notify.notify_one()) {
@@ -81,7 +81,7 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match run(config, shutdown, flush_signal).await {
+    match run(settings, shutdown, flush_signal).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             tracing::error!(error = format!("{err:#}"), "{name} stopped");
@@ -90,10 +90,10 @@ where
     }
 }
 
-/// Loads defaults < `config_file` < environment; on error prints it, prefixed with `name`,
-/// and gives exit code 2.
-pub fn load_config(name: &str, config_file: Option<&Path>) -> Result<Config, ExitCode> {
-    Config::load(config_file).map_err(|err| {
+/// Loads defaults < `config_file` < environment and checks it; on error prints it, prefixed
+/// with `name`, and gives exit code 2.
+pub fn load_settings(name: &str, config_file: Option<&Path>) -> Result<Settings, ExitCode> {
+    Settings::load(config_file).map_err(|err| {
         eprintln!("{name}: {err}");
         ExitCode::from(2)
     })

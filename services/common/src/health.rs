@@ -1,14 +1,23 @@
 //! Whether a service can take traffic, reported through `grpc.health.v1` on every gRPC port and
-//! `GET /readyz`. Services flip it when a dependency (Kafka, the catalog, storage) goes away.
+//! `GET /readyz`.
 //!
-//! Readiness and liveness differ: "" and the service names follow the dependencies (take no
-//! traffic while Kafka or the catalog is away), while [`LIVENESS_SERVICE`] stays SERVING as long
-//! as the process answers at all, so a liveness probe never restarts a pod for an outage that a
-//! restart cannot fix.
+//! Health is a set of named reasons not to serve ([`Reason`]): the service is SERVING exactly
+//! when the set is empty. Each writer adds and removes only its own reason (the committer
+//! "flush failing", staging "staging full", the ingester's watcher "kafka unreachable",
+//! shutdown "shutting down"), so no writer can undo another's: a successful flush during
+//! shutdown leaves the service NOT_SERVING. Every change is reported to the gRPC health service
+//! under one lock, in the order the changes were made.
+//!
+//! Readiness and liveness differ: "" and the service names follow the reasons, while
+//! [`LIVENESS_SERVICE`] stays SERVING as long as the process answers at all, so a liveness
+//! probe never restarts a pod for an outage that a restart cannot fix.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use tonic_health::{
@@ -24,15 +33,44 @@ const SERVICES: [&str; 2] =
 /// graceful drain included (`grpc: {port: 4320, service: telemetry_lake.liveness}`).
 pub const LIVENESS_SERVICE: &str = "telemetry_lake.liveness";
 
+/// Why a service does not take traffic now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    /// The process is stopping; never removed.
+    ShuttingDown,
+    /// The ingester has not reached Kafka yet, or lost it.
+    KafkaUnreachable,
+    /// The appender's staging refused records for lack of room.
+    StagingFull,
+    /// The appender's commits to the catalog or storage fail.
+    FlushFailing,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ShuttingDown => "shutting down",
+            Reason::KafkaUnreachable => "kafka unreachable",
+            Reason::StagingFull => "staging full",
+            Reason::FlushFailing => "flush failing",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Health {
     reporter: HealthReporter,
+    reasons: Arc<tokio::sync::Mutex<BTreeSet<Reason>>>,
     serving: Arc<AtomicBool>,
 }
 
 impl Default for Health {
     fn default() -> Self {
-        Self { reporter: HealthReporter::new(), serving: Arc::new(AtomicBool::new(true)) }
+        Self {
+            reporter: HealthReporter::new(),
+            reasons: Arc::default(),
+            serving: Arc::new(AtomicBool::new(true)),
+        }
     }
 }
 
@@ -44,28 +82,79 @@ impl Health {
         ))
     }
 
-    /// Reports [`LIVENESS_SERVICE`] SERVING; called once the ports are bound.
-    pub async fn report_alive(&self) {
+    /// Reports [`LIVENESS_SERVICE`] SERVING and every other name as it stands; called once the
+    /// ports are bound, so every name answers from the start.
+    pub async fn report_started(&self) {
         self.reporter.set_service_status(LIVENESS_SERVICE, ServingStatus::Serving).await;
+        let reasons = self.reasons.lock().await;
+        self.report(reasons.is_empty()).await;
     }
 
     pub fn is_serving(&self) -> bool {
         self.serving.load(Ordering::Relaxed)
     }
 
-    /// Sets SERVING or NOT_SERVING for the server and each service; logs only changes.
-    pub async fn set_serving(&self, serving: bool, reason: &str) {
-        let was = self.serving.swap(serving, Ordering::Relaxed);
-        if was != serving {
-            if serving {
-                tracing::info!(reason, "health serving");
-            } else {
-                tracing::warn!(reason, "health not serving");
-            }
+    /// The reasons not to serve now, for `Stats`.
+    pub async fn reasons(&self) -> Vec<&'static str> {
+        self.reasons.lock().await.iter().map(|r| r.as_str()).collect()
+    }
+
+    /// Adds `reason`: NOT_SERVING until every reason is removed.
+    pub async fn add(&self, reason: Reason) {
+        self.change(reason, true).await;
+    }
+
+    /// Removes `reason` (only its writer calls this); SERVING again if it was the last one.
+    pub async fn remove(&self, reason: Reason) {
+        self.change(reason, false).await;
+    }
+
+    async fn change(&self, reason: Reason, add: bool) {
+        let mut reasons = self.reasons.lock().await;
+        let changed = if add { reasons.insert(reason) } else { reasons.remove(&reason) };
+        if !changed {
+            return;
         }
+        let serving = reasons.is_empty();
+        let was = self.serving.swap(serving, Ordering::Relaxed);
+        if add {
+            tracing::warn!(reason = reason.as_str(), "health: not serving");
+        } else if serving && !was {
+            tracing::info!(reason = reason.as_str(), "health: serving again");
+        }
+        self.report(serving).await;
+    }
+
+    async fn report(&self, serving: bool) {
         let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
         for name in std::iter::once("").chain(SERVICES) {
             self.reporter.set_service_status(name, status).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn no_writer_undoes_another_writers_reason() {
+        let health = Health::default();
+        assert!(health.is_serving());
+        health.add(Reason::ShuttingDown).await;
+        health.add(Reason::FlushFailing).await;
+        health.remove(Reason::FlushFailing).await;
+        assert!(!health.is_serving(), "a flush that succeeds during shutdown keeps it not serving");
+        assert_eq!(health.reasons().await, vec!["shutting down"]);
+
+        let health = Health::default();
+        health.add(Reason::StagingFull).await;
+        health.add(Reason::FlushFailing).await;
+        health.remove(Reason::StagingFull).await;
+        assert!(!health.is_serving());
+        health.remove(Reason::FlushFailing).await;
+        assert!(health.is_serving());
+        health.remove(Reason::FlushFailing).await;
+        assert!(health.is_serving(), "removing an absent reason changes nothing");
     }
 }

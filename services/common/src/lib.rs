@@ -1,4 +1,5 @@
-//! The runtime both services share: configuration, tracing, the OTLP logs receivers (gRPC and
+//! The runtime both services share: configuration (checked once into [`settings::Settings`]),
+//! Kafka client settings, secret redaction, tracing, the OTLP logs receivers (gRPC and
 //! HTTP, one `export` path), the admin plane (gRPC `Admin`, health, reflection; HTTP `/flush`,
 //! `/stats`, `/metrics`, `/healthz`, `/readyz`), the server assembly and graceful shutdown.
 
@@ -7,7 +8,10 @@ pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod health;
+pub mod kafka;
 pub mod otlp;
+pub mod secrets;
 pub mod server;
+pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin::{self, AdminHandler},
-    config::Config,
-    health::Health,
+    health::{Health, Reason},
     otlp::{self, LogsExporter, ReceiverMetrics},
+    settings::Settings,
 };
 
 /// What a service hands to [`serve`].
@@ -51,7 +51,7 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 
 /// Serves until `shutdown` is cancelled, then drains. `on_bound` sees the bound addresses.
 pub async fn serve<E: LogsExporter, A: AdminHandler>(
-    config: &Config,
+    config: &Settings,
     service: Service<E, A>,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(BoundAddrs),
@@ -76,9 +76,7 @@ pub async fn serve<E: LogsExporter, A: AdminHandler>(
         "listening"
     );
     on_bound(bound);
-    health.report_alive().await;
-    // Every service name answers from the start, not only once health first changes.
-    health.set_serving(health.is_serving(), "started").await;
+    health.report_started().await;
 
     // Servers stop on `stop`, which fires only after health has turned NOT_SERVING.
     let stop = CancellationToken::new();
@@ -112,7 +110,7 @@ pub async fn serve<E: LogsExporter, A: AdminHandler>(
         let stop = stop.clone();
         async move {
             shutdown.cancelled().await;
-            health.set_serving(false, "shutting down").await;
+            health.add(Reason::ShuttingDown).await;
             stop.cancel();
         }
     };

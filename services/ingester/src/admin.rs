@@ -222,7 +222,6 @@ pub fn register_metrics(registry: &mut Registry, counters: Arc<Counters>, broker
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use telemetry_lake_common::otlp::LogsExporter;
 
@@ -233,8 +232,8 @@ mod tests {
     /// `Stats`, beside the records in flight, and leave it once their delivery fails.
     #[tokio::test]
     async fn stats_report_the_producer_queue_depth() {
-        let user: BTreeMap<String, String> = [("message.timeout.ms".to_owned(), "1500".to_owned())].into();
-        let config = producer::producer_config("127.0.0.1:1", &user).unwrap();
+        let kafka = crate::producer::tests::kafka_settings("127.0.0.1:1", &[("message.timeout.ms", "1500")]);
+        let config = telemetry_lake_common::kafka::producer_config(&kafka, "t");
         let counters = Arc::new(Counters::default());
         let broker = Arc::new(BrokerState::default());
         broker.ready.store(true, Ordering::Relaxed);

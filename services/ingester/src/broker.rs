@@ -1,8 +1,8 @@
 //! Kafka reachability: creates the topic, then keeps health in step with the brokers.
 //!
 //! ```text
-//!  start-up: AdminClient CreateTopics(kafka.topic, kafka.partitions, kafka.replication_factor)
-//!            (TopicAlreadyExists is fine), retried every probe interval until it succeeds
+//!  start-up: create kafka.topic with kafka.partitions partitions (common's ensure_topics;
+//!            an existing topic is fine), retried every probe interval until it succeeds
 //!  then:     metadata probe of the topic every 2 s, or at once when librdkafka reports every
 //!            broker down --> BrokerState::ready + health SERVING / NOT_SERVING
 //! ```
@@ -20,13 +20,14 @@
 use std::{sync::Arc, sync::atomic::Ordering, time::Duration};
 
 use rdkafka::{
-    ClientConfig,
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
     error::{KafkaError, RDKafkaErrorCode},
     producer::{BaseProducer, Producer},
 };
-use telemetry_lake_common::{config::KafkaConfig, health::Health};
+use telemetry_lake_common::{
+    health::{Health, Reason},
+    kafka::{self, Side, TopicSpec},
+    settings::KafkaSettings,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::producer::BrokerState;
@@ -40,13 +41,13 @@ const FRESH_CLIENT_AFTER: u32 = 3;
 
 /// The client metadata probes go through.
 pub struct Prober {
-    kafka: KafkaConfig,
+    kafka: KafkaSettings,
     client: Option<Arc<BaseProducer>>,
     failures: u32,
 }
 
 impl Prober {
-    pub fn new(kafka: &KafkaConfig) -> Self {
+    pub fn new(kafka: &KafkaSettings) -> Self {
         Self { kafka: kafka.clone(), client: None, failures: 0 }
     }
 
@@ -56,10 +57,11 @@ impl Prober {
             Some(client) => client.clone(),
             None => {
                 // No producer session: metadata only.
-                let client: BaseProducer = client_config(&self.kafka, "telemetry-lake-ingester-probe")
-                    .set("enable.idempotence", "false")
-                    .create()
-                    .map_err(|e| format!("cannot create the kafka metadata client: {e}"))?;
+                let client: BaseProducer =
+                    kafka::admin_config(&self.kafka, Side::Producer, "telemetry-lake-ingester-probe")
+                        .set("enable.idempotence", "false")
+                        .create()
+                        .map_err(|e| format!("cannot create the kafka metadata client: {e}"))?;
                 self.client.insert(Arc::new(client)).clone()
             }
         };
@@ -78,40 +80,10 @@ impl Prober {
     }
 }
 
-/// A client of the ingester's brokers with the `[kafka.producer]` settings (security,
-/// addresses, timeouts) the producer has too.
-fn client_config(kafka: &KafkaConfig, client_id: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", &kafka.brokers);
-    for (key, value) in &kafka.producer {
-        config.set(key, value);
-    }
-    config.set("client.id", client_id);
-    config
-}
-
 /// Creates the topic unless it exists; returns the partition count it has.
-pub async fn ensure_topic(kafka: &KafkaConfig, prober: &mut Prober) -> Result<usize, String> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka, "telemetry-lake-ingester-admin")
-        .create()
-        .map_err(|e| format!("cannot create the kafka admin client: {e}"))?;
-    let topic =
-        NewTopic::new(&kafka.topic, kafka.partitions, TopicReplication::Fixed(kafka.replication_factor));
-    let options =
-        AdminOptions::new().request_timeout(Some(PROBE_TIMEOUT)).operation_timeout(Some(PROBE_TIMEOUT));
-    let results = admin.create_topics([&topic], &options).await.map_err(|e| format!("create topic: {e}"))?;
-    for result in results {
-        match result {
-            Ok(name) => tracing::info!(
-                topic = %name,
-                partitions = kafka.partitions,
-                replication_factor = kafka.replication_factor,
-                "created kafka topic"
-            ),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => return Err(format!("cannot create topic {name}: {code}")),
-        }
-    }
+pub async fn ensure_topic(kafka: &KafkaSettings, prober: &mut Prober) -> Result<usize, String> {
+    let topic = TopicSpec { name: kafka.topic.clone(), partitions: kafka.partitions };
+    kafka::ensure_topics(kafka, Side::Producer, &[topic], PROBE_TIMEOUT).await?;
     let partitions = prober.probe(&kafka.topic).await?;
     if partitions != kafka.partitions as usize {
         tracing::warn!(
@@ -144,7 +116,12 @@ async fn probe(client: Arc<BaseProducer>, topic: &str) -> Result<usize, String> 
 }
 
 /// Keeps `state` and `health` in step with Kafka until `shutdown`.
-pub async fn watch(kafka: KafkaConfig, state: Arc<BrokerState>, health: Health, shutdown: CancellationToken) {
+pub async fn watch(
+    kafka: KafkaSettings,
+    state: Arc<BrokerState>,
+    health: Health,
+    shutdown: CancellationToken,
+) {
     let mut prober = Prober::new(&kafka);
     let mut topic_ready = false;
     let mut last_error = String::new();
@@ -162,7 +139,7 @@ pub async fn watch(kafka: KafkaConfig, state: Arc<BrokerState>, health: Health, 
         match outcome {
             Ok(()) => {
                 state.ready.store(true, Ordering::Relaxed);
-                health.set_serving(true, "kafka reachable").await;
+                health.remove(Reason::KafkaUnreachable).await;
                 last_error.clear();
             }
             Err(error) => {
@@ -171,7 +148,7 @@ pub async fn watch(kafka: KafkaConfig, state: Arc<BrokerState>, health: Health, 
                     tracing::warn!(error = %error, brokers = %kafka.brokers, "kafka unreachable");
                     last_error = error;
                 }
-                health.set_serving(false, "no kafka broker reachable").await;
+                health.add(Reason::KafkaUnreachable).await;
             }
         }
         tokio::select! {

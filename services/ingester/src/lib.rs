@@ -22,12 +22,11 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
-use rdkafka::ClientConfig;
 use telemetry_lake_common::{
     admin::FlushTrigger,
-    config::Config,
-    health::Health,
+    health::{Health, Reason},
     server::{self, BoundAddrs, Service},
+    settings::{KafkaSettings, Settings},
 };
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -41,25 +40,25 @@ use crate::{
 /// been delivered or failed.
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
-/// Checks what the ingester needs beyond [`Config::validate`]; the error names the key.
-pub fn check_config(config: &Config) -> Result<ClientConfig, String> {
-    if config.kafka.brokers.trim().is_empty() {
-        return Err("kafka.brokers is empty: the ingester needs at least one broker \
-                    (set [kafka] brokers or TELEMETRY_LAKE_KAFKA__BROKERS)"
-            .into());
-    }
-    producer::producer_config(&config.kafka.brokers, &config.kafka.producer).map_err(|e| e.to_string())
+/// The `[kafka]` settings the ingester needs; the error names the key.
+pub fn kafka_settings(settings: &Settings) -> Result<&KafkaSettings, String> {
+    settings.mode.kafka().ok_or_else(|| {
+        "kafka.brokers = \"\": the ingester needs at least one broker (set [kafka] brokers or \
+         TELEMETRY_LAKE_KAFKA__BROKERS)"
+            .to_string()
+    })
 }
 
 /// Runs the ingester until `shutdown`, then drains, flushes the producer and returns.
 /// `flush_signal` is notified on SIGUSR1.
 pub async fn run(
-    config: &Config,
+    config: &Settings,
     shutdown: CancellationToken,
     flush_signal: Arc<Notify>,
     on_bound: impl FnOnce(BoundAddrs),
 ) -> anyhow::Result<()> {
-    let client_config = check_config(config).map_err(anyhow::Error::msg)?;
+    let kafka = kafka_settings(config).map_err(anyhow::Error::msg)?;
+    let client_config = telemetry_lake_common::kafka::producer_config(kafka, "telemetry-lake-ingester");
     let delivery_timeout = producer::delivery_timeout(&client_config);
     let flush_timeout = delivery_timeout + FLUSH_GRACE;
     let counters = Arc::new(Counters::default());
@@ -70,16 +69,16 @@ pub async fn run(
     let producer = Arc::new(producer);
 
     let health = Health::default();
-    health.set_serving(false, "waiting for kafka").await;
+    health.add(Reason::KafkaUnreachable).await;
     let mut registry = Registry::default();
     admin::register_metrics(&mut registry, counters.clone(), broker.clone());
 
     let watcher =
-        tokio::spawn(broker::watch(config.kafka.clone(), broker.clone(), health.clone(), shutdown.clone()));
+        tokio::spawn(broker::watch(kafka.clone(), broker.clone(), health.clone(), shutdown.clone()));
     let exporter = Arc::new(KafkaExporter {
         producer: producer.clone(),
-        topic: config.kafka.topic.clone(),
-        budget: producer::payload_budget(&config.kafka.producer),
+        topic: kafka.topic.clone(),
+        budget: producer::payload_budget(&kafka.producer),
         counters: counters.clone(),
         broker,
         delivery_deadline: delivery_timeout + Duration::from_secs(1),

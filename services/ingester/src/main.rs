@@ -2,13 +2,15 @@
 
 use std::process::ExitCode;
 
+telemetry_lake_common::jemalloc_allocator!();
+
 #[tokio::main]
 async fn main() -> ExitCode {
     telemetry_lake_common::cli::run_service(
         "ingester",
-        |config| telemetry_lake_ingester::check_config(config).map(|_| ()),
-        |config, shutdown, flush_signal| async move {
-            telemetry_lake_ingester::run(&config, shutdown, flush_signal, |_| {}).await
+        |settings| telemetry_lake_ingester::kafka_settings(settings).map(|_| ()),
+        |settings, shutdown, flush_signal| async move {
+            telemetry_lake_ingester::run(&settings, shutdown, flush_signal, |_| {}).await
         },
     )
     .await

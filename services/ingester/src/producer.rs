@@ -7,8 +7,9 @@
 //! ```
 //!
 //! Guarantee: [`KafkaExporter::export`] answers `Ok` only after every batch of the request was
-//! acknowledged by Kafka with `acks=all` from an idempotent producer (guarantee 1). The
-//! producer settings that guarantee rests on cannot be overridden by `[kafka.producer]`.
+//! acknowledged by Kafka with `acks=all` from an idempotent producer (guarantee 1): the producer
+//! is built by `telemetry_lake_common::kafka::producer_config`, which `[kafka.producer]` cannot
+//! talk out of it.
 //!
 //! Backpressure (guarantee 4): a full producer queue is `Overloaded` (gRPC
 //! `RESOURCE_EXHAUSTED` + `RetryInfo`, HTTP 429); no reachable broker, a missing topic or a
@@ -40,6 +41,8 @@ use rdkafka::{
 use telemetry_lake_common::otlp::{
     ExportError, ExportLogsServiceRequest, ExportOutcome, LogsExporter, count_records,
 };
+#[cfg(test)]
+use telemetry_lake_common::{kafka, settings::KafkaSettings};
 use tokio::sync::{Notify, oneshot};
 
 use crate::split::{self, Split};
@@ -55,58 +58,6 @@ const INLINE_SPLIT_RECORDS: u64 = 2_000;
 /// What a client is told to wait when Kafka is unreachable or the queue is full.
 const RETRY_UNAVAILABLE: Duration = Duration::from_secs(5);
 const RETRY_OVERLOADED: Duration = Duration::from_secs(1);
-
-/// Producer settings we choose unless `[kafka.producer]` says otherwise.
-const DEFAULTS: [(&str, &str); 7] = [
-    ("compression.type", "zstd"),
-    // A client must not wait longer than this for an answer when Kafka is down.
-    ("message.timeout.ms", "30000"),
-    ("linger.ms", "5"),
-    // Java clients' hashing, so other producers keyed by service land on the same partition.
-    ("partitioner", "murmur2_random"),
-    // Bounded memory: the queue, not the heap, absorbs a slow broker (guarantee 3).
-    ("queue.buffering.max.kbytes", "262144"),
-    ("queue.buffering.max.messages", "100000"),
-    ("client.id", "telemetry-lake-ingester"),
-];
-
-/// Settings guarantee 1 rests on: `[kafka.producer]` may repeat them but not change them.
-const REQUIRED: [(&str, &[&str]); 2] = [("enable.idempotence", &["true"]), ("acks", &["all", "-1"])];
-
-/// A `[kafka.producer]` value that would break a guarantee.
-#[derive(Debug, thiserror::Error)]
-#[error("kafka.producer.{key} = {value:?} is not allowed: the ingester needs {key} = {required}")]
-pub struct ProducerConfigError {
-    key: &'static str,
-    value: String,
-    required: &'static str,
-}
-
-/// librdkafka's producer configuration: our defaults, then `[kafka.producer]`, then the
-/// settings guarantee 1 needs.
-pub fn producer_config(
-    brokers: &str,
-    user: &BTreeMap<String, String>,
-) -> Result<ClientConfig, ProducerConfigError> {
-    let mut config = ClientConfig::new();
-    config.set("bootstrap.servers", brokers);
-    for (key, value) in DEFAULTS {
-        config.set(key, value);
-    }
-    for (key, value) in user {
-        config.set(key, value);
-    }
-    for (key, allowed) in REQUIRED {
-        if let Some(value) = user.get(key)
-            && !allowed.contains(&value.trim().to_ascii_lowercase().as_str())
-        {
-            return Err(ProducerConfigError { key, value: value.clone(), required: allowed[0] });
-        }
-        config.set(key, allowed[0]);
-    }
-    config.set_log_level(RDKafkaLogLevel::Warning);
-    Ok(config)
-}
 
 /// The largest encoded request we put in one record: 90% of `message.max.bytes` (librdkafka's
 /// 1,000,000 unless `[kafka.producer]` sets it), leaving room for key, headers and framing.
@@ -413,31 +364,22 @@ pub(crate) mod tests {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
     }
 
-    #[test]
-    fn defaults_then_user_keys_then_guarantees() {
-        let config = producer_config("k:9092", &user(&[])).unwrap();
-        assert_eq!(config.get("bootstrap.servers"), Some("k:9092"));
-        assert_eq!(config.get("compression.type"), Some("zstd"));
-        assert_eq!(config.get("enable.idempotence"), Some("true"));
-        assert_eq!(config.get("acks"), Some("all"));
-        assert_eq!(delivery_timeout(&config), Duration::from_secs(30));
-
-        let config = producer_config(
-            "k:9092",
-            &user(&[("compression.type", "lz4"), ("message.timeout.ms", "5000"), ("acks", "-1")]),
-        )
-        .unwrap();
-        assert_eq!(config.get("compression.type"), Some("lz4"));
-        assert_eq!(delivery_timeout(&config), Duration::from_secs(5));
-        assert_eq!(config.get("acks"), Some("all"));
+    /// `[kafka]` settings for tests: `brokers` and the `[kafka.producer]` table `pairs`.
+    pub(crate) fn kafka_settings(brokers: &str, pairs: &[(&str, &str)]) -> KafkaSettings {
+        let mut config = telemetry_lake_common::config::Config::default();
+        config.kafka.brokers = brokers.into();
+        config.kafka.producer = user(pairs);
+        let settings = telemetry_lake_common::settings::Settings::from_config(config).expect("settings");
+        settings.mode.kafka().expect("kafka mode").clone()
     }
 
     #[test]
-    fn guarantees_cannot_be_turned_off() {
-        let err = producer_config("k", &user(&[("acks", "1")])).unwrap_err().to_string();
-        assert!(err.contains("kafka.producer.acks"), "{err}");
-        let err = producer_config("k", &user(&[("enable.idempotence", "false")])).unwrap_err().to_string();
-        assert!(err.contains("enable.idempotence"), "{err}");
+    fn delivery_timeout_follows_message_timeout_ms() {
+        let config = kafka::producer_config(&kafka_settings("k:9092", &[]), "t");
+        assert_eq!(delivery_timeout(&config), Duration::from_secs(30));
+        let config =
+            kafka::producer_config(&kafka_settings("k:9092", &[("message.timeout.ms", "5000")]), "t");
+        assert_eq!(delivery_timeout(&config), Duration::from_secs(5));
     }
 
     #[test]
@@ -448,7 +390,7 @@ pub(crate) mod tests {
 
     /// An exporter whose producer points at a port nothing listens on.
     fn unreachable_exporter(extra: &[(&str, &str)], ready: bool) -> KafkaExporter {
-        let config = producer_config("127.0.0.1:1", &user(extra)).unwrap();
+        let config = kafka::producer_config(&kafka_settings("127.0.0.1:1", extra), "t");
         let counters = Arc::new(Counters::default());
         let broker = Arc::new(BrokerState::default());
         broker.ready.store(ready, Ordering::Relaxed);

@@ -10,27 +10,30 @@
 //! turn health NOT_SERVING and are retried with backoff.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex, atomic::Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use telemetry_lake_admin_proto::v1::{FlushResponse, LastFlush};
-use telemetry_lake_common::{admin::FlushTrigger, health::Health, otlp::ExportError};
+use telemetry_lake_common::{
+    admin::FlushTrigger,
+    health::{Health, Reason},
+    otlp::ExportError,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
+pub mod fence;
+pub mod summary;
+
+use self::fence::Fencer;
+use self::summary::SnapshotSummary;
 use crate::{
-    kafka::{self, KafkaSource, OffsetFence},
-    lake::{CheckedBase, Lake, LakeError, SnapshotSummary},
+    lake::{CheckedBase, Lake, LakeError},
     metrics::AppenderMetrics,
     staging::{self, Sealed, Staging, StagingError, Threshold},
 };
 
-/// Snapshot summary key: the staging file that committed the rows.
-pub const WRITER_ID_PROPERTY: &str = "telemetry-lake.writer-id";
-/// Snapshot summary key: the sealed set the rows came from.
-pub const SEAL_ID_PROPERTY: &str = "telemetry-lake.seal-id";
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often one flush re-checks the table after other writers committed overlapping rows first.
 const MAX_CONFLICTS: u32 = 3;
@@ -73,8 +76,9 @@ struct Committed {
 }
 
 pub struct Committer {
-    /// The Kafka source in Kafka mode: its offsets fence each commit and go into its summary.
-    pub kafka: Option<Arc<KafkaSource>>,
+    /// Which staged rows each commit may take (all of them, or Kafka rows past the table's
+    /// offsets), and what its summary records.
+    pub fencer: Fencer,
     pub staging: Staging,
     pub lake: Arc<Lake>,
     pub health: Health,
@@ -172,9 +176,10 @@ impl Committer {
                         "flushed"
                     );
                 }
-                if trigger != FlushTrigger::Shutdown {
-                    self.health.set_serving(true, "flush succeeded").await;
-                }
+                self.health.remove(Reason::FlushFailing).await;
+                // The flush released what it committed: staging has room again (an export that
+                // still finds it full says so again).
+                self.health.remove(Reason::StagingFull).await;
                 Ok(done)
             }
             Err(err) => {
@@ -188,7 +193,7 @@ impl Committer {
                     FlushError::Staging(_) => true,
                 };
                 if retryable {
-                    self.health.set_serving(false, "flush failed").await;
+                    self.health.add(Reason::FlushFailing).await;
                 }
                 let message = format!("flush failed, rows stay staged and will be retried: {err}");
                 Err(if retryable {
@@ -237,11 +242,7 @@ impl Committer {
             );
             return Ok(Committed { snapshot_id, data_files: 0, records: sealed.records });
         }
-        // Kafka rows: no revocation while they are committed.
-        let _gate = match &self.kafka {
-            Some(source) => Some(source.counters.commit_gate.lock().await),
-            None => None,
-        };
+        let _held = self.fencer.hold().await;
         let mut conflicts = 0;
         loop {
             let reader = reader.try_clone().map_err(|e| LakeError::staging(e.to_string()))?;
@@ -265,17 +266,8 @@ impl Committer {
     ) -> Result<Committed, FlushError> {
         let summaries = self.lake.snapshot_summaries().await?;
         let base = summaries.first().map(|(id, _)| *id);
-        let (fence, condition) = match &self.kafka {
-            Some(source) => {
-                let fence = OffsetFence {
-                    table: kafka::offsets_from_summaries(summaries, &source.topic),
-                    owned: source.counters.assigned.lock().expect("assignment lock").clone(),
-                };
-                let condition = fence.sql_condition();
-                (Some(fence), condition)
-            }
-            None => (None, "TRUE".to_string()),
-        };
+        let fence = self.fencer.fence(&summaries);
+        let condition = fence.sql_condition();
         let (summary_tx, summary_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel(2);
         std::thread::Builder::new()
@@ -314,25 +306,14 @@ impl Committer {
             return Ok(Committed::default());
         }
         let seal_id = sealed.seal_id.to_string();
-        let mut properties = HashMap::from([
-            (WRITER_ID_PROPERTY.to_string(), sealed.writer_id.clone()),
-            (SEAL_ID_PROPERTY.to_string(), seal_id.clone()),
-        ]);
-        if let Some(source) = &self.kafka {
-            properties.insert(kafka::TOPIC_PROPERTY.into(), source.topic.clone());
-            properties.insert(kafka::OFFSETS_PROPERTY.into(), kafka::encode_offsets(&summary.next_offsets));
-        }
-        let topic = self.kafka.as_ref().map(|source| source.topic.as_str());
+        let mut properties = summary::sealed_set(&sealed.writer_id, &seal_id);
+        properties.extend(fence.summary_properties(&summary.next_offsets));
         let still_valid = |newer: &[SnapshotSummary]| {
-            overlap(newer, &sealed.writer_id, &seal_id, topic, &summary.next_offsets).map_or(Ok(()), Err)
+            fence.overlap(newer, &sealed.writer_id, &seal_id, &summary.next_offsets).map_or(Ok(()), Err)
         };
         let checked = CheckedBase { snapshot_id: base, still_valid: &still_valid };
         let info = self.lake.append(ReceiverStream::new(rx), properties, Some(&checked)).await?;
-        if let (Some(source), Some(fence)) = (&self.kafka, fence) {
-            let mut table = fence.table;
-            table.extend(summary.next_offsets);
-            source.commit_to_kafka(&table);
-        }
+        self.fencer.committed(fence, &summary.next_offsets);
         Ok(info.map_or_else(Committed::default, |i| Committed {
             snapshot_id: i.snapshot_id,
             data_files: i.data_files,
@@ -342,73 +323,8 @@ impl Committer {
 
     async fn find_committed(&self, sealed: &Sealed) -> Result<Option<i64>, LakeError> {
         let seal_id = sealed.seal_id.to_string();
-        Ok(self.lake.snapshot_summaries().await?.into_iter().find_map(|(id, summary)| {
-            let ours = summary.get(WRITER_ID_PROPERTY) == Some(&sealed.writer_id)
-                && summary.get(SEAL_ID_PROPERTY) == Some(&seal_id);
-            ours.then_some(id)
+        Ok(self.lake.snapshot_summaries().await?.into_iter().find_map(|(id, props)| {
+            summary::is_sealed_set(&props, &sealed.writer_id, &seal_id).then_some(id)
         }))
-    }
-}
-
-/// Why snapshots that other writers committed after the table was checked may already hold
-/// rows of this commit: the same sealed set (an earlier attempt of ours), or offsets of a
-/// partition this commit covers (another appender took the partition over). `None`: no overlap.
-fn overlap(
-    newer: &[SnapshotSummary],
-    writer_id: &str,
-    seal_id: &str,
-    topic: Option<&str>,
-    committing: &kafka::PartitionOffsets,
-) -> Option<String> {
-    for (id, summary) in newer {
-        let get = |key: &str| summary.get(key).map(String::as_str);
-        if get(WRITER_ID_PROPERTY) == Some(writer_id) && get(SEAL_ID_PROPERTY) == Some(seal_id) {
-            return Some(format!("snapshot {id} already holds sealed set {seal_id}"));
-        }
-        let Some(topic) = topic else { continue };
-        let theirs = kafka::offsets_from_summaries([(*id, summary.clone())], topic);
-        if let Some(partition) = theirs.keys().find(|p| committing.contains_key(p)) {
-            return Some(format!("snapshot {id} holds offsets of partition {partition} of {topic}"));
-        }
-    }
-    None
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn snapshot(id: i64, pairs: &[(&str, &str)]) -> SnapshotSummary {
-        (id, pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-    }
-
-    #[test]
-    fn overlap_names_our_own_earlier_commit_and_partitions_taken_by_others() {
-        let committing = kafka::PartitionOffsets::from([(3, 120), (5, 40)]);
-        let ours = snapshot(7, &[(WRITER_ID_PROPERTY, "w1"), (SEAL_ID_PROPERTY, "4")]);
-        let other_seal = snapshot(8, &[(WRITER_ID_PROPERTY, "w1"), (SEAL_ID_PROPERTY, "3")]);
-        let other_partitions = snapshot(
-            9,
-            &[(kafka::TOPIC_PROPERTY, "otel-logs"), (kafka::OFFSETS_PROPERTY, r#"{"1":10,"2":20}"#)],
-        );
-        let taken = snapshot(
-            10,
-            &[(kafka::TOPIC_PROPERTY, "otel-logs"), (kafka::OFFSETS_PROPERTY, r#"{"2":30,"5":35}"#)],
-        );
-        let other_topic =
-            snapshot(11, &[(kafka::TOPIC_PROPERTY, "other"), (kafka::OFFSETS_PROPERTY, r#"{"3":1}"#)]);
-        let check = |newer: &[SnapshotSummary], topic| overlap(newer, "w1", "4", topic, &committing);
-
-        assert_eq!(
-            check(&[other_seal.clone(), other_partitions.clone(), other_topic.clone()], Some("otel-logs")),
-            None
-        );
-        assert_eq!(
-            check(std::slice::from_ref(&ours), None).unwrap(),
-            "snapshot 7 already holds sealed set 4"
-        );
-        let reason = check(&[other_partitions, taken.clone()], Some("otel-logs")).unwrap();
-        assert_eq!(reason, "snapshot 10 holds offsets of partition 5 of otel-logs");
-        assert_eq!(check(&[taken], None), None, "embedded mode has no partitions to overlap");
     }
 }

@@ -23,31 +23,53 @@ use iceberg::{
     Catalog, Error, ErrorKind, Namespace, NamespaceIdent, Result, TableCommit, TableCreation, TableIdent,
 };
 
-/// `inner`, with `table`'s loads pinned to the snapshot `base` (`None`: the table has none yet).
-pub struct PinnedCatalog {
-    inner: Arc<dyn Catalog>,
-    table: TableIdent,
-    base: Option<i64>,
+/// What a wrapping catalog changes; everything not overridden goes to the wrapped catalog.
+#[async_trait]
+pub trait Intercept: fmt::Debug + Send + Sync {
+    async fn load_table(&self, inner: &dyn Catalog, table: &TableIdent) -> Result<Table> {
+        inner.load_table(table).await
+    }
+
+    async fn update_table(&self, inner: &dyn Catalog, commit: TableCommit) -> Result<Table> {
+        inner.update_table(commit).await
+    }
 }
 
+/// `inner` with `intercept`'s changes.
+#[derive(Debug)]
+pub struct Intercepted<I> {
+    inner: Arc<dyn Catalog>,
+    intercept: I,
+}
+
+impl<I> Intercepted<I> {
+    pub fn new(inner: Arc<dyn Catalog>, intercept: I) -> Self {
+        Self { inner, intercept }
+    }
+}
+
+/// Loads of `table` fail unless its current snapshot is `base` (`None`: it has none yet).
+#[derive(Debug)]
+pub struct Pin {
+    pub table: TableIdent,
+    pub base: Option<i64>,
+}
+
+/// The catalog one commit attempt goes through (see the module docs).
+pub type PinnedCatalog = Intercepted<Pin>;
+
 impl PinnedCatalog {
-    pub fn new(inner: Arc<dyn Catalog>, table: TableIdent, base: Option<i64>) -> Self {
-        Self { inner, table, base }
+    pub fn pinned(inner: Arc<dyn Catalog>, table: TableIdent, base: Option<i64>) -> Self {
+        Intercepted::new(inner, Pin { table, base })
     }
 }
 
 const MOVED: &str = "table moved past the snapshot the commit was checked against";
 
-impl fmt::Debug for PinnedCatalog {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedCatalog").field("table", &self.table).field("base", &self.base).finish()
-    }
-}
-
 #[async_trait]
-impl Catalog for PinnedCatalog {
-    async fn load_table(&self, table: &TableIdent) -> Result<Table> {
-        let loaded = self.inner.load_table(table).await?;
+impl Intercept for Pin {
+    async fn load_table(&self, inner: &dyn Catalog, table: &TableIdent) -> Result<Table> {
+        let loaded = inner.load_table(table).await?;
         if *table != self.table {
             return Ok(loaded);
         }
@@ -62,9 +84,16 @@ impl Catalog for PinnedCatalog {
         }
         Ok(loaded)
     }
+}
+
+#[async_trait]
+impl<I: Intercept> Catalog for Intercepted<I> {
+    async fn load_table(&self, table: &TableIdent) -> Result<Table> {
+        self.intercept.load_table(self.inner.as_ref(), table).await
+    }
 
     async fn update_table(&self, commit: TableCommit) -> Result<Table> {
-        self.inner.update_table(commit).await
+        self.intercept.update_table(self.inner.as_ref(), commit).await
     }
 
     async fn list_namespaces(&self, parent: Option<&NamespaceIdent>) -> Result<Vec<NamespaceIdent>> {

@@ -3,9 +3,12 @@
 //! landed, with the same config as the service (`--config`, `TELEMETRY_LAKE_*`, defaults: the
 //! embedded lake under `./data`), and no network beyond the catalog and the object store.
 //!
+//! The `appender` binary opens the table with the service's own catalog code and hands it
+//! here, so this crate knows nothing of catalogs or credentials:
+//!
 //! ```text
-//!  lake::connect (the service's own catalog + FileIO code: sqlite/postgres or REST; file or S3)
-//!      |  load_table (never creates anything)          --snapshot ID or the current snapshot
+//!  appender's lake::load_existing (sqlite/postgres or REST; file or S3; creates nothing)
+//!      |  Table                                       --snapshot ID or the current snapshot
 //!      v
 //!  iceberg TableScan::to_arrow    Arrow batches of 2,048 rows, two data files read at a time
 //!      |  bounded channel (2 batches)
@@ -52,13 +55,9 @@ use futures::StreamExt;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::spec::SchemaRef;
 use iceberg::table::Table;
-use iceberg::{ErrorKind, TableIdent};
-use telemetry_lake_common::cli;
-use telemetry_lake_common::config::{CatalogType, Config, IcebergConfig, LogConfig};
+use telemetry_lake_common::secrets::Redactor;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
-
-use crate::lake::{Redactor, connect, namespace_ident};
 
 /// The name every query can use for the table, whatever `iceberg.table` is.
 pub const TABLE_ALIAS: &str = "logs";
@@ -162,16 +161,23 @@ impl From<arrow_schema::ArrowError> for QueryError {
     }
 }
 
-/// The subcommand: loads the config, runs the statement, prints the result on stdout and
-/// errors on stderr, and returns the exit code.
-pub async fn main(config_file: Option<&Path>, args: QueryArgs) -> ExitCode {
+/// The subcommand: runs the statement over `table` (or reports why it could not be opened),
+/// prints the result on stdout and errors on stderr, and returns the exit code. `table_name`
+/// is `iceberg.table`, the name the statement uses besides `logs`.
+pub async fn main(
+    args: QueryArgs,
+    table: Result<Table, String>,
+    table_name: &str,
+    redactor: &Redactor,
+) -> ExitCode {
     const NAME: &str = "appender query";
-    let config = match cli::load_config(NAME, config_file) {
-        Ok(config) => config,
-        Err(code) => return code,
+    let table = match table {
+        Ok(table) => table,
+        Err(message) => {
+            eprintln!("{NAME}: {message}");
+            return ExitCode::from(1);
+        }
     };
-    // Library warnings only (RUST_LOG still wins): stdout is the result.
-    telemetry_lake_common::telemetry::init(&LogConfig { level: "warn".into(), ..config.log.clone() });
     let sql = if args.sql == "-" {
         let mut sql = String::new();
         if let Err(e) = io::stdin().read_to_string(&mut sql) {
@@ -189,7 +195,7 @@ pub async fn main(config_file: Option<&Path>, args: QueryArgs) -> ExitCode {
         memory_limit: args.memory_limit,
         temp_dir: std::env::temp_dir(),
     };
-    match run(&config, request, io::BufWriter::new(io::stdout())).await {
+    match run(table, table_name, redactor, request, io::BufWriter::new(io::stdout())).await {
         Ok(_) => ExitCode::SUCCESS,
         // `appender query … | head`: the reader has all it wanted.
         Err(QueryError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
@@ -200,15 +206,16 @@ pub async fn main(config_file: Option<&Path>, args: QueryArgs) -> ExitCode {
     }
 }
 
-/// Runs `request` over the configured table and writes the result to `out`; returns the number
+/// Runs `request` over `table` (called `table_name` and `logs` in the statement) and writes the
+/// result to `out`; returns the number
 /// of result rows and `out`.
 pub async fn run<W: Write + Send + 'static>(
-    config: &Config,
+    table: Table,
+    table_name: &str,
+    redactor: &Redactor,
     request: QueryRequest,
     out: W,
 ) -> Result<(u64, W), QueryError> {
-    let redactor = Redactor::new(&config.iceberg);
-    let table = open_table(&config.iceberg, &redactor).await?;
     let ident = table.identifier().to_string();
     let snapshot = request.snapshot;
     let schema: SchemaRef = match snapshot {
@@ -238,7 +245,7 @@ pub async fn run<W: Write + Send + 'static>(
     let (batches_tx, batches_rx) = mpsc::channel::<Loaded>(2);
     let (ready_tx, ready_rx) = oneshot::channel();
     let duck = DuckSide {
-        table_name: config.iceberg.table.clone(),
+        table_name: table_name.to_string(),
         iceberg_table: ident.clone(),
         schema: arrow_schema,
         request,
@@ -248,7 +255,7 @@ pub async fn run<W: Write + Send + 'static>(
     // Nothing is read until DuckDB has accepted the statement; when it refuses it, the worker
     // has returned and says why.
     let scanned = match ready_rx.await {
-        Ok(()) => Some(scan(&table, snapshot, &redactor, &batches_tx).await),
+        Ok(()) => Some(scan(&table, snapshot, redactor, &batches_tx).await),
         Err(_) => None,
     };
     if let Some(Ok(rows)) = &scanned {
@@ -267,51 +274,6 @@ pub async fn run<W: Write + Send + 'static>(
 
 /// The worker's error action when the scan stopped before the end.
 const ABORTED: &str = "load the table (the scan stopped)";
-
-/// Opens the catalog with the service's own code and loads the table; never creates anything.
-async fn open_table(config: &IcebergConfig, redactor: &Redactor) -> Result<Table, QueryError> {
-    let label = format!("{} ({})", config.catalog_name, redactor.redact(&config.catalog_uri));
-    if let Some(path) = missing_sqlite_catalog(config) {
-        return Err(QueryError::Lake(format!(
-            "no lake here: the catalog file {} does not exist (iceberg.catalog_uri = {:?}); run \
-             the appender first, or give the lake's config with --config or TELEMETRY_LAKE_*",
-            path.display(),
-            config.catalog_uri
-        )));
-    }
-    let namespace = namespace_ident(&config.namespace).map_err(|e| QueryError::Lake(e.to_string()))?;
-    let catalog = connect(config, redactor, &label)
-        .await
-        .map_err(|e| QueryError::Lake(format!("cannot open the catalog: {e}")))?;
-    let ident = TableIdent::new(namespace, config.table.clone());
-    catalog.load_table(&ident).await.map_err(|e| match e.kind() {
-        ErrorKind::TableNotFound | ErrorKind::NamespaceNotFound => QueryError::Lake(format!(
-            "table {ident} does not exist in catalog {label}: the appender creates it when it \
-             starts; check iceberg.namespace and iceberg.table"
-        )),
-        _ => QueryError::Lake(format!(
-            "cannot load table {ident} from catalog {label}: {} (check that the catalog is \
-             reachable and iceberg.catalog_uri and iceberg.properties are right)",
-            redactor.redact(&e.to_string())
-        )),
-    })
-}
-
-/// The file of a `sqlite://` catalog when it does not exist: opening it would create an empty
-/// catalog, so a query on a directory with no lake is refused instead.
-fn missing_sqlite_catalog(config: &IcebergConfig) -> Option<PathBuf> {
-    if config.catalog_type != CatalogType::Sql {
-        return None;
-    }
-    let rest = config.catalog_uri.strip_prefix("sqlite:")?;
-    let rest = rest.strip_prefix("//").unwrap_or(rest);
-    let path = rest.split('?').next().unwrap_or_default();
-    if path.is_empty() || path == ":memory:" {
-        return None;
-    }
-    let path = PathBuf::from(path);
-    (!path.exists()).then_some(path)
-}
 
 enum Loaded {
     Batch(RecordBatch),
@@ -734,7 +696,6 @@ mod tests {
     use arrow_array::{Int64Array, StringArray, TimestampMicrosecondArray};
 
     use super::*;
-    use crate::lake::{Lake, LakeError};
 
     /// 2026-11-27T10:00:00Z and 2026-11-28T00:00:00.000001Z in microseconds.
     const T1: i64 = 1_795_773_600_000_000;
@@ -844,73 +805,5 @@ mod tests {
         assert_eq!(types["log_attributes"], "MAP(VARCHAR, VARCHAR)");
         assert_eq!(types["kafka_offset"], "BIGINT");
         assert_eq!(types["severity_number"], "INTEGER");
-    }
-
-    fn test_config(dir: &Path) -> Config {
-        let mut config = Config::default();
-        config.iceberg.catalog_uri = format!("sqlite://{}/catalog.db", dir.display());
-        config.iceberg.warehouse = format!("{}/warehouse", dir.display());
-        config
-    }
-
-    fn request(sql: &str, format: Format) -> QueryRequest {
-        QueryRequest {
-            sql: sql.into(),
-            format,
-            snapshot: None,
-            memory_limit: ByteSize::mib(256),
-            temp_dir: std::env::temp_dir(),
-        }
-    }
-
-    async fn csv(config: &Config, sql: &str) -> Result<String, QueryError> {
-        let (_, out) = run(config, request(sql, Format::Csv), Vec::new()).await?;
-        Ok(String::from_utf8(out).unwrap())
-    }
-
-    #[tokio::test]
-    async fn query_runs_over_the_lake_and_fails_with_the_documented_codes() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = test_config(dir.path());
-        let missing = csv(&config, "SELECT 1").await.unwrap_err();
-        assert_eq!(missing.exit_code(), 1);
-        assert!(missing.to_string().contains("catalog.db does not exist"), "{missing}");
-        assert!(!dir.path().join("catalog.db").exists(), "a query creates no catalog");
-
-        let lake = Lake::open(&config.iceberg, telemetry_lake_proto::iceberg_schema()).await.unwrap();
-        assert_eq!(csv(&config, "SELECT count(*) AS n FROM logs").await.unwrap(), "n\n0\n");
-
-        let staging = duckdb::Connection::open_in_memory().unwrap();
-        staging.execute_batch(&telemetry_lake_proto::duckdb_create_table("staging")).unwrap();
-        staging
-            .execute_batch(
-                "INSERT INTO staging (timestamp, severity_text, body, service_name, log_attributes) VALUES
-                   ('2026-11-27 10:00:00+00', 'INFO', 'one', 'a', MAP {'k': 'v1'}),
-                   ('2026-11-27 11:00:00+00', 'ERROR', 'two', 'a', MAP {'k': 'v2'}),
-                   ('2026-11-28 00:00:00.5+00', 'INFO', NULL, 'b', MAP {})",
-            )
-            .unwrap();
-        let staged: Vec<RecordBatch> =
-            staging.prepare("SELECT * FROM staging").unwrap().query_arrow([]).unwrap().collect();
-        let stream = futures::stream::iter(staged.into_iter().map(Ok::<_, LakeError>));
-        lake.append(stream, HashMap::new(), None).await.unwrap().expect("committed");
-
-        assert_eq!(
-            csv(&config, "SELECT severity_text, count(*) AS n FROM logs GROUP BY 1 ORDER BY 1")
-                .await
-                .unwrap(),
-            "severity_text,n\nERROR,1\nINFO,2\n"
-        );
-        assert_eq!(
-            csv(&config, "SELECT timestamp, body FROM logs WHERE log_attributes['k'] IS NULL").await.unwrap(),
-            "timestamp,body\n2026-11-28T00:00:00.500Z,\n"
-        );
-        let bad = csv(&config, "SELECT nope FROM logs").await.unwrap_err();
-        assert_eq!(bad.exit_code(), 2);
-        let text = bad.to_string();
-        assert!(
-            text.contains("Binder Error") && text.contains("`logs` (iceberg table default.logs)"),
-            "{text}"
-        );
     }
 }

@@ -1,0 +1,87 @@
+//! The appender's admin plane: `Flush` is a message to the committer (answered when its flush
+//! is done), `Stats` reads counters without touching DuckDB.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use telemetry_lake_admin_proto::v1::{FlushResponse, StatsResponse, Totals};
+use telemetry_lake_common::{
+    admin::{AdminHandler, FlushTrigger},
+    health::Health,
+    otlp::ExportError,
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    commit::{FlushRequest, FlushState},
+    metrics::AppenderMetrics,
+    source::{kafka::KafkaSource, otlp::ExportTotals},
+    staging::Staging,
+};
+
+/// Flush and Stats for the appender.
+pub struct AppenderAdmin {
+    pub mode: &'static str,
+    pub kafka: Option<Arc<KafkaSource>>,
+    pub staging: Staging,
+    pub flushes: mpsc::Sender<FlushRequest>,
+    pub flush_state: Arc<FlushState>,
+    pub totals: Arc<ExportTotals>,
+    pub metrics: Arc<AppenderMetrics>,
+    pub health: Health,
+}
+
+impl AdminHandler for AppenderAdmin {
+    async fn flush(&self, trigger: FlushTrigger) -> Result<FlushResponse, ExportError> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = || ExportError::Unavailable {
+            message: "the committer has stopped (shutting down)".into(),
+            retry_after: Duration::from_secs(1),
+        };
+        self.flushes.send(FlushRequest { trigger, reply: Some(reply) }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    async fn stats(&self) -> StatsResponse {
+        let counters = self.staging.counters();
+        let last_flush = self.flush_state.last_flush.lock().expect("flush state lock").clone();
+        let since: Instant = *self.flush_state.last_success.lock().expect("flush state lock");
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (partitions, kafka_messages, dead_lettered) = match &self.kafka {
+            Some(source) => {
+                let asked = source.clone();
+                let partitions =
+                    tokio::task::spawn_blocking(move || asked.partition_stats()).await.unwrap_or_default();
+                (partitions, get(&source.counters.messages), get(&source.counters.dead_lettered))
+            }
+            None => (Vec::new(), 0, 0),
+        };
+        StatsResponse {
+            mode: self.mode.into(),
+            buffer_records: get(&counters.records),
+            buffer_size_bytes: get(&counters.bytes),
+            time_since_last_flush_seconds: since.elapsed().as_secs_f64(),
+            last_flush: Some(last_flush),
+            totals: Some(Totals {
+                records_received: get(&self.totals.received),
+                records_accepted: get(&self.totals.accepted),
+                records_rejected: get(&self.totals.rejected),
+                records_committed: self.metrics.records_committed.get(),
+                bytes_committed: self.metrics.bytes_committed.get(),
+                flushes: self.metrics.flush_count(true),
+                flush_failures: self.metrics.flush_count(false),
+                snapshots: self.metrics.snapshots.get(),
+                kafka_messages,
+                dead_lettered,
+            }),
+            serving: self.health.is_serving(),
+            partitions,
+            producer_queue_messages: 0, // the ingester's producer queue; the appender has none
+        }
+    }
+}

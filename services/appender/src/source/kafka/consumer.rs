@@ -1,0 +1,155 @@
+//! The consumer thread: polls the topic, decodes each message's OTLP request into rows with
+//! their partition and offset, and stages them in appends of up to [`MAX_BATCH_RECORDS`].
+//! Undecodable messages go to the dead letters. It never moves past rows that are not staged:
+//! while staging refuses them it pauses its partitions, keeps serving the group, and retries.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use arrow_select::concat::concat_batches;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use prost::Message as _;
+use rdkafka::{Message, Offset, TopicPartitionList, consumer::Consumer};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use super::{SourceCounters, dead_letters::DeadLetters, rebalance::LakeConsumer};
+use crate::{
+    rows::{self, KafkaPosition, Rows},
+    staging::{Staging, StagingError},
+};
+
+/// Rows gathered from the topic before they are staged in one append.
+const MAX_BATCH_RECORDS: u64 = 10_000;
+const MAX_BATCH_WAIT: Duration = Duration::from_millis(200);
+
+pub(super) struct Worker {
+    pub(super) consumer: Arc<LakeConsumer>,
+    pub(super) staging: Staging,
+    pub(super) counters: Arc<SourceCounters>,
+    pub(super) dead_letters: DeadLetters,
+    pub(super) handle: Handle,
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64
+}
+
+impl Worker {
+    pub(super) fn run(self, stop: CancellationToken) {
+        while !stop.is_cancelled() {
+            let batch = self.gather(&stop);
+            if batch.is_empty() {
+                continue;
+            }
+            self.stage(batch, &stop);
+        }
+        // Leave the group here, so the revocation runs on this thread rather than wherever the
+        // consumer is dropped.
+        self.consumer.unsubscribe();
+        let leaving = Instant::now();
+        while !self.counters.assigned.lock().expect("assignment lock").is_empty()
+            && leaving.elapsed() < Duration::from_secs(5)
+        {
+            let _ = self.consumer.poll(Duration::from_millis(100));
+        }
+        tracing::info!("kafka consumer stopped");
+    }
+
+    /// Polls until enough rows or enough time; undecodable messages go to the dead letters.
+    fn gather(&self, stop: &CancellationToken) -> Vec<Rows> {
+        let started = Instant::now();
+        let mut batch = Vec::new();
+        let mut records = 0u64;
+        while records < MAX_BATCH_RECORDS && !stop.is_cancelled() {
+            let Some(wait) = MAX_BATCH_WAIT.checked_sub(started.elapsed()) else { break };
+            match self.consumer.poll(wait) {
+                None => break,
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka poll failed");
+                    break;
+                }
+                Some(Ok(message)) => {
+                    self.counters.messages.fetch_add(1, Ordering::Relaxed);
+                    let position = KafkaPosition { partition: message.partition(), offset: message.offset() };
+                    match ExportLogsServiceRequest::decode(message.payload().unwrap_or_default()) {
+                        Ok(request) => {
+                            let converted = rows::to_rows(&request, Some(position), now_micros());
+                            records += converted.batch.num_rows() as u64;
+                            batch.push(converted);
+                        }
+                        Err(e) => self.dead_letters.send(&self.handle, &message, &e.to_string()),
+                    }
+                }
+            }
+        }
+        batch
+    }
+
+    /// Stages one append; while staging is full, pauses the partitions and retries.
+    fn stage(&self, batch: Vec<Rows>, stop: &CancellationToken) {
+        let Some(rows) = merge(batch) else { return };
+        let mut paused: Option<TopicPartitionList> = None;
+        loop {
+            match self.handle.block_on(self.staging.append(rows.clone())) {
+                Ok(()) => break,
+                // These rows are past everything staged, so stopping without them loses
+                // nothing: the next start reads them again from the table's offsets.
+                Err(e) if stop.is_cancelled() => {
+                    tracing::warn!(error = %e, "stopping with a batch not staged; it is read again at the next start");
+                    break;
+                }
+                // Never move past rows that are not staged: pause, keep serving the group, retry.
+                Err(e) => {
+                    if paused.is_none() {
+                        let assignment = self.consumer.assignment().unwrap_or_default();
+                        if self.consumer.pause(&assignment).is_ok() {
+                            paused = Some(assignment);
+                        }
+                        match e {
+                            StagingError::Full { .. } => {
+                                tracing::warn!(error = %e, "staging is full, consumption paused until commits catch up")
+                            }
+                            _ => tracing::error!(error = %e, "staging failed, consumption paused, retrying"),
+                        }
+                    }
+                    self.wait_paused(Duration::from_secs(1));
+                }
+            }
+        }
+        if let Some(assignment) = paused {
+            let _ = self.consumer.resume(&assignment);
+            tracing::info!("consumption resumed");
+        }
+    }
+
+    /// Serves the group (rebalances, heartbeats) while paused. A message that still arrives is
+    /// not consumed: the partition is sought back to it, so it is delivered again later.
+    fn wait_paused(&self, wait: Duration) {
+        if let Some(Ok(message)) = self.consumer.poll(wait) {
+            let (topic, partition, offset) =
+                (message.topic().to_string(), message.partition(), message.offset());
+            drop(message);
+            if let Err(e) =
+                self.consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5))
+            {
+                tracing::error!(error = %e, partition, offset, "cannot seek back while paused");
+            }
+        }
+    }
+}
+
+/// One append for many messages: fewer, larger DuckDB transactions.
+fn merge(batch: Vec<Rows>) -> Option<Rows> {
+    let first = batch.first()?;
+    let schema = first.batch.schema();
+    let bytes = batch.iter().map(|r| r.bytes).sum();
+    let rejected = batch.iter().map(|r| r.rejected).sum();
+    let rejection =
+        batch.iter().find(|r| !r.rejection.is_empty()).map(|r| r.rejection.clone()).unwrap_or_default();
+    let merged =
+        concat_batches(&schema, batch.iter().map(|r| &r.batch)).expect("rows share the staging schema");
+    Some(Rows { batch: merged, bytes, rejected, rejection })
+}

@@ -1,0 +1,162 @@
+//! The appender's Kafka source: the topic in, staged rows out, exactly once into Iceberg.
+//!
+//! ```text
+//!  Kafka topic --poll (consumer.rs, its own thread)--> decode OTLP --> rows with
+//!       |                                              (partition, offset) --> staging
+//!       |                                 \--undecodable--> dead_letters.rs (counted)
+//!       +-- rebalance.rs: on assignment drop unsealed rows of those partitions and start each at
+//!           the table's next offset (from the Iceberg snapshot summaries), not the group's
+//! ```
+//!
+//! Exactly once rests on the table, not on Kafka: every commit carries, in its snapshot summary,
+//! the next offset of each partition it covers, and each commit takes only rows of partitions
+//! this appender owns now, past the offsets the table already holds (`crate::commit::fence`).
+//! A commit lands only on the table state whose offsets it checked (`crate::lake`'s pinned
+//! catalog), so a zombie appender that lost its partitions without noticing cannot commit rows
+//! the new owner committed: its commit is refused and checked again. Rows consumed twice (a
+//! rebalance, a restart, a crash mid-commit) land once. Kafka's own committed offsets are
+//! written after each Iceberg commit, only so lag can be watched with the usual tools.
+
+mod consumer;
+mod dead_letters;
+mod rebalance;
+
+use std::{
+    sync::{Arc, Mutex, atomic::AtomicU64},
+    time::Duration,
+};
+
+use rdkafka::{
+    Offset, TopicPartitionList,
+    consumer::{CommitMode, Consumer},
+    error::KafkaError,
+};
+use telemetry_lake_admin_proto::v1::PartitionStats;
+use telemetry_lake_common::{
+    kafka::{self, Side, TopicSpec},
+    settings::KafkaSettings,
+};
+use tokio::runtime::Handle;
+use tokio_util::sync::CancellationToken;
+
+use self::{
+    consumer::Worker,
+    dead_letters::DeadLetters,
+    rebalance::{LakeConsumer, LakeContext},
+};
+use crate::{commit::summary::PartitionOffsets, lake::Lake, staging::Staging};
+
+/// What the consumer counts, for Stats.
+#[derive(Debug, Default)]
+pub struct SourceCounters {
+    /// Held by the committer while it commits Kafka rows; a revocation waits for it.
+    pub commit_gate: tokio::sync::Mutex<()>,
+    pub messages: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub assigned: Mutex<Vec<i32>>,
+    /// The table's next offsets as last seen (at assignment or after a commit).
+    pub table_offsets: Mutex<PartitionOffsets>,
+}
+
+/// The running source: its consumer (shared with the committer, which commits offsets to Kafka
+/// after each Iceberg commit) and its thread.
+pub struct KafkaSource {
+    consumer: Arc<LakeConsumer>,
+    pub counters: Arc<SourceCounters>,
+    pub topic: String,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// Creates the topic (`kafka.partitions` partitions, as the ingester would) and the dead-letter
+/// topic (one partition: it is for people, not speed) unless they exist, so an appender fed by a
+/// Collector's kafka exporter needs no ingester and no manual step.
+async fn ensure_topics(config: &KafkaSettings) -> Result<(), KafkaError> {
+    let mut topics = vec![TopicSpec { name: config.topic.clone(), partitions: config.partitions }];
+    if let Some(name) = &config.dead_letter_topic {
+        topics.push(TopicSpec { name: name.clone(), partitions: 1 });
+    }
+    if let Err(error) = kafka::ensure_topics(config, Side::Consumer, &topics, Duration::from_secs(30)).await {
+        tracing::warn!(%error, "cannot create the kafka topics");
+    }
+    Ok(())
+}
+
+impl KafkaSource {
+    pub async fn start(
+        config: &KafkaSettings,
+        staging: Staging,
+        lake: Arc<Lake>,
+        stop: CancellationToken,
+    ) -> Result<Self, KafkaError> {
+        let counters = Arc::new(SourceCounters::default());
+        let context = LakeContext {
+            handle: Handle::current(),
+            staging: staging.clone(),
+            lake,
+            topic: config.topic.clone(),
+            counters: counters.clone(),
+        };
+        ensure_topics(config).await?;
+        let consumer: Arc<LakeConsumer> =
+            Arc::new(kafka::consumer_config(config, "telemetry-lake-appender").create_with_context(context)?);
+        consumer.subscribe(&[&config.topic])?;
+        let dead_letters = DeadLetters::new(config, counters.clone())?;
+        let worker = Worker {
+            consumer: consumer.clone(),
+            staging,
+            counters: counters.clone(),
+            dead_letters,
+            handle: Handle::current(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("kafka-consumer".into())
+            .spawn(move || worker.run(stop))
+            .map_err(|e| KafkaError::Subscription(format!("cannot start the consumer thread: {e}")))?;
+        tracing::info!(brokers = %config.brokers, topic = %config.topic, group = %config.group_id, "consuming");
+        Ok(Self { consumer, counters, topic: config.topic.clone(), thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Waits for the consumer thread after its stop token was cancelled.
+    pub fn join(&self) {
+        if let Some(thread) = self.thread.lock().expect("thread lock").take() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Tells Kafka how far the table got, for lag monitoring; failures only matter to monitoring.
+    pub fn commit_to_kafka(&self, offsets: &PartitionOffsets) {
+        self.counters.table_offsets.lock().expect("offsets lock").extend(offsets.clone());
+        let mut tpl = TopicPartitionList::new();
+        let owned = self.counters.assigned.lock().expect("assignment lock").clone();
+        for (partition, next) in offsets.iter().filter(|(p, _)| owned.contains(p)) {
+            let _ = tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*next));
+        }
+        if tpl.count() > 0
+            && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "kafka offset commit failed (lag monitoring only)");
+        }
+    }
+}
+
+impl KafkaSource {
+    /// Per assigned partition: the table's next offset, the broker's end offset and the lag.
+    /// Asks the broker, so it blocks for up to a second per partition.
+    pub fn partition_stats(&self) -> Vec<PartitionStats> {
+        let assigned = self.counters.assigned.lock().expect("assignment lock").clone();
+        let table = self.counters.table_offsets.lock().expect("offsets lock").clone();
+        assigned
+            .into_iter()
+            .map(|partition| {
+                let committed = table.get(&partition).copied().unwrap_or(-1);
+                let high = self
+                    .consumer
+                    .fetch_watermarks(&self.topic, partition, Duration::from_secs(1))
+                    .map(|(_, high)| high)
+                    .unwrap_or(-1);
+                let lag = if high < 0 { -1 } else { high - committed.max(0) };
+                PartitionStats { partition, committed_offset: committed, high_watermark: high, lag }
+            })
+            .collect()
+    }
+}
