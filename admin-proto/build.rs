@@ -9,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("admin_descriptor.bin"))
         .type_attribute(".", "#[derive(serde::Serialize)]")
+        // `GET /stats` shows a service's own section as `"appender": {…}` / `"ingester": {…}`.
+        .field_attribute("StatsResponse.service", "#[serde(flatten)]")
+        .type_attribute("StatsResponse.service", "#[serde(rename_all = \"snake_case\")]")
         .compile_protos(&["proto/admin.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto/admin.proto");
     Ok(())

@@ -11,7 +11,8 @@ use std::{
 
 use anyhow::{Context, bail};
 use telemetry_lake_admin_proto::v1::{
-    FlushRequest, FlushResponse, StatsRequest, StatsResponse, admin_client::AdminClient,
+    AppenderStats, FlushRequest, FlushResponse, StatsRequest, StatsResponse, admin_client::AdminClient,
+    stats_response::Service,
 };
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -159,6 +160,14 @@ async fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
 /// `Stats`, as one call.
 pub async fn stats(admin: &mut AdminClient<Channel>) -> anyhow::Result<StatsResponse> {
     Ok(admin.stats(StatsRequest {}).await?.into_inner())
+}
+
+/// The appender's own section of `stats` (zeros when the answer has none).
+pub fn totals(stats: &StatsResponse) -> AppenderStats {
+    match &stats.service {
+        Some(Service::Appender(totals)) => totals.clone(),
+        _ => AppenderStats::default(),
+    }
 }
 
 /// `Flush`, as one call.

@@ -281,7 +281,7 @@ async fn warm_up(
     let request = ExportLogsServiceRequest::decode(first.bytes.clone())?;
     load::check_endpoint(appender.ports.otlp_grpc, request).await?;
     appender::flush(admin).await.context("warm-up flush failed")?;
-    let committed = appender::stats(admin).await?.totals.unwrap_or_default().records_committed;
+    let committed = appender::totals(&appender::stats(admin).await?).records_committed;
     if committed != first.records {
         bail!("after the warm-up {committed} records are committed, expected {}", first.records);
     }
@@ -358,7 +358,7 @@ async fn wait_committed(
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let committed = appender::stats(admin).await?.totals.unwrap_or_default().records_committed;
+        let committed = appender::totals(&appender::stats(admin).await?).records_committed;
         if committed >= target {
             return Ok(());
         }

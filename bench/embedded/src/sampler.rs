@@ -168,7 +168,7 @@ impl Samplers {
             async move {
                 let acknowledged = live.acknowledged.load(Ordering::Relaxed);
                 let stats = appender::stats(&mut admin).await.ok()?;
-                let totals = stats.totals.unwrap_or_default();
+                let totals = appender::totals(&stats);
                 Some(StatsSample {
                     at_seconds: start.elapsed().as_secs_f64(),
                     acknowledged,

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use telemetry_lake_admin_proto::v1::{FlushResponse, StatsResponse, Totals};
+use telemetry_lake_admin_proto::v1::{AppenderStats, FlushResponse, StatsResponse, stats_response::Service};
 use telemetry_lake_common::{
     admin::{AdminHandler, FlushTrigger},
     health::Health,
@@ -67,21 +67,21 @@ impl AdminHandler for AppenderAdmin {
             buffer_size_bytes: get(&counters.bytes),
             time_since_last_flush_seconds: since.elapsed().as_secs_f64(),
             last_flush: Some(last_flush),
-            totals: Some(Totals {
+            serving: self.health.is_serving(),
+            not_serving_reasons: self.health.reasons().await.into_iter().map(String::from).collect(),
+            service: Some(Service::Appender(AppenderStats {
                 records_received: get(&self.totals.received),
                 records_accepted: get(&self.totals.accepted),
                 records_rejected: get(&self.totals.rejected),
                 records_committed: self.metrics.records_committed.get(),
                 bytes_committed: self.metrics.bytes_committed.get(),
+                snapshots: self.metrics.snapshots.get(),
                 flushes: self.metrics.flush_count(true),
                 flush_failures: self.metrics.flush_count(false),
-                snapshots: self.metrics.snapshots.get(),
                 kafka_messages,
                 dead_lettered,
-            }),
-            serving: self.health.is_serving(),
-            partitions,
-            producer_queue_messages: 0, // the ingester's producer queue; the appender has none
+                partitions,
+            })),
         }
     }
 }

@@ -1,22 +1,13 @@
 //! The ingester's admin plane: `Flush` waits for the producer, `Stats` reads counters, and
 //! `/metrics` exports the same counters.
 //!
-//! How the shared `StatsResponse` reads for the ingester (mode `"ingester"`):
-//! - `buffer_records` / `buffer_size_bytes`: records and encoded bytes handed to the producer
-//!   and not yet acknowledged (or failed) by Kafka;
-//! - `totals.records_received / accepted / rejected`: OTLP records received, answered OK, and
-//!   refused (too large alone, or in an export that failed: queue full, Kafka down, delivery
-//!   error);
-//! - `totals.records_committed` / `bytes_committed`: records and bytes Kafka acknowledged;
-//! - `totals.kafka_messages`: Kafka messages acknowledged (produced); `totals.flush_failures`:
-//!   Kafka messages whose delivery failed (the delivery errors);
-//! - `totals.flushes`: successful `Flush` calls; `totals.snapshots`, `totals.dead_lettered`:
-//!   always 0; `partitions`: empty (the ingester is assigned none);
-//! - `last_flush` / `time_since_last_flush_seconds`: the last `Flush` call (admin, signal or
-//!   shutdown), which waits until every queued record is delivered;
-//! - `producer_queue_messages`: the producer's queue depth: Kafka messages handed to the
-//!   producer and not yet acknowledged or failed (queued, in flight or awaiting their
-//!   acknowledgement); also the `ingester_producer_queue_messages` gauge of `/metrics`.
+//! `Stats` (mode `"ingester"`): `buffer_records` / `buffer_size_bytes` are the records and
+//! encoded bytes handed to the producer and not yet acknowledged (or failed) by Kafka;
+//! `last_flush` / `time_since_last_flush_seconds` the last `Flush` call (admin, signal or
+//! shutdown), which waits until every queued record is delivered; the `ingester` section
+//! ([`IngesterStats`]) the running totals and the producer's queue depth (Kafka messages
+//! handed to the producer and not yet acknowledged or failed; also the
+//! `ingester_producer_queue_messages` gauge of `/metrics`).
 
 use std::{
     sync::{
@@ -32,7 +23,9 @@ use prometheus_client::{
     metrics::{counter::ConstCounter, gauge::ConstGauge},
     registry::Registry,
 };
-use telemetry_lake_admin_proto::v1::{FlushResponse, LastFlush, StatsResponse, Totals};
+use telemetry_lake_admin_proto::v1::{
+    FlushResponse, IngesterStats, LastFlush, StatsResponse, stats_response::Service,
+};
 use telemetry_lake_common::{
     admin::{AdminHandler, FlushTrigger},
     health::Health,
@@ -116,27 +109,28 @@ impl AdminHandler for IngesterAdmin {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let c = &self.counters;
         let since = *self.state.last_success.lock().expect("flush state lock");
+        let last_flush = self.state.last.lock().expect("flush state lock").clone();
+        let not_serving_reasons = self.health.reasons().await.into_iter().map(String::from).collect();
         StatsResponse {
             mode: "ingester".into(),
             buffer_records: get(&c.records_in_flight),
             buffer_size_bytes: get(&c.bytes_in_flight),
             time_since_last_flush_seconds: since.elapsed().as_secs_f64(),
-            last_flush: Some(self.state.last.lock().expect("flush state lock").clone()),
-            totals: Some(Totals {
+            last_flush: Some(last_flush),
+            serving: self.health.is_serving(),
+            not_serving_reasons,
+            service: Some(Service::Ingester(IngesterStats {
                 records_received: get(&c.records_received),
                 records_accepted: get(&c.records_accepted),
                 records_rejected: get(&c.records_rejected),
-                records_committed: get(&c.records_delivered),
-                bytes_committed: get(&c.bytes_delivered),
+                records_delivered: get(&c.records_delivered),
+                bytes_delivered: get(&c.bytes_delivered),
+                messages_delivered: get(&c.messages_delivered),
+                delivery_errors: get(&c.delivery_errors),
+                queue_full: get(&c.queue_full),
+                producer_queue_messages: get(&c.messages_in_flight),
                 flushes: get(&self.state.flushes),
-                flush_failures: get(&c.delivery_errors),
-                snapshots: 0,
-                kafka_messages: get(&c.messages_delivered),
-                dead_lettered: 0,
-            }),
-            serving: self.health.is_serving(),
-            partitions: Vec::new(),
-            producer_queue_messages: get(&c.messages_in_flight),
+            })),
         }
     }
 }
@@ -255,29 +249,33 @@ mod tests {
             flush_timeout: Duration::from_secs(3),
             state: FlushState::default(),
         };
-        assert_eq!(admin.stats().await.producer_queue_messages, 0);
+        let ingester = |stats: StatsResponse| match stats.service {
+            Some(Service::Ingester(ingester)) => (stats.buffer_records, ingester),
+            other => panic!("not the ingester's stats: {other:?}"),
+        };
+        assert_eq!(ingester(admin.stats().await).1.producer_queue_messages, 0);
 
         let export = tokio::spawn({
             let exporter = exporter.clone();
             async move { exporter.export(request(&["a", "b", "c"])).await }
         });
-        let mut stats = admin.stats().await;
+        let mut stats = ingester(admin.stats().await);
         for _ in 0..100 {
-            if stats.producer_queue_messages > 0 {
+            if stats.1.producer_queue_messages > 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
-            stats = admin.stats().await;
+            stats = ingester(admin.stats().await);
         }
-        assert_eq!(stats.producer_queue_messages, 3, "one message per service");
-        assert_eq!(stats.buffer_records, 3);
+        assert_eq!(stats.1.producer_queue_messages, 3, "one message per service");
+        assert_eq!(stats.0, 3);
 
         let failed = export.await.unwrap().unwrap_err();
         assert_eq!(failed.grpc_code(), tonic::Code::Unavailable, "{failed}");
         // The delivery callback settles the counts before it answers the export.
-        let stats = admin.stats().await;
+        let (buffered, stats) = ingester(admin.stats().await);
         assert_eq!(stats.producer_queue_messages, 0);
-        assert_eq!(stats.buffer_records, 0);
-        assert_eq!(stats.totals.unwrap().flush_failures, 3, "three delivery errors");
+        assert_eq!(buffered, 0);
+        assert_eq!(stats.delivery_errors, 3, "three delivery errors");
     }
 }
