@@ -50,7 +50,7 @@ async fn main() -> ExitCode {
             telemetry_lake_query::main(args, table, &settings.iceberg.table, &redactor).await
         }
         None => {
-            cli::run_service_with(
+            cli::run_service(
                 "appender",
                 config_file,
                 |_| Ok(()),

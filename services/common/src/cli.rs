@@ -2,8 +2,8 @@
 //! the configuration (exit 2 naming the problem), set up tracing and signals, run, and turn the
 //! outcome into the exit code.
 //!
-//! A binary with subcommands (the appender's `query`) parses its own command line, flattening
-//! [`ConfigArg`] into it, and calls [`run_service_with`] when no subcommand was given.
+//! Each binary parses its own command line, flattening [`ConfigArg`] into it, and calls
+//! [`run_service`] to run the service (the appender only when no subcommand was given).
 
 use std::{
     future::Future,
@@ -12,7 +12,7 @@ use std::{
     sync::Arc,
 };
 
-use clap::{Args, Parser};
+use clap::Args;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -29,31 +29,11 @@ pub struct ConfigArg {
     pub config: Option<PathBuf>,
 }
 
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    config: ConfigArg,
-}
-
-/// Runs a service binary whose only argument is `--config`. `check` refuses a config the
-/// service cannot work with; `run` gets the settings, the shutdown token (SIGTERM/SIGINT) and the
-/// flush signal (SIGUSR1).
+/// Runs a service binary: `config_file` is its `--config` (or `TELEMETRY_LAKE_CONFIG`), `None`
+/// for defaults and environment only. `check` refuses settings the service cannot work with
+/// (exit 2); `run` gets the settings, the shutdown token (SIGTERM/SIGINT) and the flush signal
+/// (SIGUSR1).
 pub async fn run_service<F, Fut>(
-    name: &str,
-    check: impl FnOnce(&Settings) -> Result<(), String>,
-    run: F,
-) -> ExitCode
-where
-    F: FnOnce(Settings, CancellationToken, Arc<Notify>) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let cli = Cli::parse();
-    run_service_with(name, cli.config.config.as_deref(), check, run).await
-}
-
-/// [`run_service`] for a command line the binary parsed itself: `config_file` is its
-/// `--config` (or `TELEMETRY_LAKE_CONFIG`), `None` for defaults and environment only.
-pub async fn run_service_with<F, Fut>(
     name: &str,
     config_file: Option<&Path>,
     check: impl FnOnce(&Settings) -> Result<(), String>,
