@@ -268,7 +268,7 @@ def test_no_lake_or_no_table_exits_1(make_appender: AppenderFactory, tmp_path: P
     empty.mkdir()
     result = query(appender, "SELECT 1", config=False, env=clean_env(appender), cwd=empty)
     assert result.returncode == 1, result.stderr
-    assert "catalog file data/catalog.db does not exist" in result.stderr, result.stderr
+    assert "/no-lake-here/data/catalog.db does not exist" in result.stderr, result.stderr
     assert list(empty.iterdir()) == [], "a query creates nothing"
 
     env = {**appender.child_env(), f"{ENV_PREFIX}ICEBERG__TABLE": "other"}
