@@ -36,9 +36,12 @@ work="$(mktemp -d "$cache/helm-$version.tmp.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 started=$SECONDS
 # Helm's own Makefile stamps the version with -X; without it `helm version` says "unknown".
-GOBIN="$work/bin" CGO_ENABLED=0 GOFLAGS=-trimpath go install \
-    -ldflags "-s -w -X helm.sh/helm/$major/internal/version.version=$version" \
-    "helm.sh/helm/$major/cmd/helm@$version" >&2
+# The module and build caches of tools/build.sh (same place, same flags): what the Go tools
+# already compiled (the standard library, common modules) is not compiled again.
+GOPATH="$cache/go/path" GOMODCACHE="$cache/go/path/pkg/mod" GOCACHE="$cache/go/build" \
+    GOBIN="$work/bin" CGO_ENABLED=0 GOFLAGS="-trimpath -modcacherw" go install \
+        -ldflags "-s -w -X helm.sh/helm/$major/internal/version.version=$version" \
+        "helm.sh/helm/$major/cmd/helm@$version" >&2
 "$work/bin/helm" version >&2
 mv "$work/bin" "$home"
 echo "fetch-helm.sh: built helm $version in $((SECONDS - started)) s" >&2

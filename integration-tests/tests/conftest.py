@@ -12,6 +12,30 @@ from harness.kafka import Broker
 from harness.lake import APPENDERS, Appender, AppenderFactory
 
 
+# The tests that measure the machine: memory (RSS) or a wall-clock bound on what the binaries do.
+# run.sh runs every other test in parallel (pytest-xdist) first, then these alone (`-m serial`),
+# so no other test's processes compete with them. A module name: all its tests.
+SERIAL: dict[str, set[str] | None] = {
+    "test_load.py": None,
+    "test_bench_quick.py": None,
+    "test_bad_input.py": {"test_bombs_keep_memory_bounded"},
+    "test_embedded.py": {"test_waits_for_an_unreachable_catalog_instead_of_exiting"},
+    "test_ingester.py": {
+        "test_broker_outage_gives_retryable_errors_and_health_flips",
+        "test_sigterm_drains_an_export_in_flight",
+    },
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SERIAL:
+            names = SERIAL[item.path.name]
+            if names is None or getattr(item, "originalname", item.name) in names:
+                item.add_marker(pytest.mark.serial)
+
+
 @pytest.fixture
 def make_appender(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[AppenderFactory]:
     """Creates appenders in their own dirs under tmp_path (`appender-N`); by default nothing

@@ -11,9 +11,10 @@
 #   grpcurl            github.com/fullstorydev/grpcurl
 #   grpc-health-probe  github.com/grpc-ecosystem/grpc-health-probe
 #
-# Everything lives in ${XDG_CACHE_HOME:-~/.cache}/telemetry-lake/go-tools-<release>/: its own
-# GOPATH (module cache) and GOCACHE, so a rebuild reuses both, and bin/ with one file per tool
-# and version (the Collector's name carries the hash of otelcol-builder.yaml). Each binary is
+# The binaries live in ${XDG_CACHE_HOME:-~/.cache}/telemetry-lake/go-tools-<release>/bin/, one file
+# per tool and version (the Collector's name carries the hash of otelcol-builder.yaml); the
+# module cache and the build cache in .../telemetry-lake/go/ (shared with deploy/fetch-helm.sh,
+# so helm reuses the standard library and common modules already compiled here). Each binary is
 # built in a temporary directory and renamed into bin/, so an interrupted build leaves nothing
 # half-made; a lock keeps two runs from building at once. Needs `go` (1.26) and the Go module
 # proxy. Quiet on success: stdout is the paths, progress and build times go to stderr.
@@ -27,6 +28,7 @@ HEALTH_PROBE_VERSION="v0.4.62"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 builder_yaml="$here/otelcol-builder.yaml"
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/telemetry-lake/go-tools-$OTEL_RELEASE"
+go_cache="${XDG_CACHE_HOME:-$HOME/.cache}/telemetry-lake/go"
 bin="$cache/bin"
 
 usage() {
@@ -62,9 +64,9 @@ for name in "${names[@]}"; do
 done
 
 go_env() {
-    export GOPATH="$cache/gopath"
-    export GOMODCACHE="$cache/gopath/pkg/mod"
-    export GOCACHE="$cache/gocache"
+    export GOPATH="$go_cache/path"
+    export GOMODCACHE="$go_cache/path/pkg/mod"
+    export GOCACHE="$go_cache/build"
     # -modcacherw: a cache anyone can delete with rm -rf; the tools need no cgo.
     export GOFLAGS="-modcacherw -buildvcs=false"
     export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
