@@ -342,10 +342,11 @@ class IngesterService:
         return self.ingester.ports.otlp_grpc_target
 
     def totals(self) -> dict[str, Any]:
-        return dict(self.ingester.stats()["totals"])
+        """The ingester's own section of `Stats`."""
+        return dict(self.ingester.stats()["ingester"])
 
     def delivered(self) -> int:
-        return int(self.totals()["records_committed"])
+        return int(self.totals()["records_delivered"])
 
     def drained(self) -> bool:
         # It answers only after Kafka has the records; nothing may be left in flight either.
@@ -353,7 +354,7 @@ class IngesterService:
 
     def service_errors(self) -> dict[str, float]:
         totals = self.totals()
-        return {"delivery_failures": float(totals.get("flush_failures", 0))}
+        return {"delivery_failures": float(totals.get("delivery_errors", 0))}
 
     def stop(self) -> int:
         return self.ingester.stop()
@@ -786,9 +787,10 @@ def drive_appender(
     while committed < backlog:
         time.sleep(0.5)
         stats = appender.stats()
-        committed = int(stats["totals"]["records_committed"])
+        totals = stats["appender"]
+        committed = int(totals["records_committed"])
         now = time.time()
-        if first_consumed is None and int(stats["totals"].get("kafka_messages", 0)) > 0:
+        if first_consumed is None and int(totals.get("kafka_messages", 0)) > 0:
             first_consumed = now
         samples.append(
             {
@@ -807,7 +809,7 @@ def drive_appender(
             problems = [line for line in appender.log_text().splitlines() if " ERROR " in line]
             raise RuntimeError(
                 f"the appender committed nothing for {STALL_TIMEOUT:.0f} s ({committed:,} of {backlog:,} rows, "
-                f"{stats['totals'].get('flush_failures', 0)} failed flushes); first error: "
+                f"{totals.get('flush_failures', 0)} failed flushes); first error: "
                 f"{problems[0][:600] if problems else 'none logged'}"
             )
     return committed, first_consumed or started, now

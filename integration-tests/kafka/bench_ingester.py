@@ -120,14 +120,14 @@ def main() -> None:
             print(f"ingester CPU: {cpu:.1f} s = {cpu / (acknowledged / 1e6):.2f} CPU-s per million logs")
             print(f"export latency: p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, max {latencies[-1] * 1000:.1f} ms")
             print(f"ingester peak RSS: {peak_rss_mib(ingester.pid):.0f} MiB")
-            totals = stats["totals"]
+            totals = stats["ingester"]
             print(
-                f"stats: delivered {totals['records_committed']}, accepted {totals['records_accepted']}, "
-                f"kafka messages {totals['kafka_messages']}, delivery errors {totals['flush_failures']}"
+                f"stats: delivered {totals['records_delivered']}, accepted {totals['records_accepted']}, "
+                f"kafka messages {totals['messages_delivered']}, delivery errors {totals['delivery_errors']}"
             )
-            assert totals["records_committed"] >= acknowledged, "an acknowledged record was not delivered"
+            assert totals["records_delivered"] >= acknowledged, "an acknowledged record was not delivered"
             if args.appender:
-                bench_appender(Path(tmp), broker, int(totals["records_committed"]))
+                bench_appender(Path(tmp), broker, int(totals["records_delivered"]))
         finally:
             ingester.close()
             broker.close()
@@ -153,13 +153,13 @@ def bench_appender(tmp: Path, broker: Broker, backlog: int) -> None:
         while committed < backlog:
             time.sleep(0.5)
             stats = appender.stats()
-            committed = int(stats["totals"]["records_committed"])
+            committed = int(stats["appender"]["records_committed"])
             if committed < backlog and stats["buffer_records"] + committed >= backlog:
                 appender.flush_http()
             if time.monotonic() - last_report > 5:
                 last_report = time.monotonic()
                 print(
-                    f"  {last_report - started:.0f} s: consumed {stats['totals']['kafka_messages']} messages, "
+                    f"  {last_report - started:.0f} s: consumed {stats['appender']['kafka_messages']} messages, "
                     f"staged {stats['buffer_records']}, committed {committed}, last flush {stats['last_flush']['outcome']}",
                     flush=True,
                 )

@@ -188,7 +188,7 @@ def assert_only_good_records(appender: Appender, good: list[LogSpec]) -> None:
     assert reply["records"] == len(good), reply
     problems = table_mismatches(read_table(appender), good)
     assert not problems, "table differs from the good records:\n  " + "\n  ".join(problems)
-    totals = appender.stats()["totals"]
+    totals = appender.stats()["appender"]
     assert totals["records_accepted"] == len(good), totals
 
 

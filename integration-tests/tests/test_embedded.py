@@ -554,15 +554,18 @@ def test_stats_follow_the_buffer(appender: Appender) -> None:
     assert idle["mode"] == "embedded"
     assert (idle["buffer_records"], idle["buffer_size_bytes"]) == (0, 0), idle
     assert idle["last_flush"]["outcome"] == "none", idle["last_flush"]
+    # The appender's own section only, and no reason not to serve while it serves.
+    assert "appender" in idle and "ingester" not in idle, idle
+    assert idle["serving"] is True and idle["not_serving_reasons"] == [], idle
 
     specs = loghub_records("Hadoop", 321)
     send(appender.ports, specs)
     staged = appender.stats()
     assert staged["buffer_records"] == 321, staged
     assert staged["buffer_size_bytes"] > sum(len(str(s.body)) for s in specs) // 2, staged
-    assert staged["totals"]["records_received"] == 321, staged["totals"]
-    assert staged["totals"]["records_accepted"] == 321, staged["totals"]
-    assert staged["totals"]["records_rejected"] == 0, staged["totals"]
+    assert staged["appender"]["records_received"] == 321, staged["appender"]
+    assert staged["appender"]["records_accepted"] == 321, staged["appender"]
+    assert staged["appender"]["records_rejected"] == 0, staged["appender"]
 
     reply = appender.flush_http()
     flushed = appender.stats()
@@ -571,12 +574,13 @@ def test_stats_follow_the_buffer(appender: Appender) -> None:
     last = flushed["last_flush"]
     assert (last["outcome"], last["trigger"], last["records"]) == ("ok", "admin", 321), last
     assert last.get("snapshot_id", reply["snapshot_id"]) == reply["snapshot_id"], last
-    totals = flushed["totals"]
+    totals = flushed["appender"]
     assert (totals["records_committed"], totals["flushes"]) == (321, 1), totals
 
     over_grpc = appender.stats_grpc()
     assert over_grpc.mode == "embedded" and over_grpc.buffer_records == 0 and over_grpc.serving
-    assert over_grpc.totals.records_committed == 321 and over_grpc.last_flush.trigger == "admin"
+    assert over_grpc.WhichOneof("service") == "appender" and list(over_grpc.not_serving_reasons) == []
+    assert over_grpc.appender.records_committed == 321 and over_grpc.last_flush.trigger == "admin"
 
 
 def test_metrics_count_records(appender: Appender) -> None:

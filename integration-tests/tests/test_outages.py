@@ -56,7 +56,7 @@ def catalog(tmp_path: Path, store: ObjectStore) -> Iterator[RestCatalog]:
 
 def committed_snapshots(appender: Appender) -> int:
     """Snapshots the appender says it committed (its own count, no catalog needed)."""
-    return int(appender.stats()["totals"]["snapshots"])
+    return int(appender.stats()["appender"]["snapshots"])
 
 
 def outage(
@@ -116,7 +116,7 @@ def test_catalog_then_object_store_outage_under_load_loses_and_doubles_nothing(
     wait_until(lambda: appender.stats()["buffer_records"] == 0, timeout=60, what="staging to drain")
     assert appender.health(appender.ports.otlp_grpc) == "SERVING"
     stats = appender.stats()
-    assert stats["totals"]["flush_failures"] >= 2, stats["totals"]
+    assert stats["appender"]["flush_failures"] >= 2, stats["appender"]
 
     table = load_rest_table(catalog, "outages").scan(selected_fields=("body",)).to_arrow()
     problems = exactly_once_problems(table, result)
@@ -173,9 +173,9 @@ def test_failing_commits_back_off_while_thresholds_keep_firing(
     with Load(appender, "backoff", senders=2):
         wait_until(lambda: committed_snapshots(appender) >= 1, timeout=60, what="a first commit")
         catalog.stop()
-        failures_before = appender.stats()["totals"]["flush_failures"]
+        failures_before = appender.stats()["appender"]["flush_failures"]
         time.sleep(15)
-        failures = appender.stats()["totals"]["flush_failures"] - failures_before
+        failures = appender.stats()["appender"]["flush_failures"] - failures_before
     catalog.start_and_wait()
     # Backoff doubles from 2 s up to flush.interval (5 s): about five attempts in 15 s.
     if failures > 10:
@@ -250,7 +250,7 @@ def test_kafka_mode_outages_pause_consumption_and_keep_every_record_once(
         nonlocal staged_peak, lag_peak
         stats = appender.stats()
         staged_peak = max(staged_peak, int(stats["buffer_size_bytes"]))
-        lag_peak = max(lag_peak, sum(int(p.get("lag", 0)) for p in stats.get("partitions", [])))
+        lag_peak = max(lag_peak, sum(int(p.get("lag", 0)) for p in stats["appender"]["partitions"]))
 
     try:
         with HealthLog(appender) as health, Load(ingester, "kafka-outage", senders=2, pause=0.2) as load:
