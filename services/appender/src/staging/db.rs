@@ -71,7 +71,8 @@ pub(super) struct StagingDb {
     checkpoint_wal_bytes: u64,
     /// Memory one sorted run of a flush may take (see `super::sort`).
     run_bytes: u64,
-    open_readers: Arc<AtomicUsize>,
+    /// Queries of sealed sets running now (the checkpointer waits for them).
+    reader_queries: Arc<AtomicUsize>,
     /// Set after a release: the checkpointer then checkpoints whatever the WAL's size, so that
     /// the released batches' blocks are freed for reuse without stalling the appends.
     checkpoint_wanted: Arc<AtomicBool>,
@@ -117,7 +118,7 @@ impl StagingDb {
         // One DuckDB thread: appends and the flush's reads each run on a thread of their own
         // already, and DuckDB's workers would compete with them for the cores. DuckDB's
         // automatic checkpoint is off: it runs inside the committing append; the checkpointer
-        // thread checkpoints instead, beside the appends and only while no sealed set is read.
+        // thread checkpoints instead, beside the appends and only while no query of a sealed set runs.
         // Batches not yet checkpointed live in DuckDB's memory, so the threshold stays under it.
         let checkpoint_wal_bytes = (duckdb_memory / 4).max(4 << 20);
         conn.execute_batch(&format!(
@@ -183,7 +184,7 @@ impl StagingDb {
             path: path.clone(),
             checkpoint_wal_bytes,
             run_bytes: share(config.memory_limit),
-            open_readers: Arc::new(AtomicUsize::new(0)),
+            reader_queries: Arc::new(AtomicUsize::new(0)),
             checkpoint_wanted: Arc::new(AtomicBool::new(false)),
             broken: BrokenFlag {
                 path: path.clone(),
@@ -390,13 +391,13 @@ impl StagingDb {
     /// A reader of `sealed` (the batches up to sequence number `upto`).
     fn reader(&self, upto: i64) -> Result<SealedReader, StagingError> {
         let conn = self.conn.try_clone().map_err(|e| self.err(e))?;
-        Ok(SealedReader::new(conn, &self.open_readers, upto, self.run_bytes, spill_root(&self.path)))
+        Ok(SealedReader::new(conn, &self.reader_queries, upto, self.run_bytes, spill_root(&self.path)))
     }
 
     /// Checkpoints on the staging thread if no reader is open and the WAL holds at least
     /// `min_wal_bytes` (and something).
     fn checkpoint(&self, min_wal_bytes: u64) {
-        if self.open_readers.load(Ordering::SeqCst) == 0 && wal_len(&self.wal_path) >= min_wal_bytes.max(1) {
+        if self.reader_queries.load(Ordering::SeqCst) == 0 && wal_len(&self.wal_path) >= min_wal_bytes.max(1) {
             checkpoint(&self.conn, &self.broken);
         }
     }
@@ -407,7 +408,7 @@ impl StagingDb {
     fn start_checkpointer(&self) -> Result<Checkpointer, StagingError> {
         let conn = self.conn.try_clone().map_err(|e| self.err(e))?;
         let (readers, wanted, broken, wal_path) = (
-            self.open_readers.clone(),
+            self.reader_queries.clone(),
             self.checkpoint_wanted.clone(),
             self.broken.clone(),
             self.wal_path.clone(),

@@ -1,17 +1,30 @@
 //! Sealed sets, as the committer reads them: counted, then decoded into rows and handed out in
 //! `service_name, timestamp` order, from a DuckDB connection of their own.
 //!
-//! Memory stays bounded whatever the set's size: payloads are read in chunks of about
-//! [`CHUNK_BYTES`] (by ranges of sequence numbers, so DuckDB never holds a vector of 2,048
-//! large blobs), decoded one batch at a time, and the rows go through [`SortedRuns`], which
-//! holds one run of `run_bytes` and spills the rest to disk.
+//! ```text
+//!  DuckDB batches (seq <= the set's last) --dump, in ranges of ~4 MiB--> batches.bin beside the
+//!      staging file (+ an index of (seq, part) -> offset in memory)        DuckDB is done here
+//!  batches.bin --each batch's parts, in arrival order--> decode OTLP --> rows --> SortedRuns
+//!      --> Arrow batches in order
+//! ```
+//!
+//! DuckDB is queried only briefly: while a query runs the checkpointer waits (DuckDB 1.5.5
+//! corrupted a row group when a checkpoint overlapped other work), and batches staged meanwhile
+//! stay in DuckDB's memory until the next checkpoint. So the set is first copied out as it
+//! lies (no ORDER BY: a sort of blobs takes DuckDB's memory), in sequence ranges of about
+//! [`DUMP_BYTES`] so that DuckDB never holds a vector of 2,048 parts; decoding, sorting and
+//! writing Parquet then work from that file. Memory stays bounded whatever the set's size: one
+//! batch's payload, one sorted run ([`SortedRuns`] spills the rest), one output batch.
 
 use std::{
     collections::BTreeMap,
+    fs::File,
+    io::{BufWriter, Write},
+    os::unix::fs::FileExt,
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
 };
 
@@ -23,19 +36,19 @@ use prost::Message as _;
 use super::{db::BATCHES, sort::SortedRuns};
 use crate::rows::{self, KafkaPosition};
 
-/// About how many payload bytes one read of a sealed set fetches from DuckDB.
-const CHUNK_BYTES: u64 = 8 << 20;
+/// About how many payload bytes one query of the dump fetches from DuckDB.
+const DUMP_BYTES: u64 = 4 << 20;
 
-/// A connection to read a sealed set from. While one is open the staging thread does not
-/// checkpoint: DuckDB 1.5.5 corrupted a row group when a checkpoint overlapped other work.
+/// A connection to read a sealed set from.
 pub struct SealedReader {
     conn: Connection,
-    open_readers: Arc<AtomicUsize>,
+    /// Queries running now; the checkpointer waits while there are any.
+    queries: Arc<AtomicUsize>,
     /// The highest sequence number of the set.
     upto: i64,
     /// Memory one sorted run may take.
     run_bytes: u64,
-    /// Where sorted runs spill: a directory of its own per read, under the staging file's
+    /// Where reads dump and spill: a directory of their own per read, under the staging file's
     /// spill directory (emptied when staging opens).
     spill_root: PathBuf,
 }
@@ -47,27 +60,55 @@ pub struct SealedSummary {
     pub next_offsets: BTreeMap<i32, i64>,
 }
 
+/// Where one part of a dumped batch is.
+struct DumpedPart {
+    seq: i64,
+    part: i32,
+    source: Option<KafkaPosition>,
+    received_at: i64,
+    offset: u64,
+    len: usize,
+}
+
+/// Counts a running query for as long as it lives.
+struct Querying<'a>(&'a AtomicUsize);
+
+impl<'a> Querying<'a> {
+    fn new(queries: &'a AtomicUsize) -> Self {
+        queries.fetch_add(1, Ordering::SeqCst);
+        Self(queries)
+    }
+}
+
+impl Drop for Querying<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A read's directory: removed with what is in it when the read ends, however it ends.
+struct ReadDir(PathBuf);
+
+impl Drop for ReadDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl SealedReader {
     pub(super) fn new(
         conn: Connection,
-        open_readers: &Arc<AtomicUsize>,
+        queries: &Arc<AtomicUsize>,
         upto: i64,
         run_bytes: u64,
         spill_root: PathBuf,
     ) -> Self {
-        open_readers.fetch_add(1, Ordering::SeqCst);
-        Self { conn, open_readers: open_readers.clone(), upto, run_bytes, spill_root }
+        Self { conn, queries: queries.clone(), upto, run_bytes, spill_root }
     }
 
-    /// Another connection to the same sealed set, counted as open too.
+    /// Another connection to the same sealed set.
     pub fn try_clone(&self) -> Result<Self, duckdb::Error> {
-        Ok(Self::new(
-            self.conn.try_clone()?,
-            &self.open_readers,
-            self.upto,
-            self.run_bytes,
-            self.spill_root.clone(),
-        ))
+        Ok(Self::new(self.conn.try_clone()?, &self.queries, self.upto, self.run_bytes, self.spill_root.clone()))
     }
 
     /// The connection, for tests that break the database on purpose.
@@ -79,6 +120,7 @@ impl SealedReader {
     /// Counts the sealed records of the batches that pass `condition` (SQL over
     /// `kafka_partition` and `kafka_offset`).
     pub fn summarize(&self, condition: &str) -> Result<SealedSummary, String> {
+        let _querying = Querying::new(&self.queries);
         let sql = format!(
             "SELECT kafka_partition, max(kafka_offset) + 1, sum(records)::BIGINT FROM {BATCHES}
              WHERE part = 0 AND seq <= {} AND ({condition}) GROUP BY 1",
@@ -103,45 +145,57 @@ impl SealedReader {
     /// Decodes the sealed batches that pass `condition` into rows and hands them to `each` in
     /// `service_name, timestamp` order; returns the number of rows. `each` returning `false`
     /// stops the read. Blocking: run it on a thread of its own.
-    pub fn read_sorted(
-        &self,
-        condition: &str,
-        mut each: impl FnMut(RecordBatch) -> bool,
-    ) -> Result<u64, String> {
-        static READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let spill_dir = self.spill_root.join(format!("read-{}", READS.fetch_add(1, Ordering::Relaxed)));
-        let mut runs = SortedRuns::new(spill_dir, self.run_bytes);
-        self.for_each_batch(condition, |payload, source, received_at| {
-            let request = ExportLogsServiceRequest::decode(payload)
-                .map_err(|e| format!("a staged batch does not decode: {e}"))?;
-            let converted = rows::to_rows(&request, source, received_at);
-            runs.push(converted.batch)
-        })?;
+    pub fn read_sorted(&self, condition: &str, mut each: impl FnMut(RecordBatch) -> bool) -> Result<u64, String> {
+        static READS: AtomicU64 = AtomicU64::new(0);
+        let dir = ReadDir(self.spill_root.join(format!("read-{}", READS.fetch_add(1, Ordering::Relaxed))));
+        std::fs::create_dir_all(&dir.0).map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
+        let dump_path = dir.0.join("batches.bin");
+        let file_error = |e: std::io::Error| format!("dumping the sealed set to {}: {e}", dump_path.display());
+        let mut index = {
+            let mut out = BufWriter::new(File::create(&dump_path).map_err(file_error)?);
+            let index = self.dump(condition, &mut out)?;
+            out.flush().map_err(file_error)?;
+            index
+        };
+        index.sort_unstable_by_key(|p| (p.seq, p.part));
+        let dump = File::open(&dump_path).map_err(file_error)?;
+        let mut runs = SortedRuns::new(dir.0.join("runs"), self.run_bytes);
+        let mut payload = Vec::new();
+        for (i, part) in index.iter().enumerate() {
+            let start = payload.len();
+            payload.resize(start + part.len, 0);
+            dump.read_exact_at(&mut payload[start..], part.offset).map_err(file_error)?;
+            if index.get(i + 1).is_some_and(|next| next.seq == part.seq) {
+                continue;
+            }
+            let request = ExportLogsServiceRequest::decode(payload.as_slice())
+                .map_err(|e| format!("staged batch {} does not decode: {e}", part.seq))?;
+            runs.push(rows::to_rows(&request, part.source, part.received_at).batch)?;
+            payload.clear();
+        }
+        drop(dump);
         runs.finish(&mut each)
     }
 
-    /// Calls `each` with every sealed batch that passes `condition`, in arrival order.
-    fn for_each_batch(
-        &self,
-        condition: &str,
-        mut each: impl FnMut(&[u8], Option<KafkaPosition>, i64) -> Result<(), String>,
-    ) -> Result<(), String> {
+    /// Copies the parts of the sealed batches that pass `condition` to `out` as they come;
+    /// returns where each is.
+    fn dump(&self, condition: &str, out: &mut impl Write) -> Result<Vec<DumpedPart>, String> {
         let failed = |e: duckdb::Error| format!("reading the sealed set: {e}");
         let where_clause = format!("seq <= {} AND ({condition})", self.upto);
-        // Sequence ranges of about CHUNK_BYTES each, from the small columns only.
-        let sizes: Vec<(i64, i64)> = self
-            .conn
-            .prepare(&format!(
-                "SELECT seq, bytes FROM {BATCHES} WHERE part = 0 AND {where_clause} ORDER BY seq"
-            ))
-            .and_then(|mut stmt| stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
-            .map_err(failed)?;
+        // Sequence ranges of about DUMP_BYTES each, from the small columns only.
+        let sizes: Vec<(i64, i64)> = {
+            let _querying = Querying::new(&self.queries);
+            self.conn
+                .prepare(&format!("SELECT seq, bytes FROM {BATCHES} WHERE part = 0 AND {where_clause} ORDER BY seq"))
+                .and_then(|mut stmt| stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(failed)?
+        };
         let mut ranges = Vec::new();
         let (mut first, mut bytes) = (None, 0u64);
         for (seq, size) in &sizes {
             let start = *first.get_or_insert(*seq);
             bytes += *size as u64;
-            if bytes >= CHUNK_BYTES {
+            if bytes >= DUMP_BYTES {
                 ranges.push((start, *seq));
                 (first, bytes) = (None, 0);
             }
@@ -149,50 +203,44 @@ impl SealedReader {
         if let (Some(start), Some((last, _))) = (first, sizes.last()) {
             ranges.push((start, *last));
         }
-        let read = std::panic::AssertUnwindSafe(|| -> Result<(), String> {
-            // One batch's parts, joined; handed out when the next batch starts.
-            let mut payload = Vec::new();
-            let mut current: Option<(i64, Option<KafkaPosition>, i64)> = None;
+        let mut index = Vec::new();
+        let mut offset = 0u64;
+        let copy = std::panic::AssertUnwindSafe(|| -> Result<(), String> {
             for (start, end) in ranges {
+                let _querying = Querying::new(&self.queries);
                 let sql = format!(
-                    "SELECT seq, kafka_partition, kafka_offset, received_at, payload FROM {BATCHES}
-                     WHERE {where_clause} AND seq BETWEEN {start} AND {end} ORDER BY seq, part"
+                    "SELECT seq, part, kafka_partition, kafka_offset, received_at, payload FROM {BATCHES}
+                     WHERE {where_clause} AND seq BETWEEN {start} AND {end}"
                 );
                 let mut stmt = self.conn.prepare(&sql).map_err(failed)?;
                 let mut rows = stmt.query([]).map_err(failed)?;
                 while let Some(row) = rows.next().map_err(failed)? {
-                    let seq: i64 = row.get(0).map_err(failed)?;
-                    if let Some((_, source, received_at)) = current.filter(|(s, _, _)| *s != seq) {
-                        each(&payload, source, received_at)?;
-                        payload.clear();
-                    }
-                    let partition: Option<i32> = row.get(1).map_err(failed)?;
-                    let offset: Option<i64> = row.get(2).map_err(failed)?;
-                    let source =
-                        partition.zip(offset).map(|(partition, offset)| KafkaPosition { partition, offset });
-                    current = Some((seq, source, row.get(3).map_err(failed)?));
-                    let part = row.get_ref(4).map_err(failed)?;
-                    payload.extend_from_slice(
-                        part.as_blob().map_err(|e| format!("reading a staged payload: {e}"))?,
-                    );
+                    let partition: Option<i32> = row.get(2).map_err(failed)?;
+                    let kafka_offset: Option<i64> = row.get(3).map_err(failed)?;
+                    let data = row.get_ref(5).map_err(failed)?;
+                    let data = data.as_blob().map_err(|e| format!("reading a staged payload: {e}"))?;
+                    out.write_all(data).map_err(|e| format!("dumping the sealed set: {e}"))?;
+                    index.push(DumpedPart {
+                        seq: row.get(0).map_err(failed)?,
+                        part: row.get(1).map_err(failed)?,
+                        source: partition
+                            .zip(kafka_offset)
+                            .map(|(partition, offset)| KafkaPosition { partition, offset }),
+                        received_at: row.get(4).map_err(failed)?,
+                        offset,
+                        len: data.len(),
+                    });
+                    offset += data.len() as u64;
                 }
-            }
-            if let Some((_, source, received_at)) = current {
-                each(&payload, source, received_at)?;
             }
             Ok(())
         });
         // DuckDB's iterator panics on some failures; they become errors of the flush.
-        std::panic::catch_unwind(read).unwrap_or_else(|panic| {
+        std::panic::catch_unwind(copy).unwrap_or_else(|panic| {
             let message =
                 panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "duckdb iterator panicked".into());
             Err(format!("reading the sealed set: {message}"))
-        })
-    }
-}
-
-impl Drop for SealedReader {
-    fn drop(&mut self) {
-        self.open_readers.fetch_sub(1, Ordering::SeqCst);
+        })?;
+        Ok(index)
     }
 }
