@@ -133,6 +133,52 @@ pub fn to_rows(
     Rows { batch: b.finish(), bytes, rejected, rejection }
 }
 
+/// What checking a request's records found: how many [`to_rows`] turns into rows, how many it
+/// rejects, and why the first was rejected (empty when none was).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checked {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub rejection: String,
+}
+
+impl Checked {
+    fn count(&mut self, record: &LogRecord) -> bool {
+        match check_ids(record) {
+            Ok(()) => {
+                self.accepted += 1;
+                true
+            }
+            Err(reason) => {
+                if self.rejected == 0 {
+                    self.rejection = reason;
+                }
+                self.rejected += 1;
+                false
+            }
+        }
+    }
+}
+
+/// Counts the records of `request` that [`to_rows`] accepts and rejects.
+pub fn check(request: &ExportLogsServiceRequest) -> Checked {
+    let mut checked = Checked::default();
+    for record in request.resource_logs.iter().flat_map(|r| &r.scope_logs).flat_map(|s| &s.log_records) {
+        checked.count(record);
+    }
+    checked
+}
+
+/// Removes from `request` the records [`to_rows`] would reject (OTLP partial success), so what
+/// is staged holds only records that become rows.
+pub fn drop_malformed(request: &mut ExportLogsServiceRequest) -> Checked {
+    let mut checked = Checked::default();
+    for scope in request.resource_logs.iter_mut().flat_map(|r| &mut r.scope_logs) {
+        scope.log_records.retain(|record| checked.count(record));
+    }
+    checked
+}
+
 fn nanos_to_micros(nanos: u64) -> i64 {
     (nanos / 1_000).min(i64::MAX as u64) as i64
 }

@@ -76,6 +76,9 @@ pub struct StagingSettings {
     pub path: PathBuf,
     pub memory_limit: ByteSize,
     pub max_bytes: ByteSize,
+    /// The largest batch (one encoded request or Kafka message) staging must take in one
+    /// piece: `otlp.max_recv_msg_size`, which no OTLP request exceeds once decoded.
+    pub max_batch: ByteSize,
 }
 
 /// The catalog behind `iceberg.catalog_type` and `iceberg.catalog_uri`.
@@ -165,7 +168,7 @@ impl Settings {
             return Err(invalid("otlp.max_recv_msg_size", otlp.max_recv_msg_size, "must be larger than 0"));
         }
         check_flush(&flush)?;
-        let staging = staging_settings(staging, &flush)?;
+        let staging = staging_settings(staging, &flush, otlp.max_recv_msg_size)?;
         let mode = if kafka.brokers.trim().is_empty() {
             // The other [kafka] keys still have to make sense: the same file serves the ingester.
             kafka_settings(KafkaConfig { brokers: "-".into(), ..kafka })?;
@@ -191,7 +194,11 @@ fn check_flush(flush: &FlushConfig) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn staging_settings(staging: StagingConfig, flush: &FlushConfig) -> Result<StagingSettings, ConfigError> {
+fn staging_settings(
+    staging: StagingConfig,
+    flush: &FlushConfig,
+    max_batch: ByteSize,
+) -> Result<StagingSettings, ConfigError> {
     if staging.path.trim().is_empty() {
         return Err(invalid("staging.path", quoted(&staging.path), "must name a file"));
     }
@@ -209,6 +216,7 @@ fn staging_settings(staging: StagingConfig, flush: &FlushConfig) -> Result<Stagi
         path: absolute(&staging.path, "staging.path")?,
         memory_limit: staging.memory_limit,
         max_bytes: staging.max_bytes,
+        max_batch,
     })
 }
 

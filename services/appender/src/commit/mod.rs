@@ -273,7 +273,7 @@ impl Committer {
         std::thread::Builder::new()
             .name("staging-reader".into())
             .spawn(move || {
-                let expected = match staging::summarize_sealed(&reader, &condition) {
+                let expected = match reader.summarize(&condition) {
                     Ok(summary) => {
                         let records = summary.records;
                         let _ = summary_tx.send(Ok(summary));
@@ -287,8 +287,7 @@ impl Committer {
                 if expected == 0 {
                     return;
                 }
-                let read =
-                    staging::read_sealed(&reader, &condition, |batch| tx.blocking_send(Ok(batch)).is_ok());
+                let read = reader.read_sorted(&condition, |batch| tx.blocking_send(Ok(batch)).is_ok());
                 let problem = match read {
                     Ok(rows) if rows == expected => return,
                     Ok(rows) => format!("read {rows} sealed rows where {expected} were counted"),

@@ -69,7 +69,7 @@ use crate::commit::summary::{self, SnapshotSummary};
 /// Name of the partition field, `day(timestamp)` (the directory is `timestamp_day=YYYY-MM-DD`).
 pub const PARTITION_FIELD: &str = "timestamp_day";
 /// Upper bound of one Parquet row group; the writer buffers one per open partition.
-pub const MAX_ROW_GROUP_BYTES: u64 = 32 * 1024 * 1024;
+pub const MAX_ROW_GROUP_BYTES: u64 = 16 * 1024 * 1024;
 
 /// How often [`Lake::append`] moves its commit onto a newer table state before giving up.
 const MAX_REBASES: usize = 10;

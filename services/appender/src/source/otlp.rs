@@ -1,4 +1,5 @@
-//! The embedded export path: OTLP records -> rows -> staging, answered once staged durably.
+//! The embedded export path: an OTLP request, less its malformed records, staged as one encoded
+//! batch and answered once staged durably.
 //!
 //! Records with a malformed trace or span id are rejected one by one (OTLP partial success);
 //! a full staging is a retryable "overloaded" answer and turns health NOT_SERVING
@@ -12,6 +13,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use prost::Message as _;
 use telemetry_lake_common::{
     health::{Health, Reason},
     otlp::{ExportError, ExportLogsServiceRequest, ExportOutcome, LogsExporter, count_records},
@@ -20,10 +22,10 @@ use telemetry_lake_common::{
 use crate::{
     metrics::AppenderMetrics,
     rows,
-    staging::{Staging, StagingError},
+    staging::{Batch, Staging, StagingError},
 };
 
-/// Requests with more records than this are converted off the async workers.
+/// Requests with more records than this are checked and encoded off the async workers.
 const INLINE_CONVERSION_RECORDS: u64 = 2_000;
 
 #[derive(Debug, Default)]
@@ -50,17 +52,23 @@ impl LogsExporter for EmbeddedExporter {
     async fn export(&self, request: ExportLogsServiceRequest) -> Result<ExportOutcome, ExportError> {
         let received = count_records(&request);
         self.totals.received.fetch_add(received, Ordering::Relaxed);
-        let converted = if received > INLINE_CONVERSION_RECORDS {
-            tokio::task::spawn_blocking(move || rows::to_rows(&request, None, now_micros()))
-                .await
-                .map_err(|e| ExportError::Internal(format!("row conversion failed: {e}")))?
-        } else {
-            rows::to_rows(&request, None, now_micros())
+        let encode = move || {
+            let mut request = request;
+            let checked = rows::drop_malformed(&mut request);
+            let payload = if checked.accepted > 0 { request.encode_to_vec() } else { Vec::new() };
+            (checked, payload)
         };
-        let (accepted, rejected) = (converted.batch.num_rows() as u64, converted.rejected);
-        let rejection = converted.rejection.clone();
+        let (checked, payload) = if received > INLINE_CONVERSION_RECORDS {
+            tokio::task::spawn_blocking(encode)
+                .await
+                .map_err(|e| ExportError::Internal(format!("encoding the request failed: {e}")))?
+        } else {
+            encode()
+        };
+        let rows::Checked { accepted, rejected, rejection } = checked;
         if accepted > 0 {
-            if let Err(err) = self.staging.append(converted).await {
+            let batch = Batch { payload, records: accepted, source: None, received_at_micros: now_micros() };
+            if let Err(err) = self.staging.append(vec![batch]).await {
                 self.totals.rejected.fetch_add(received, Ordering::Relaxed);
                 return Err(match err {
                     StagingError::Full { .. } => {
@@ -70,6 +78,9 @@ impl LogsExporter for EmbeddedExporter {
                             message: err.to_string(),
                             retry_after: Duration::from_secs(5),
                         }
+                    }
+                    StagingError::TooLarge { limit, .. } => {
+                        ExportError::PayloadTooLarge { limit: limit.as_u64() }
                     }
                     other => {
                         tracing::error!(error = %other, "staging refused records");

@@ -1,18 +1,29 @@
 //! DuckDB staging: the on-disk buffer between OTLP (or Kafka) and Iceberg.
 //!
-//! In: row batches from [`crate::rows`]. Out: sealed sets of rows, read back in
-//! `service_name, timestamp` order by the committer, then released once committed.
+//! ```text
+//!  source::otlp / source::kafka --Batch (one OTLP request or Kafka message, protobuf)-->
+//!      staging thread: group commit into the DuckDB file (one row per batch)
+//!  committer --seal--> sealed set --SealedReader (its own connection)--> decode in bounded
+//!      chunks --> rows::to_rows --> sort::SortedRuns (sorted runs, spilled, k-way merge)
+//!      --> Arrow batches in service_name, timestamp order --> lake --> release
+//! ```
+//!
+//! The staged unit is the encoded batch, not the row: appending one costs a copy of its bytes,
+//! and records become rows once, at flush (decoding OTLP and building Arrow cost a fraction of
+//! what appending exploded rows to DuckDB did). Logs are never held in memory beyond a bounded
+//! batch: staged bytes live in the database file, and a flush holds one sorted run at a time.
 //!
 //! One dedicated thread owns the DuckDB connection and takes [`Command`]s; nothing async blocks
 //! on DuckDB. Appends that arrive together share one transaction (group commit: DuckDB fsyncs
 //! its WAL on every commit) and every caller is answered only after that commit, so an
-//! acknowledged record survives `kill -9`. Sealing renames the staged table in one transaction,
-//! so appends go on while a sealed set is committed; a sealed set stays on disk until released,
-//! so a failed or interrupted commit is retried, never dropped.
+//! acknowledged record survives `kill -9`. Sealing records the highest batch sequence number in
+//! one small transaction, so appends go on while a sealed set is committed; a sealed set stays
+//! on disk until released, so a failed or interrupted commit is retried, never dropped.
 //!
-//! Tables: `staged_rows` / `sealed_rows` (the row DDL from `telemetry-lake-proto`),
-//! `staged_batches` / `sealed_batches` (records and bytes per group commit, so counters survive
-//! restarts) and `staging_meta` (this writer's id, the seal sequence, the sealed set's id).
+//! The file (format [`FORMAT_VERSION`]): `batches` (sequence number, Kafka partition and
+//! offset or NULL, records, bytes, arrival time, the OTLP `ExportLogsServiceRequest` protobuf)
+//! and `staging_meta` (format version, this writer's id, the seal sequence, the sealed set).
+//! A file of an earlier format is refused with what to do (see [`StagingError::OldFormat`]).
 
 use std::{
     sync::{Arc, atomic::AtomicU64},
@@ -24,18 +35,25 @@ use telemetry_lake_common::{config::FlushConfig, settings::StagingSettings};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::rows::Rows;
+use crate::rows::KafkaPosition;
 
 mod db;
 mod sealed;
+pub mod sort;
 #[cfg(test)]
 mod tests;
 
+pub use self::db::FORMAT_VERSION;
 use self::db::{BrokenFlag, MAX_GROUP, StagingDb};
-pub use self::sealed::{SealedReader, SealedSummary, read_sealed, summarize_sealed};
+pub use self::sealed::{SealedReader, SealedSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StagingError {
+    #[error(
+        "a batch of {bytes} is larger than staging takes in one piece ({limit}, \
+         otlp.max_recv_msg_size); it can never be staged"
+    )]
+    TooLarge { bytes: ByteSize, limit: ByteSize },
     #[error("staging is full ({staged} staged, staging.max_bytes = {limit}): commits to the lake are behind")]
     Full { staged: ByteSize, limit: ByteSize },
     #[error("staging database {path}: {source}")]
@@ -47,14 +65,40 @@ pub enum StagingError {
     #[error("staging thread has stopped")]
     Stopped,
     #[error(
+        "staging file {path} has format {found}, this release reads format {FORMAT_VERSION}: it may \
+         hold acknowledged records not yet in the lake. Drain it with the release that wrote it \
+         (start it with the same config: it commits what is staged at start-up, then stop it \
+         with SIGTERM), then start this release; or move the file away to start empty"
+    )]
+    OldFormat { path: String, found: String },
+    #[error(
         "staging database {path} failed and must be reopened: {reason}; restart the appender: \
          acknowledged records are in the staging file and are committed at the next start"
     )]
     Broken { path: String, reason: String },
 }
 
+/// One batch to stage: an OTLP `ExportLogsServiceRequest` in protobuf, holding `records` log
+/// records, from `source` in Kafka (one message) or from an OTLP export (`None`).
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub payload: Vec<u8>,
+    pub records: u64,
+    pub source: Option<KafkaPosition>,
+    /// When it arrived, in microseconds since the epoch: the timestamp of records with none.
+    pub received_at_micros: i64,
+}
+
+impl Batch {
+    /// What `flush.max_bytes` and `staging.max_bytes` count: the encoded size.
+    pub fn bytes(&self) -> u64 {
+        self.payload.len() as u64
+    }
+}
+
 /// Counters read without asking the staging thread. `records`/`bytes` are everything not yet
-/// committed, sealed included; `unsealed_*` is what the next seal will take.
+/// committed, sealed included; `unsealed_*` is what the next seal will take. Bytes are encoded
+/// OTLP bytes.
 #[derive(Debug, Default)]
 pub struct StagingCounters {
     pub records: AtomicU64,
@@ -70,7 +114,7 @@ pub enum Threshold {
     MaxBytes,
 }
 
-/// A set of rows taken out of the staged table to be committed as one snapshot.
+/// A set of staged batches to be committed as one snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sealed {
     pub writer_id: String,
@@ -83,7 +127,7 @@ pub struct Sealed {
 }
 
 enum Command {
-    Append { rows: Rows, reply: oneshot::Sender<Result<(), StagingError>> },
+    Append { batches: Vec<Batch>, reply: oneshot::Sender<Result<(), StagingError>> },
     Seal { reply: oneshot::Sender<Result<Option<(Sealed, SealedReader)>, StagingError>> },
     Release { seal_id: i64, reply: oneshot::Sender<Result<(), StagingError>> },
     DiscardUnsealed { partitions: Vec<i32>, reply: oneshot::Sender<Result<u64, StagingError>> },
@@ -93,6 +137,7 @@ enum Command {
 #[derive(Clone)]
 pub struct Staging {
     commands: mpsc::Sender<Command>,
+    max_batch_bytes: u64,
     counters: Arc<StagingCounters>,
     broken: BrokenFlag,
 }
@@ -118,7 +163,12 @@ impl Staging {
             .name("staging".into())
             .spawn(move || db.run(receiver, thresholds))
             .map_err(|source| StagingError::Io { path, source })?;
-        Ok(Self { commands, counters, broken })
+        Ok(Self { commands, max_batch_bytes: config.max_batch.as_u64(), counters, broken })
+    }
+
+    /// The largest batch staging takes (larger ones get [`StagingError::TooLarge`]).
+    pub fn max_batch_bytes(&self) -> u64 {
+        self.max_batch_bytes
     }
 
     pub fn counters(&self) -> &StagingCounters {
@@ -136,10 +186,11 @@ impl Staging {
         self.broken.error()
     }
 
-    /// Stages rows durably; returns once they are committed to the database file.
-    pub async fn append(&self, rows: Rows) -> Result<(), StagingError> {
+    /// Stages batches durably, all or none; returns once they are committed to the database
+    /// file.
+    pub async fn append(&self, batches: Vec<Batch>) -> Result<(), StagingError> {
         let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Append { rows, reply }).await.map_err(|_| StagingError::Stopped)?;
+        self.commands.send(Command::Append { batches, reply }).await.map_err(|_| StagingError::Stopped)?;
         answer.await.map_err(|_| StagingError::Stopped)?
     }
 
@@ -151,8 +202,8 @@ impl Staging {
         answer.await.map_err(|_| StagingError::Stopped)?
     }
 
-    /// Drops the unsealed rows of these Kafka partitions (they will be read from Kafka again);
-    /// returns how many were dropped.
+    /// Drops the unsealed batches of these Kafka partitions (they will be read from Kafka
+    /// again); returns how many records they held.
     pub async fn discard_unsealed_partitions(&self, partitions: Vec<i32>) -> Result<u64, StagingError> {
         if partitions.is_empty() {
             return Ok(0);

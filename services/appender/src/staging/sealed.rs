@@ -1,129 +1,246 @@
-//! Sealed sets: rows taken out of the staged table to be committed as one snapshot, and how the
-//! committer reads them (counted, then as sorted runs) from a connection of its own.
+//! Sealed sets, as the committer reads them: counted, then decoded into rows and handed out in
+//! `service_name, timestamp` order, from a DuckDB connection of their own.
+//!
+//! ```text
+//!  DuckDB batches (seq <= the set's last) --dump, in ranges of ~4 MiB--> batches.bin beside the
+//!      staging file (+ an index of (seq, part) -> offset in memory)        DuckDB is done here
+//!  batches.bin --each batch's parts, in arrival order--> decode OTLP --> rows --> SortedRuns
+//!      --> Arrow batches in order
+//! ```
+//!
+//! DuckDB is queried only briefly: while a query runs the checkpointer waits (DuckDB 1.5.5
+//! corrupted a row group when a checkpoint overlapped other work), and batches staged meanwhile
+//! stay in DuckDB's memory until the next checkpoint. So the set is first copied out as it
+//! lies (no ORDER BY: a sort of blobs takes DuckDB's memory), in sequence ranges of about
+//! [`DUMP_BYTES`] so that DuckDB never holds a vector of 2,048 parts; decoding, sorting and
+//! writing Parquet then work from that file. Memory stays bounded whatever the set's size: one
+//! batch's payload, one sorted run ([`SortedRuns`] spills the rest), one output batch.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicUsize, Ordering},
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{BufWriter, Write},
+    os::unix::fs::FileExt,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
 };
 
 use arrow_array::RecordBatch;
 use duckdb::Connection;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use prost::Message as _;
 
-/// The table a sealed set's rows are in.
-pub(super) const SEALED_ROWS: &str = "sealed_rows";
+use super::{db::BATCHES, sort::SortedRuns};
+use crate::rows::{self, KafkaPosition};
 
-/// A connection to read a sealed set from. While one is open the staging thread does not
-/// checkpoint: DuckDB 1.5.5 corrupted a row group when a checkpoint overlapped other work.
+/// About how many payload bytes one query of the dump fetches from DuckDB.
+const DUMP_BYTES: u64 = 4 << 20;
+
+/// A connection to read a sealed set from.
 pub struct SealedReader {
     conn: Connection,
-    open_readers: Arc<AtomicUsize>,
-    /// About how many rows one sort of [`read_sealed`] may hold.
-    pub(super) sort_rows: u64,
+    /// Queries running now; the checkpointer waits while there are any.
+    queries: Arc<AtomicUsize>,
+    /// The highest sequence number of the set.
+    upto: i64,
+    /// Memory one sorted run may take.
+    run_bytes: u64,
+    /// Where reads dump and spill: a directory of their own per read, under the staging file's
+    /// spill directory (emptied when staging opens).
+    spill_root: PathBuf,
 }
 
-impl SealedReader {
-    pub(super) fn new(conn: Connection, open_readers: &Arc<AtomicUsize>, sort_rows: u64) -> Self {
-        open_readers.fetch_add(1, Ordering::SeqCst);
-        Self { conn, open_readers: open_readers.clone(), sort_rows }
-    }
-
-    /// Another connection to the same sealed set, counted as open too.
-    pub fn try_clone(&self) -> Result<Self, duckdb::Error> {
-        Ok(Self::new(self.conn.try_clone()?, &self.open_readers, self.sort_rows))
-    }
-}
-
-impl std::ops::Deref for SealedReader {
-    type Target = Connection;
-
-    fn deref(&self) -> &Connection {
-        &self.conn
-    }
-}
-
-impl Drop for SealedReader {
-    fn drop(&mut self) {
-        self.open_readers.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// What a sealed set holds past a condition: rows and, per Kafka partition, the next offset.
+/// What a sealed set holds past a condition: records and, per Kafka partition, the next offset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SealedSummary {
     pub records: u64,
-    pub next_offsets: std::collections::BTreeMap<i32, i64>,
+    pub next_offsets: BTreeMap<i32, i64>,
 }
 
-/// Counts the sealed rows that pass `condition` (SQL over the row's columns).
-pub fn summarize_sealed(conn: &Connection, condition: &str) -> Result<SealedSummary, String> {
-    let sql = format!(
-        "SELECT kafka_partition, max(kafka_offset) + 1, count(*) FROM {SEALED_ROWS} WHERE {condition} GROUP BY 1"
-    );
-    let mut stmt = conn.prepare(&sql).map_err(|e| format!("summarizing sealed rows: {e}"))?;
-    let mut rows = stmt.query([]).map_err(|e| format!("summarizing sealed rows: {e}"))?;
-    let mut summary = SealedSummary::default();
-    while let Some(row) = rows.next().map_err(|e| format!("summarizing sealed rows: {e}"))? {
-        let partition: Option<i32> = row.get(0).map_err(|e| e.to_string())?;
-        let next: Option<i64> = row.get(1).map_err(|e| e.to_string())?;
-        let count: i64 = row.get(2).map_err(|e| e.to_string())?;
-        summary.records += count as u64;
-        if let (Some(partition), Some(next)) = (partition, next) {
-            summary.next_offsets.insert(partition, next);
-        }
+/// Where one part of a dumped batch is.
+struct DumpedPart {
+    seq: i64,
+    part: i32,
+    source: Option<KafkaPosition>,
+    received_at: i64,
+    offset: u64,
+    len: usize,
+}
+
+/// Counts a running query for as long as it lives.
+struct Querying<'a>(&'a AtomicUsize);
+
+impl<'a> Querying<'a> {
+    fn new(queries: &'a AtomicUsize) -> Self {
+        queries.fetch_add(1, Ordering::SeqCst);
+        Self(queries)
     }
-    Ok(summary)
 }
 
-/// Reads the sealed rows that pass `condition` as sorted runs, each in the order data files
-/// want (`service_name, timestamp`), one DuckDB chunk at a time; a batch with no rows ends each
-/// run, so every run becomes data files of its own ([`crate::lake::Lake::append`]). Blocking,
-/// so run it on its own thread. Panics inside DuckDB's iterator are turned into an error.
-///
-/// A run is a range of row ids of about [`SealedReader::sort_rows`] rows, so one sort holds at
-/// most that many and each row is read once: one sort of a whole 128 MiB sealed set took all of
-/// DuckDB's memory, and the appends running meanwhile failed to allocate.
-pub fn read_sealed(
-    reader: &SealedReader,
-    condition: &str,
-    mut each: impl FnMut(RecordBatch) -> bool,
-) -> Result<u64, String> {
-    let (first, last): (Option<i64>, Option<i64>) = reader
-        .query_row(&format!("SELECT min(rowid), max(rowid) FROM {SEALED_ROWS} WHERE {condition}"), [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .map_err(|e| format!("reading sealed rows: {e}"))?;
-    let (Some(first), Some(last)) = (first, last) else { return Ok(0) };
-    let run_rows = i64::try_from(reader.sort_rows.max(1)).unwrap_or(i64::MAX);
-    let run = std::panic::AssertUnwindSafe(|| -> Result<u64, String> {
-        let mut rows = 0u64;
-        let mut start = first;
-        while start <= last {
-            let end = start.saturating_add(run_rows);
-            let sql = format!(
-                "SELECT * FROM {SEALED_ROWS} WHERE ({condition}) AND rowid >= {start} AND rowid < {end}
-                 ORDER BY service_name, \"timestamp\""
-            );
-            let mut stmt = reader.prepare(&sql).map_err(|e| format!("reading sealed rows: {e}"))?;
-            let mut schema = None;
-            for batch in stmt.stream_arrow([]).map_err(|e| format!("reading sealed rows: {e}"))? {
-                rows += batch.num_rows() as u64;
-                schema = Some(batch.schema());
-                if !each(batch) {
-                    return Ok(rows);
+impl Drop for Querying<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A read's directory: removed with what is in it when the read ends, however it ends.
+struct ReadDir(PathBuf);
+
+impl Drop for ReadDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl SealedReader {
+    pub(super) fn new(
+        conn: Connection,
+        queries: &Arc<AtomicUsize>,
+        upto: i64,
+        run_bytes: u64,
+        spill_root: PathBuf,
+    ) -> Self {
+        Self { conn, queries: queries.clone(), upto, run_bytes, spill_root }
+    }
+
+    /// Another connection to the same sealed set.
+    pub fn try_clone(&self) -> Result<Self, duckdb::Error> {
+        Ok(Self::new(self.conn.try_clone()?, &self.queries, self.upto, self.run_bytes, self.spill_root.clone()))
+    }
+
+    /// The connection, for tests that break the database on purpose.
+    #[cfg(test)]
+    pub(super) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Counts the sealed records of the batches that pass `condition` (SQL over
+    /// `kafka_partition` and `kafka_offset`).
+    pub fn summarize(&self, condition: &str) -> Result<SealedSummary, String> {
+        let _querying = Querying::new(&self.queries);
+        let sql = format!(
+            "SELECT kafka_partition, max(kafka_offset) + 1, sum(records)::BIGINT FROM {BATCHES}
+             WHERE part = 0 AND seq <= {} AND ({condition}) GROUP BY 1",
+            self.upto
+        );
+        let failed = |e: duckdb::Error| format!("summarizing the sealed set: {e}");
+        let mut stmt = self.conn.prepare(&sql).map_err(failed)?;
+        let mut rows = stmt.query([]).map_err(failed)?;
+        let mut summary = SealedSummary::default();
+        while let Some(row) = rows.next().map_err(failed)? {
+            let partition: Option<i32> = row.get(0).map_err(failed)?;
+            let next: Option<i64> = row.get(1).map_err(failed)?;
+            let records: i64 = row.get(2).map_err(failed)?;
+            summary.records += records as u64;
+            if let (Some(partition), Some(next)) = (partition, next) {
+                summary.next_offsets.insert(partition, next);
+            }
+        }
+        Ok(summary)
+    }
+
+    /// Decodes the sealed batches that pass `condition` into rows and hands them to `each` in
+    /// `service_name, timestamp` order; returns the number of rows. `each` returning `false`
+    /// stops the read. Blocking: run it on a thread of its own.
+    pub fn read_sorted(&self, condition: &str, mut each: impl FnMut(RecordBatch) -> bool) -> Result<u64, String> {
+        static READS: AtomicU64 = AtomicU64::new(0);
+        let dir = ReadDir(self.spill_root.join(format!("read-{}", READS.fetch_add(1, Ordering::Relaxed))));
+        std::fs::create_dir_all(&dir.0).map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
+        let dump_path = dir.0.join("batches.bin");
+        let file_error = |e: std::io::Error| format!("dumping the sealed set to {}: {e}", dump_path.display());
+        let mut index = {
+            let mut out = BufWriter::new(File::create(&dump_path).map_err(file_error)?);
+            let index = self.dump(condition, &mut out)?;
+            out.flush().map_err(file_error)?;
+            index
+        };
+        index.sort_unstable_by_key(|p| (p.seq, p.part));
+        let dump = File::open(&dump_path).map_err(file_error)?;
+        let mut runs = SortedRuns::new(dir.0.join("runs"), self.run_bytes);
+        let mut payload = Vec::new();
+        for (i, part) in index.iter().enumerate() {
+            let start = payload.len();
+            payload.resize(start + part.len, 0);
+            dump.read_exact_at(&mut payload[start..], part.offset).map_err(file_error)?;
+            if index.get(i + 1).is_some_and(|next| next.seq == part.seq) {
+                continue;
+            }
+            let request = ExportLogsServiceRequest::decode(payload.as_slice())
+                .map_err(|e| format!("staged batch {} does not decode: {e}", part.seq))?;
+            runs.push(rows::to_rows(&request, part.source, part.received_at).batch)?;
+            payload.clear();
+        }
+        drop(dump);
+        runs.finish(&mut each)
+    }
+
+    /// Copies the parts of the sealed batches that pass `condition` to `out` as they come;
+    /// returns where each is.
+    fn dump(&self, condition: &str, out: &mut impl Write) -> Result<Vec<DumpedPart>, String> {
+        let failed = |e: duckdb::Error| format!("reading the sealed set: {e}");
+        let where_clause = format!("seq <= {} AND ({condition})", self.upto);
+        // Sequence ranges of about DUMP_BYTES each, from the small columns only.
+        let sizes: Vec<(i64, i64)> = {
+            let _querying = Querying::new(&self.queries);
+            self.conn
+                .prepare(&format!("SELECT seq, bytes FROM {BATCHES} WHERE part = 0 AND {where_clause} ORDER BY seq"))
+                .and_then(|mut stmt| stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(failed)?
+        };
+        let mut ranges = Vec::new();
+        let (mut first, mut bytes) = (None, 0u64);
+        for (seq, size) in &sizes {
+            let start = *first.get_or_insert(*seq);
+            bytes += *size as u64;
+            if bytes >= DUMP_BYTES {
+                ranges.push((start, *seq));
+                (first, bytes) = (None, 0);
+            }
+        }
+        if let (Some(start), Some((last, _))) = (first, sizes.last()) {
+            ranges.push((start, *last));
+        }
+        let mut index = Vec::new();
+        let mut offset = 0u64;
+        let copy = std::panic::AssertUnwindSafe(|| -> Result<(), String> {
+            for (start, end) in ranges {
+                let _querying = Querying::new(&self.queries);
+                let sql = format!(
+                    "SELECT seq, part, kafka_partition, kafka_offset, received_at, payload FROM {BATCHES}
+                     WHERE {where_clause} AND seq BETWEEN {start} AND {end}"
+                );
+                let mut stmt = self.conn.prepare(&sql).map_err(failed)?;
+                let mut rows = stmt.query([]).map_err(failed)?;
+                while let Some(row) = rows.next().map_err(failed)? {
+                    let partition: Option<i32> = row.get(2).map_err(failed)?;
+                    let kafka_offset: Option<i64> = row.get(3).map_err(failed)?;
+                    let data = row.get_ref(5).map_err(failed)?;
+                    let data = data.as_blob().map_err(|e| format!("reading a staged payload: {e}"))?;
+                    out.write_all(data).map_err(|e| format!("dumping the sealed set: {e}"))?;
+                    index.push(DumpedPart {
+                        seq: row.get(0).map_err(failed)?,
+                        part: row.get(1).map_err(failed)?,
+                        source: partition
+                            .zip(kafka_offset)
+                            .map(|(partition, offset)| KafkaPosition { partition, offset }),
+                        received_at: row.get(4).map_err(failed)?,
+                        offset,
+                        len: data.len(),
+                    });
+                    offset += data.len() as u64;
                 }
             }
-            if let Some(schema) = schema
-                && !each(RecordBatch::new_empty(schema))
-            {
-                return Ok(rows);
-            }
-            start = end;
-        }
-        Ok(rows)
-    });
-    std::panic::catch_unwind(run).unwrap_or_else(|panic| {
-        let message =
-            panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "duckdb iterator panicked".into());
-        Err(format!("reading sealed rows: {message}"))
-    })
+            Ok(())
+        });
+        // DuckDB's iterator panics on some failures; they become errors of the flush.
+        std::panic::catch_unwind(copy).unwrap_or_else(|panic| {
+            let message =
+                panic.downcast_ref::<String>().cloned().unwrap_or_else(|| "duckdb iterator panicked".into());
+            Err(format!("reading the sealed set: {message}"))
+        })?;
+        Ok(index)
+    }
 }

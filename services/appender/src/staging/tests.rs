@@ -1,20 +1,22 @@
 //! Tests of staging against a DuckDB file in a temporary directory.
 
-use arrow_array::{Array, StringArray, TimestampMicrosecondArray, cast::AsArray};
+use std::{path::Path, sync::atomic::Ordering, time::Duration};
+
+use arrow_array::{StringArray, TimestampMicrosecondArray, cast::AsArray};
 use opentelemetry_proto::tonic::{
     collector::logs::v1::ExportLogsServiceRequest,
     common::v1::{AnyValue, KeyValue, any_value::Value},
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
     resource::v1::Resource,
 };
+use prost::Message as _;
 
-use std::{path::Path, sync::atomic::Ordering, time::Duration};
-
-use super::db::{STAGED_ROWS, wal_len};
+use super::db::wal_len;
 use super::*;
 
-/// `records` records of each service, timestamps in reverse order of arrival.
-fn request(services: &[&str], records: u64) -> ExportLogsServiceRequest {
+/// `records` records of each service, timestamps in reverse order of arrival, bodies of
+/// `body_bytes` bytes starting with "{service} line {n}".
+fn request(services: &[&str], records: u64, body_bytes: usize) -> ExportLogsServiceRequest {
     let string = |s: &str| Some(AnyValue { value: Some(Value::StringValue(s.into())) });
     let resource_logs = services
         .iter()
@@ -29,10 +31,14 @@ fn request(services: &[&str], records: u64) -> ExportLogsServiceRequest {
             }),
             scope_logs: vec![ScopeLogs {
                 log_records: (0..records)
-                    .map(|n| LogRecord {
-                        time_unix_nano: 1_700_000_000_000_000_000 + (records - n) * 1_000,
-                        body: string(&format!("{service} line {n}")),
-                        ..Default::default()
+                    .map(|n| {
+                        let mut body = format!("{service} line {n} ");
+                        body.extend(std::iter::repeat_n('x', body_bytes.saturating_sub(body.len())));
+                        LogRecord {
+                            time_unix_nano: 1_700_000_000_000_000_000 + (records - n) * 1_000,
+                            body: string(&body),
+                            ..Default::default()
+                        }
                     })
                     .collect(),
                 ..Default::default()
@@ -43,107 +49,195 @@ fn request(services: &[&str], records: u64) -> ExportLogsServiceRequest {
     ExportLogsServiceRequest { resource_logs }
 }
 
+fn batch(request: &ExportLogsServiceRequest, source: Option<(i32, i64)>) -> Batch {
+    Batch {
+        payload: request.encode_to_vec(),
+        records: crate::rows::check(request).accepted,
+        source: source.map(|(partition, offset)| KafkaPosition { partition, offset }),
+        received_at_micros: 0,
+    }
+}
+
 fn open(dir: &Path, memory_limit: ByteSize) -> Staging {
-    let config =
-        StagingSettings { path: dir.join("staging.duckdb"), memory_limit, max_bytes: ByteSize::gib(2) };
+    let config = StagingSettings {
+        path: dir.join("staging.duckdb"),
+        memory_limit,
+        max_bytes: ByteSize::gib(2),
+        max_batch: ByteSize::mib(16),
+    };
     let (thresholds, _) = mpsc::channel(1);
     Staging::open(&config, &FlushConfig::default(), thresholds).expect("open staging")
 }
 
-#[tokio::test]
-async fn a_large_sealed_set_is_read_as_sorted_runs_holding_every_row_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let staging = open(dir.path(), ByteSize::mib(16));
-    for _ in 0..3 {
-        let mut rows = crate::rows::to_rows(&request(&["web", "db", "api"], 700), None, 0);
-        // Charged as large rows, so a sort may hold only the minimum 1,000 of them.
-        rows.bytes = rows.batch.num_rows() as u64 * 10_000;
-        staging.append(rows).await.expect("append");
-    }
-    let (sealed, reader) = staging.seal().await.expect("seal").expect("rows staged");
-    assert_eq!(sealed.records, 6_300);
-    assert_eq!(reader.sort_rows, 1_000);
+/// (service, timestamp, body) of every row `read_sorted` hands out, and how many batches.
+fn read_all(reader: &SealedReader, condition: &str) -> Vec<(String, i64, String)> {
+    let mut rows = Vec::new();
+    let read = reader
+        .read_sorted(condition, |batch| {
+            let column = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+            let (services, times, bodies) = (column("service_name"), column("timestamp"), column("body"));
+            let services = services.as_any().downcast_ref::<StringArray>().unwrap();
+            let times = times.as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+            let bodies = bodies.as_string::<i32>();
+            for i in 0..batch.num_rows() {
+                rows.push((services.value(i).to_string(), times.value(i), bodies.value(i).to_string()));
+            }
+            true
+        })
+        .expect("read");
+    assert_eq!(read as usize, rows.len());
+    rows
+}
 
-    let mut runs: Vec<Vec<(String, i64, String)>> = vec![Vec::new()];
-    let read = read_sealed(&reader, "TRUE", |batch| {
-        if batch.num_rows() == 0 {
-            runs.push(Vec::new());
-            return true;
-        }
-        let column = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
-        let (services, times, bodies) = (column("service_name"), column("timestamp"), column("body"));
-        let services = services.as_any().downcast_ref::<StringArray>().unwrap();
-        let times = times.as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
-        let bodies = bodies.as_string::<i32>();
-        let run = runs.last_mut().unwrap();
-        for i in 0..batch.num_rows() {
-            run.push((services.value(i).to_string(), times.value(i), bodies.value(i).to_string()));
-        }
-        true
-    })
-    .expect("read");
-    assert_eq!(read, 6_300);
-    assert_eq!(runs.pop(), Some(Vec::new()), "every run ends with an empty batch");
-    assert_eq!(runs.len(), 7, "6,300 rows in runs of 1,000 rows");
-    for run in &runs {
-        assert!(run.len() <= 1_000, "a run of {} rows", run.len());
-        let keys: Vec<_> = run.iter().map(|(s, t, _)| (s.clone(), *t)).collect();
-        assert!(keys.is_sorted(), "a run is not in service_name, timestamp order");
+#[tokio::test]
+async fn a_large_sealed_set_comes_back_sorted_with_every_record_once_through_spilled_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // 16 MiB: runs of 4 MiB, so 12,000 rows of 1 KiB bodies spill several runs.
+    let staging = open(dir.path(), ByteSize::mib(16));
+    for _ in 0..4 {
+        staging
+            .append(vec![batch(&request(&["web", "db", "api"], 1_000, 1_000), None)])
+            .await
+            .expect("append");
     }
-    let mut bodies: Vec<String> = runs.into_iter().flatten().map(|(_, _, body)| body).collect();
+    let (sealed, reader) = staging.seal().await.expect("seal").expect("batches staged");
+    assert_eq!(sealed.records, 12_000);
+    assert_eq!(reader.summarize("TRUE").unwrap().records, 12_000);
+    let rows = read_all(&reader, "TRUE");
+    assert_eq!(rows.len(), 12_000);
+    let keys: Vec<_> = rows.iter().map(|(s, t, _)| (s.clone(), *t)).collect();
+    assert!(keys.is_sorted(), "rows are not in service_name, timestamp order");
+    let mut bodies: Vec<&str> = rows.iter().map(|(_, _, b)| b.split(' ').take(3).last().unwrap()).collect();
     bodies.sort();
-    let before = bodies.len();
-    bodies.dedup();
-    assert_eq!((before, bodies.len()), (6_300, 2_100), "each of 2,100 distinct records three times");
+    assert_eq!(rows.iter().filter(|(s, _, b)| s == "web" && b.starts_with("web line 7 ")).count(), 4);
+    assert!(!dir.path().join("staging.duckdb.spill").read_dir().is_ok_and(|mut d| d.next().is_some()));
+}
+
+#[tokio::test]
+async fn a_sealed_set_survives_a_restart_and_appends_go_on_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = open(dir.path(), ByteSize::mib(64));
+    staging.append(vec![batch(&request(&["web"], 10, 10), None)]).await.unwrap();
+    let (sealed, reader) = staging.seal().await.unwrap().unwrap();
+    assert_eq!((sealed.records, sealed.resumed), (10, false));
+    staging
+        .append(vec![batch(&request(&["web"], 5, 10), None), batch(&request(&["db"], 2, 10), None)])
+        .await
+        .unwrap();
+    assert_eq!(read_all(&reader, "TRUE").len(), 10, "the sealed set holds only what was staged before");
+    drop(reader);
+    drop(staging);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let reopened = open(dir.path(), ByteSize::mib(64));
+    assert_eq!(reopened.counters().records.load(Ordering::Relaxed), 17);
+    assert_eq!(reopened.counters().unsealed_records.load(Ordering::Relaxed), 7);
+    let (again, reader) = reopened.seal().await.unwrap().unwrap();
+    assert_eq!((again.seal_id, again.records, again.resumed), (sealed.seal_id, 10, true));
+    assert_eq!(read_all(&reader, "TRUE").len(), 10);
+    drop(reader);
+    reopened.release(again.seal_id).await.unwrap();
+    let (next, reader) = reopened.seal().await.unwrap().unwrap();
+    assert_eq!((next.seal_id, next.records, next.resumed), (sealed.seal_id + 1, 7, false));
+    assert_eq!(read_all(&reader, "TRUE").len(), 7);
+}
+
+#[tokio::test]
+async fn kafka_batches_are_fenced_summarized_and_discarded_by_partition() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = open(dir.path(), ByteSize::mib(64));
+    let kafka = |partition, offset| batch(&request(&["web"], 3, 10), Some((partition, offset)));
+    staging.append(vec![kafka(0, 10), kafka(0, 11), kafka(1, 5)]).await.unwrap();
+    staging.append(vec![kafka(2, 7)]).await.unwrap();
+    assert_eq!(staging.discard_unsealed_partitions(vec![2]).await.unwrap(), 3);
+    let (sealed, reader) = staging.seal().await.unwrap().unwrap();
+    assert_eq!(sealed.records, 9);
+    let summary = reader
+        .summarize(
+            "kafka_partition IN (0, 1) AND kafka_offset >= CASE kafka_partition WHEN 0 THEN 11 ELSE 0 END",
+        )
+        .unwrap();
+    assert_eq!(summary.records, 6);
+    assert_eq!(summary.next_offsets, std::collections::BTreeMap::from([(0, 12), (1, 6)]));
+    let rows = read_all(&reader, "kafka_partition = 1");
+    assert_eq!(rows.len(), 3);
+    assert_eq!(staging.discard_unsealed_partitions(vec![0]).await.unwrap(), 0, "sealed batches stay");
 }
 
 #[tokio::test]
 async fn a_failed_append_stops_staging_until_it_is_reopened_and_keeps_what_was_staged() {
     let dir = tempfile::tempdir().unwrap();
     let staging = open(dir.path(), ByteSize::mib(64));
-    staging.append(crate::rows::to_rows(&request(&["web"], 10), None, 0)).await.expect("append");
+    staging.append(vec![batch(&request(&["web"], 10, 10), None)]).await.expect("append");
     let (_, reader) = staging.seal().await.unwrap().unwrap();
-    staging.append(crate::rows::to_rows(&request(&["web"], 5), None, 0)).await.expect("append");
+    staging.append(vec![batch(&request(&["web"], 5, 10), None)]).await.expect("append");
     // Any failure inside an append counts: here the table it appends to is gone.
-    reader.execute_batch(&format!("ALTER TABLE {STAGED_ROWS} RENAME TO elsewhere")).unwrap();
+    reader.connection().execute_batch("ALTER TABLE batches RENAME TO elsewhere").unwrap();
     drop(reader);
 
-    let failed = staging.append(crate::rows::to_rows(&request(&["web"], 3), None, 0)).await;
+    let failed = staging.append(vec![batch(&request(&["web"], 3, 10), None)]).await;
     assert!(matches!(failed, Err(StagingError::AppendFailed(_))), "{failed:?}");
     assert!(staging.broken().is_cancelled(), "the service is told to stop");
-    let refused = staging.append(crate::rows::to_rows(&request(&["web"], 3), None, 0)).await;
+    let refused = staging.append(vec![batch(&request(&["web"], 3, 10), None)]).await;
     assert!(matches!(refused, Err(StagingError::Broken { .. })), "{refused:?}");
     let message = staging.broken_error().expect("broken").to_string();
     assert!(message.contains("restart the appender"), "{message}");
     assert!(matches!(staging.seal().await, Err(StagingError::Broken { .. })));
     assert!(matches!(staging.release(1).await, Err(StagingError::Broken { .. })));
+}
 
-    drop(staging);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let reopened = open(dir.path(), ByteSize::mib(64));
-    assert!(!reopened.broken().is_cancelled());
-    let (sealed, _) = reopened.seal().await.unwrap().unwrap();
-    assert_eq!((sealed.records, sealed.resumed), (10, true), "the sealed set survived");
+#[tokio::test]
+async fn a_format_1_staging_file_is_refused_with_how_to_drain_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("staging.duckdb");
+    {
+        let old = duckdb::Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE staged_rows (body VARCHAR); INSERT INTO staged_rows VALUES ('acknowledged');
+             CREATE TABLE staging_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+             INSERT INTO staging_meta VALUES ('writer_id', 'w'), ('next_seal_id', '1');",
+        )
+        .unwrap();
+    }
+    let config = StagingSettings {
+        path: path.clone(),
+        memory_limit: ByteSize::mib(64),
+        max_bytes: ByteSize::gib(2),
+        max_batch: ByteSize::mib(16),
+    };
+    let (thresholds, _) = mpsc::channel(1);
+    let Err(err) = Staging::open(&config, &FlushConfig::default(), thresholds) else {
+        panic!("opened a format 1 file")
+    };
+    let message = err.to_string();
+    assert!(matches!(err, StagingError::OldFormat { .. }), "{message}");
+    assert!(
+        message.contains("format 1") && message.contains("Drain it with the release that wrote it"),
+        "{message}"
+    );
+    let kept: String = duckdb::Connection::open(&path)
+        .unwrap()
+        .query_row("SELECT body FROM staged_rows", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(kept, "acknowledged", "the old file is left as it was");
 }
 
 #[tokio::test]
 async fn the_checkpointer_folds_the_wal_into_the_file_while_appends_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    // memory_limit 64 MiB: checkpoint at 16 MiB of WAL; the staging thread itself only at 32.
+    // memory_limit 64 MiB, batches up to 16 MiB: DuckDB gets 40 MiB and checkpoints at 10 MiB
+    // of WAL; the staging thread itself only at 20.
     let staging = open(dir.path(), ByteSize::mib(64));
     let wal = dir.path().join("staging.duckdb.wal").display().to_string();
-    let mut request = request(&["web"], 1_000);
-    for record in &mut request.resource_logs[0].scope_logs[0].log_records {
-        record.body = Some(AnyValue { value: Some(Value::StringValue("x".repeat(1_000))) });
-    }
+    let big = request(&["web"], 1_000, 1_000);
     let mut appended = 0;
-    while wal_len(&wal) < 17 << 20 {
-        staging.append(crate::rows::to_rows(&request, None, 0)).await.expect("append");
+    while wal_len(&wal) < 11 << 20 {
+        staging.append(vec![batch(&big, None)]).await.expect("append");
         appended += 1;
         assert!(appended < 100, "the WAL did not grow: {} bytes", wal_len(&wal));
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while wal_len(&wal) >= 16 << 20 {
+    while wal_len(&wal) >= 10 << 20 {
         assert!(std::time::Instant::now() < deadline, "no checkpoint: the WAL holds {} bytes", wal_len(&wal));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -156,11 +250,10 @@ async fn a_release_is_checkpointed_by_the_checkpointer_however_small_the_wal() {
     let dir = tempfile::tempdir().unwrap();
     let staging = open(dir.path(), ByteSize::mib(64));
     let wal = dir.path().join("staging.duckdb.wal").display().to_string();
-    staging.append(crate::rows::to_rows(&request(&["web"], 100), None, 0)).await.expect("append");
-    let (sealed, reader) = staging.seal().await.expect("seal").expect("rows staged");
+    staging.append(vec![batch(&request(&["web"], 100, 10), None)]).await.expect("append");
+    let (sealed, reader) = staging.seal().await.expect("seal").expect("batches staged");
     drop(reader);
     staging.release(sealed.seal_id).await.expect("release");
-    // Far below the 16 MiB threshold: only the release's request checkpoints it.
     assert!(wal_len(&wal) > 0, "the release is in the WAL");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while wal_len(&wal) > 0 {

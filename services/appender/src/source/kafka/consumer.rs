@@ -1,5 +1,6 @@
-//! The consumer thread: polls the topic, decodes each message's OTLP request into rows with
-//! their partition and offset, and stages them in appends of up to [`MAX_BATCH_RECORDS`].
+//! The consumer thread: polls the topic, checks that each message decodes as an OTLP request,
+//! and stages the messages as they came (with their partition and offset) in appends of up to
+//! [`MAX_BATCH_RECORDS`] records.
 //! Undecodable messages go to the dead letters. It never moves past rows that are not staged:
 //! while staging refuses them it pauses its partitions, keeps serving the group, and retries.
 
@@ -8,7 +9,6 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use arrow_select::concat::concat_batches;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message as _;
 use rdkafka::{Message, Offset, TopicPartitionList, consumer::Consumer};
@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{SourceCounters, dead_letters::DeadLetters, rebalance::LakeConsumer};
 use crate::{
-    rows::{self, KafkaPosition, Rows},
-    staging::{Staging, StagingError},
+    rows::{self, KafkaPosition},
+    staging::{Batch, Staging, StagingError},
 };
 
 /// Rows gathered from the topic before they are staged in one append.
@@ -58,8 +58,8 @@ impl Worker {
         tracing::info!("kafka consumer stopped");
     }
 
-    /// Polls until enough rows or enough time; undecodable messages go to the dead letters.
-    fn gather(&self, stop: &CancellationToken) -> Vec<Rows> {
+    /// Polls until enough records or enough time; undecodable messages go to the dead letters.
+    fn gather(&self, stop: &CancellationToken) -> Vec<Batch> {
         let started = Instant::now();
         let mut batch = Vec::new();
         let mut records = 0u64;
@@ -74,11 +74,28 @@ impl Worker {
                 Some(Ok(message)) => {
                     self.counters.messages.fetch_add(1, Ordering::Relaxed);
                     let position = KafkaPosition { partition: message.partition(), offset: message.offset() };
-                    match ExportLogsServiceRequest::decode(message.payload().unwrap_or_default()) {
+                    let payload = message.payload().unwrap_or_default();
+                    if payload.len() as u64 > self.staging.max_batch_bytes() {
+                        let reason = format!(
+                            "{} bytes, more than staging takes in one piece ({} bytes, otlp.max_recv_msg_size)",
+                            payload.len(),
+                            self.staging.max_batch_bytes()
+                        );
+                        self.dead_letters.send(&self.handle, &message, &reason);
+                        continue;
+                    }
+                    match ExportLogsServiceRequest::decode(payload) {
                         Ok(request) => {
-                            let converted = rows::to_rows(&request, Some(position), now_micros());
-                            records += converted.batch.num_rows() as u64;
-                            batch.push(converted);
+                            // The bytes are staged as they came; rows are made at flush, where
+                            // records with malformed ids are left out again.
+                            let accepted = rows::check(&request).accepted;
+                            records += accepted;
+                            batch.push(Batch {
+                                payload: payload.to_vec(),
+                                records: accepted,
+                                source: Some(position),
+                                received_at_micros: now_micros(),
+                            });
                         }
                         Err(e) => self.dead_letters.send(&self.handle, &message, &e.to_string()),
                     }
@@ -89,11 +106,10 @@ impl Worker {
     }
 
     /// Stages one append; while staging is full, pauses the partitions and retries.
-    fn stage(&self, batch: Vec<Rows>, stop: &CancellationToken) {
-        let Some(rows) = merge(batch) else { return };
+    fn stage(&self, batch: Vec<Batch>, stop: &CancellationToken) {
         let mut paused: Option<TopicPartitionList> = None;
         loop {
-            match self.handle.block_on(self.staging.append(rows.clone())) {
+            match self.handle.block_on(self.staging.append(batch.clone())) {
                 Ok(()) => break,
                 // These rows are past everything staged, so stopping without them loses
                 // nothing: the next start reads them again from the table's offsets.
@@ -139,17 +155,4 @@ impl Worker {
             }
         }
     }
-}
-
-/// One append for many messages: fewer, larger DuckDB transactions.
-fn merge(batch: Vec<Rows>) -> Option<Rows> {
-    let first = batch.first()?;
-    let schema = first.batch.schema();
-    let bytes = batch.iter().map(|r| r.bytes).sum();
-    let rejected = batch.iter().map(|r| r.rejected).sum();
-    let rejection =
-        batch.iter().find(|r| !r.rejection.is_empty()).map(|r| r.rejection.clone()).unwrap_or_default();
-    let merged =
-        concat_batches(&schema, batch.iter().map(|r| &r.batch)).expect("rows share the staging schema");
-    Some(Rows { batch: merged, bytes, rejected, rejection })
 }
