@@ -40,7 +40,7 @@ fi
 # pytest collects a file named twice once.
 paths=()
 if ! $paths_given; then
-    for module in test_outages test_appender_kafka test_conformance test_embedded test_deploy \
+    for module in test_outages test_staging test_appender_kafka test_conformance test_embedded test_deploy \
         test_rest_catalog test_ingester; do
         [[ -f "tests/$module.py" ]] && paths+=("tests/$module.py")
     done
