@@ -22,10 +22,14 @@ use super::{Batch, Command, Sealed, SealedReader, StagingCounters, StagingError,
 
 /// The staging file's format: 2 since the staged unit is the encoded batch (1 staged rows).
 pub const FORMAT_VERSION: u32 = 2;
-/// The table of staged batches, in arrival order (`seq`): each batch's payload in parts of at
+/// The table new batches go to, in arrival order (`seq`): each batch's payload in parts of at
 /// most [`PART_BYTES`] (`part` 0, 1, …), every part with the batch's Kafka partition, offset and
 /// arrival time, part 0 alone with its records and bytes.
-pub(super) const BATCHES: &str = "batches";
+const STAGED: &str = "staged_batches";
+/// The sealed set: the staged table renamed by a seal, dropped whole by the release (a DELETE
+/// of most of one table made DuckDB's next checkpoint rewrite what was left, and run out of
+/// memory doing it).
+pub(super) const SEALED: &str = "sealed_batches";
 /// The largest piece of a payload in one row. DuckDB 1.5.5 keeps a large blob in a block of
 /// its own, and its checkpoint pins every such block of a segment at once: with whole 600 KB
 /// requests as blobs a checkpoint failed to allocate (and invalidated the database) once the
@@ -80,8 +84,10 @@ pub(super) struct StagingDb {
     writer_id: String,
     pub(super) counters: Arc<StagingCounters>,
     max_bytes: u64,
-    /// The most bytes one group commit takes, and the largest batch accepted.
+    /// The most bytes one group commit takes (but always at least one batch).
     max_group_bytes: u64,
+    /// The largest batch accepted.
+    max_batch_bytes: u64,
     flush_records: u64,
     flush_bytes: u64,
     /// The sequence number the next staged batch gets.
@@ -96,12 +102,16 @@ fn share(memory_limit: ByteSize) -> u64 {
     (memory_limit.as_u64() / 4).max(4 << 20)
 }
 
-/// DuckDB's memory limit. Batches not yet checkpointed cannot be evicted, and a blob takes one
-/// block of its own size, so DuckDB needs room for the WAL's worth of batches, one whole group
-/// (at most one `max_batch` or one batch) and its working set, however small the share:
-/// with less, a commit fails to allocate and the database has to be reopened.
+/// The most bytes of batches one group commit takes (a larger batch goes alone). DuckDB holds a
+/// group about three times over until its commit (the appender's chunk, the transaction's
+/// local storage, the WAL record): groups of 16 MiB filled its 64 MiB at ~60 MB/s.
+const GROUP_BYTES: u64 = 4 << 20;
+
+/// DuckDB's memory limit. A commit that cannot allocate fails and the database has to be
+/// reopened, so DuckDB gets room for a group of the largest batch (`max_batch`, three times
+/// over) and the WAL's worth of batches not yet checkpointed, however small the share.
 fn duckdb_memory(config: &StagingSettings) -> u64 {
-    share(config.memory_limit).max(2 * config.max_batch.as_u64() + (8 << 20))
+    share(config.memory_limit).max(3 * config.max_batch.as_u64() + (16 << 20))
 }
 
 impl StagingDb {
@@ -131,42 +141,37 @@ impl StagingDb {
         // Runs a flush spilled before a crash are of no use: the flush starts over.
         let _ = std::fs::remove_dir_all(spill_root(&path));
         conn.execute_batch(&format!(
-            "CREATE TABLE IF NOT EXISTS {BATCHES} (
-                 seq BIGINT, part INTEGER, kafka_partition INTEGER, kafka_offset BIGINT,
-                 records BIGINT, bytes BIGINT, received_at BIGINT, payload BLOB);
+            "{};
              CREATE TABLE IF NOT EXISTS staging_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
              INSERT OR IGNORE INTO staging_meta VALUES
                  ('format_version', '{FORMAT_VERSION}'), ('writer_id', '{}'), ('next_seal_id', '1');",
+            create_batches(STAGED),
             uuid::Uuid::new_v4()
         ))
         .map_err(err)?;
         let meta = |key: &str| meta(&conn, key).map_err(err);
         let writer_id = meta("writer_id")?.expect("inserted above");
-        let sealed_upto: Option<i64> = meta("sealed_upto")?.and_then(|v| v.parse().ok());
-        let next_seq: i64 = conn
-            .query_row(&format!("SELECT coalesce(max(seq), 0) + 1 FROM {BATCHES}"), [], |r| r.get(0))
-            .map_err(err)?;
-        let totals = |condition: &str| -> Result<(u64, u64), StagingError> {
+        let totals = |table: &str| -> Result<(u64, u64, i64), StagingError> {
             conn.query_row(
                 &format!(
-                    "SELECT coalesce(sum(records), 0)::BIGINT, coalesce(sum(bytes), 0)::BIGINT
-                     FROM {BATCHES} WHERE part = 0 AND {condition}"
+                    "SELECT coalesce(sum(records), 0)::BIGINT, coalesce(sum(bytes), 0)::BIGINT,
+                            coalesce(max(seq), 0) FROM {table}"
                 ),
                 [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get(2)?)),
             )
             .map_err(err)
         };
-        let upto = sealed_upto.unwrap_or(0);
-        let (staged_records, staged_bytes) = totals(&format!("seq > {upto}"))?;
-        let sealed = match (meta("sealed_id")?, sealed_upto) {
-            (Some(id), Some(upto)) => {
-                let (records, bytes) = totals(&format!("seq <= {upto}"))?;
+        let (staged_records, staged_bytes, staged_seq) = totals(STAGED)?;
+        let (sealed, sealed_seq) = match meta("sealed_id")? {
+            Some(id) => {
+                let (records, bytes, last) = totals(SEALED)?;
                 let seal_id = id.parse().unwrap_or_default();
-                Some((Sealed { writer_id: writer_id.clone(), seal_id, records, bytes, resumed: true }, upto))
+                (Some((Sealed { writer_id: writer_id.clone(), seal_id, records, bytes, resumed: true }, last)), last)
             }
-            _ => None,
+            None => (None, 0),
         };
+        let next_seq = staged_seq.max(sealed_seq) + 1;
         let counters = Arc::new(StagingCounters::default());
         let (sealed_records, sealed_bytes) =
             sealed.as_ref().map(|(s, _)| (s.records, s.bytes)).unwrap_or_default();
@@ -194,7 +199,8 @@ impl StagingDb {
             writer_id,
             counters,
             max_bytes: config.max_bytes.as_u64(),
-            max_group_bytes: config.max_batch.as_u64(),
+            max_group_bytes: GROUP_BYTES.min(config.max_batch.as_u64()),
+            max_batch_bytes: config.max_batch.as_u64(),
             flush_records: flush.max_records,
             flush_bytes: flush.max_bytes.as_u64(),
             next_seq,
@@ -299,10 +305,10 @@ impl StagingDb {
         let mut accepted = Vec::with_capacity(group.len());
         for (batches, reply) in group.drain(..) {
             let bytes: u64 = batches.iter().map(Batch::bytes).sum();
-            if let Some(large) = batches.iter().find(|b| b.bytes() > self.max_group_bytes) {
+            if let Some(large) = batches.iter().find(|b| b.bytes() > self.max_batch_bytes) {
                 let _ = reply.send(Err(StagingError::TooLarge {
                     bytes: ByteSize(large.bytes()),
-                    limit: ByteSize(self.max_group_bytes),
+                    limit: ByteSize(self.max_batch_bytes),
                 }));
             } else if bytes > 0 && staged + bytes > self.max_bytes {
                 let _ = reply.send(Err(StagingError::Full {
@@ -356,13 +362,13 @@ impl StagingDb {
         let err = |source| StagingError::DuckDb { path: path.clone(), source };
         let tx = self.conn.transaction().map_err(err)?;
         {
-            let mut appender = tx.appender(BATCHES).map_err(err)?;
+            let mut appender = tx.appender(STAGED).map_err(err)?;
             let batches = accepted.iter().flat_map(|(batches, _)| batches);
             for (seq, batch) in (self.next_seq..).zip(batches) {
                 let (partition, offset) = batch.source.map(|s| (s.partition, s.offset)).unzip();
                 // An empty payload still gets its part 0: it carries the offset.
-                let parts =
-                    batch.payload.chunks(PART_BYTES).chain(batch.payload.is_empty().then_some(&[][..]));
+                let payload = batch.compressed();
+                let parts = payload.chunks(PART_BYTES).chain(payload.is_empty().then_some(&[][..]));
                 for (part, data) in parts.enumerate() {
                     let (records, bytes) = if part == 0 {
                         (Some(batch.records as i64), Some(batch.bytes() as i64))
@@ -444,7 +450,7 @@ impl StagingDb {
         let upto = self.next_seq - 1;
         let any_batch: bool = self
             .conn
-            .query_row(&format!("SELECT count(*) > 0 FROM {BATCHES} WHERE seq <= {upto}"), [], |r| r.get(0))
+            .query_row(&format!("SELECT count(*) > 0 FROM {STAGED}"), [], |r| r.get(0))
             .map_err(|e| self.err(e))?;
         if !any_batch {
             return Ok(None);
@@ -455,11 +461,18 @@ impl StagingDb {
             .unwrap_or(1);
         self.conn
             .execute_batch(&format!(
-                "INSERT OR REPLACE INTO staging_meta VALUES
-                     ('next_seal_id', '{}'), ('sealed_id', '{seal_id}'), ('sealed_upto', '{upto}');",
+                "BEGIN TRANSACTION;
+                 ALTER TABLE {STAGED} RENAME TO {SEALED};
+                 {};
+                 INSERT OR REPLACE INTO staging_meta VALUES ('next_seal_id', '{}'), ('sealed_id', '{seal_id}');
+                 COMMIT;",
+                create_batches(STAGED),
                 seal_id + 1
             ))
-            .map_err(|e| self.err(e))?;
+            .map_err(|e| {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.err(e)
+            })?;
         self.counters.unsealed_records.fetch_sub(records, Ordering::Relaxed);
         self.counters.unsealed_bytes.fetch_sub(bytes, Ordering::Relaxed);
         let sealed = Sealed { writer_id: self.writer_id.clone(), seal_id, records, bytes, resumed: false };
@@ -470,8 +483,7 @@ impl StagingDb {
 
     fn discard_unsealed(&mut self, partitions: &[i32]) -> Result<u64, StagingError> {
         let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
-        let upto = self.sealed.as_ref().map_or(0, |(_, upto)| *upto);
-        let condition = format!("seq > {upto} AND kafka_partition IN ({})", list.join(", "));
+        let condition = format!("kafka_partition IN ({})", list.join(", "));
         let path = self.path.clone();
         let err = |source| StagingError::DuckDb { path: path.clone(), source };
         let tx = self.conn.transaction().map_err(err)?;
@@ -479,13 +491,13 @@ impl StagingDb {
             .query_row(
                 &format!(
                     "SELECT coalesce(sum(records), 0)::BIGINT, coalesce(sum(bytes), 0)::BIGINT
-                     FROM {BATCHES} WHERE part = 0 AND {condition}"
+                     FROM {STAGED} WHERE part = 0 AND {condition}"
                 ),
                 [],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(err)?;
-        tx.execute(&format!("DELETE FROM {BATCHES} WHERE {condition}"), []).map_err(err)?;
+        tx.execute(&format!("DELETE FROM {STAGED} WHERE {condition}"), []).map_err(err)?;
         tx.commit().map_err(err)?;
         let (records, bytes) = (records as u64, bytes as u64);
         for (counter, n) in [
@@ -507,15 +519,15 @@ impl StagingDb {
     }
 
     fn release(&mut self, seal_id: i64) -> Result<(), StagingError> {
-        let Some((sealed, upto)) = self.sealed.as_ref().filter(|(s, _)| s.seal_id == seal_id) else {
+        let Some((sealed, _)) = self.sealed.as_ref().filter(|(s, _)| s.seal_id == seal_id) else {
             return Ok(());
         };
-        let (records, bytes, upto) = (sealed.records, sealed.bytes, *upto);
+        let (records, bytes) = (sealed.records, sealed.bytes);
         self.conn
             .execute_batch(&format!(
                 "BEGIN TRANSACTION;
-                 DELETE FROM {BATCHES} WHERE seq <= {upto};
-                 DELETE FROM staging_meta WHERE key IN ('sealed_id', 'sealed_upto');
+                 DROP TABLE {SEALED};
+                 DELETE FROM staging_meta WHERE key = 'sealed_id';
                  COMMIT;"
             ))
             .map_err(|e| {
@@ -531,6 +543,14 @@ impl StagingDb {
 }
 
 type Reply = oneshot::Sender<Result<(), StagingError>>;
+
+fn create_batches(table: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {table} (
+             seq BIGINT, part INTEGER, kafka_partition INTEGER, kafka_offset BIGINT,
+             records BIGINT, bytes BIGINT, received_at BIGINT, payload BLOB)"
+    )
+}
 
 /// Where flushes spill their sorted runs: beside the staging file.
 fn spill_root(path: &str) -> std::path::PathBuf {
@@ -587,6 +607,13 @@ fn checkpoint(conn: &Connection, broken: &BrokenFlag) -> bool {
     let started = std::time::Instant::now();
     match conn.execute_batch("CHECKPOINT") {
         Ok(()) => {
+            if tracing::enabled!(tracing::Level::TRACE) {
+                let usage: Vec<(String, i64)> = conn
+                    .prepare("SELECT tag, memory_usage_bytes >> 20 FROM duckdb_memory() WHERE memory_usage_bytes >= 1048576")
+                    .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                    .unwrap_or_default();
+                tracing::trace!(?usage, "duckdb memory after a checkpoint (MiB)");
+            }
             tracing::debug!(seconds = started.elapsed().as_secs_f64(), "staging checkpointed");
             return true;
         }

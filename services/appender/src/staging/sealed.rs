@@ -33,11 +33,12 @@ use duckdb::Connection;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message as _;
 
-use super::{db::BATCHES, sort::SortedRuns};
+use super::{db::SEALED as BATCHES, sort::SortedRuns};
 use crate::rows::{self, KafkaPosition};
 
-/// About how many payload bytes one query of the dump fetches from DuckDB.
-const DUMP_BYTES: u64 = 4 << 20;
+/// About how many payload bytes (before compression: about a quarter of that is read) one
+/// query of the dump fetches from DuckDB.
+const DUMP_BYTES: u64 = 16 << 20;
 
 /// A connection to read a sealed set from.
 pub struct SealedReader {
@@ -168,7 +169,9 @@ impl SealedReader {
             if index.get(i + 1).is_some_and(|next| next.seq == part.seq) {
                 continue;
             }
-            let request = ExportLogsServiceRequest::decode(payload.as_slice())
+            let decoded = zstd::stream::decode_all(payload.as_slice())
+                .map_err(|e| format!("staged batch {} does not decompress: {e}", part.seq))?;
+            let request = ExportLogsServiceRequest::decode(decoded.as_slice())
                 .map_err(|e| format!("staged batch {} does not decode: {e}", part.seq))?;
             runs.push(rows::to_rows(&request, part.source, part.received_at).batch)?;
             payload.clear();

@@ -33,7 +33,14 @@ fn request(services: &[&str], records: u64, body_bytes: usize) -> ExportLogsServ
                 log_records: (0..records)
                     .map(|n| {
                         let mut body = format!("{service} line {n} ");
-                        body.extend(std::iter::repeat_n('x', body_bytes.saturating_sub(body.len())));
+                        // Filler that does not compress, so the bytes staged are what the test says.
+                        let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                        while body.len() < body_bytes {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            body.push(char::from(b'a' + (x % 26) as u8));
+                        }
                         LogRecord {
                             time_unix_nano: 1_700_000_000_000_000_000 + (records - n) * 1_000,
                             body: string(&body),
@@ -50,12 +57,12 @@ fn request(services: &[&str], records: u64, body_bytes: usize) -> ExportLogsServ
 }
 
 fn batch(request: &ExportLogsServiceRequest, source: Option<(i32, i64)>) -> Batch {
-    Batch {
-        payload: request.encode_to_vec(),
-        records: crate::rows::check(request).accepted,
-        source: source.map(|(partition, offset)| KafkaPosition { partition, offset }),
-        received_at_micros: 0,
-    }
+    Batch::new(
+        &request.encode_to_vec(),
+        crate::rows::check(request).accepted,
+        source.map(|(partition, offset)| KafkaPosition { partition, offset }),
+        0,
+    )
 }
 
 fn open(dir: &Path, memory_limit: ByteSize) -> Staging {
@@ -172,7 +179,7 @@ async fn a_failed_append_stops_staging_until_it_is_reopened_and_keeps_what_was_s
     let (_, reader) = staging.seal().await.unwrap().unwrap();
     staging.append(vec![batch(&request(&["web"], 5, 10), None)]).await.expect("append");
     // Any failure inside an append counts: here the table it appends to is gone.
-    reader.connection().execute_batch("ALTER TABLE batches RENAME TO elsewhere").unwrap();
+    reader.connection().execute_batch("ALTER TABLE staged_batches RENAME TO elsewhere").unwrap();
     drop(reader);
 
     let failed = staging.append(vec![batch(&request(&["web"], 3, 10), None)]).await;
@@ -225,19 +232,19 @@ async fn a_format_1_staging_file_is_refused_with_how_to_drain_it() {
 #[tokio::test]
 async fn the_checkpointer_folds_the_wal_into_the_file_while_appends_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    // memory_limit 64 MiB, batches up to 16 MiB: DuckDB gets 40 MiB and checkpoints at 10 MiB
-    // of WAL; the staging thread itself only at 20.
+    // memory_limit 64 MiB, batches up to 16 MiB: DuckDB gets 64 MiB and checkpoints at 16 MiB
+    // of WAL; the staging thread itself only at 32.
     let staging = open(dir.path(), ByteSize::mib(64));
     let wal = dir.path().join("staging.duckdb.wal").display().to_string();
     let big = request(&["web"], 1_000, 1_000);
     let mut appended = 0;
-    while wal_len(&wal) < 11 << 20 {
+    while wal_len(&wal) < 17 << 20 {
         staging.append(vec![batch(&big, None)]).await.expect("append");
         appended += 1;
         assert!(appended < 100, "the WAL did not grow: {} bytes", wal_len(&wal));
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while wal_len(&wal) >= 10 << 20 {
+    while wal_len(&wal) >= 16 << 20 {
         assert!(std::time::Instant::now() < deadline, "no checkpoint: the WAL holds {} bytes", wal_len(&wal));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -90,12 +90,7 @@ impl Worker {
                             // records with malformed ids are left out again.
                             let accepted = rows::check(&request).accepted;
                             records += accepted;
-                            batch.push(Batch {
-                                payload: payload.to_vec(),
-                                records: accepted,
-                                source: Some(position),
-                                received_at_micros: now_micros(),
-                            });
+                            batch.push(Batch::new(payload, accepted, Some(position), now_micros()));
                         }
                         Err(e) => self.dead_letters.send(&self.handle, &message, &e.to_string()),
                     }
