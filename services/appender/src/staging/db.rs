@@ -167,7 +167,13 @@ impl StagingDb {
             Some(id) => {
                 let (records, bytes, last) = totals(SEALED)?;
                 let seal_id = id.parse().unwrap_or_default();
-                (Some((Sealed { writer_id: writer_id.clone(), seal_id, records, bytes, resumed: true }, last)), last)
+                (
+                    Some((
+                        Sealed { writer_id: writer_id.clone(), seal_id, records, bytes, resumed: true },
+                        last,
+                    )),
+                    last,
+                )
             }
             None => (None, 0),
         };
@@ -403,7 +409,8 @@ impl StagingDb {
     /// Checkpoints on the staging thread if no reader is open and the WAL holds at least
     /// `min_wal_bytes` (and something).
     fn checkpoint(&self, min_wal_bytes: u64) {
-        if self.reader_queries.load(Ordering::SeqCst) == 0 && wal_len(&self.wal_path) >= min_wal_bytes.max(1) {
+        if self.reader_queries.load(Ordering::SeqCst) == 0 && wal_len(&self.wal_path) >= min_wal_bytes.max(1)
+        {
             checkpoint(&self.conn, &self.broken);
         }
     }

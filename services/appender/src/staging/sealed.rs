@@ -109,7 +109,13 @@ impl SealedReader {
 
     /// Another connection to the same sealed set.
     pub fn try_clone(&self) -> Result<Self, duckdb::Error> {
-        Ok(Self::new(self.conn.try_clone()?, &self.queries, self.upto, self.run_bytes, self.spill_root.clone()))
+        Ok(Self::new(
+            self.conn.try_clone()?,
+            &self.queries,
+            self.upto,
+            self.run_bytes,
+            self.spill_root.clone(),
+        ))
     }
 
     /// The connection, for tests that break the database on purpose.
@@ -146,12 +152,17 @@ impl SealedReader {
     /// Decodes the sealed batches that pass `condition` into rows and hands them to `each` in
     /// `service_name, timestamp` order; returns the number of rows. `each` returning `false`
     /// stops the read. Blocking: run it on a thread of its own.
-    pub fn read_sorted(&self, condition: &str, mut each: impl FnMut(RecordBatch) -> bool) -> Result<u64, String> {
+    pub fn read_sorted(
+        &self,
+        condition: &str,
+        mut each: impl FnMut(RecordBatch) -> bool,
+    ) -> Result<u64, String> {
         static READS: AtomicU64 = AtomicU64::new(0);
         let dir = ReadDir(self.spill_root.join(format!("read-{}", READS.fetch_add(1, Ordering::Relaxed))));
         std::fs::create_dir_all(&dir.0).map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
         let dump_path = dir.0.join("batches.bin");
-        let file_error = |e: std::io::Error| format!("dumping the sealed set to {}: {e}", dump_path.display());
+        let file_error =
+            |e: std::io::Error| format!("dumping the sealed set to {}: {e}", dump_path.display());
         let mut index = {
             let mut out = BufWriter::new(File::create(&dump_path).map_err(file_error)?);
             let index = self.dump(condition, &mut out)?;
@@ -189,7 +200,9 @@ impl SealedReader {
         let sizes: Vec<(i64, i64)> = {
             let _querying = Querying::new(&self.queries);
             self.conn
-                .prepare(&format!("SELECT seq, bytes FROM {BATCHES} WHERE part = 0 AND {where_clause} ORDER BY seq"))
+                .prepare(&format!(
+                    "SELECT seq, bytes FROM {BATCHES} WHERE part = 0 AND {where_clause} ORDER BY seq"
+                ))
                 .and_then(|mut stmt| stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
                 .map_err(failed)?
         };
