@@ -232,17 +232,19 @@ async fn a_format_1_staging_file_is_refused_with_how_to_drain_it() {
 #[tokio::test]
 async fn the_checkpointer_folds_the_wal_into_the_file_while_appends_go_on() {
     let dir = tempfile::tempdir().unwrap();
-    // memory_limit 64 MiB, batches up to 16 MiB: DuckDB gets 64 MiB and checkpoints at 16 MiB
-    // of WAL; the staging thread itself only at 32.
+    // memory_limit 64 MiB, batches up to 16 MiB: DuckDB gets 64 MiB and the checkpointer
+    // checkpoints at 16 MiB of WAL; the staging thread itself only at 32. So with ~3 times the
+    // threshold appended, the WAL stays under 32 MiB only if the checkpointer does its work.
     let staging = open(dir.path(), ByteSize::mib(64));
     let wal = dir.path().join("staging.duckdb.wal").display().to_string();
-    let big = request(&["web"], 1_000, 1_000);
-    let mut appended = 0;
-    while wal_len(&wal) < 17 << 20 {
-        staging.append(vec![batch(&big, None)]).await.expect("append");
+    let big = batch(&request(&["web"], 1_000, 1_000), None);
+    let (mut appended, mut wal_max) = (0u64, 0u64);
+    while appended * (big.compressed().len() as u64) < 3 * (16 << 20) {
+        staging.append(vec![big.clone()]).await.expect("append");
         appended += 1;
-        assert!(appended < 100, "the WAL did not grow: {} bytes", wal_len(&wal));
+        wal_max = wal_max.max(wal_len(&wal));
     }
+    assert!(wal_max < 32 << 20, "the WAL reached {wal_max} bytes: no checkpoint beside the appends");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while wal_len(&wal) >= 16 << 20 {
         assert!(std::time::Instant::now() < deadline, "no checkpoint: the WAL holds {} bytes", wal_len(&wal));
