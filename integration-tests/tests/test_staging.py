@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs, ScopeLogs
@@ -54,6 +55,9 @@ def spill_files(appender: Appender) -> list[Path]:
     return list(spill.glob("*/run-*.arrow")) if spill.exists() else []
 
 
+# Sending a million records to a debug build and flushing them twice takes minutes beside the
+# other tests.
+@pytest.mark.timeout(900)
 def test_kill9_in_the_middle_of_a_flush_of_a_million_records_loses_and_doubles_nothing(
     make_appender: AppenderFactory,
 ) -> None:
@@ -67,7 +71,7 @@ def test_kill9_in_the_middle_of_a_flush_of_a_million_records_loses_and_doubles_n
 
     # The flush sorts 1M rows in runs that spill beside the staging file: kill it while it does.
     appender.flush_signal()
-    wait_until(lambda: spill_files(appender), timeout=120, what="the flush to spill its first sorted run")
+    wait_until(lambda: spill_files(appender), timeout=300, what="the flush to spill its first sorted run")
     appender.kill9()
     assert snapshot_count(appender) == 0, "the kill was meant to land before the commit"
 
