@@ -1,17 +1,19 @@
 //! The OTLP/gRPC logs receiver: `opentelemetry.proto.collector.logs.v1.LogsService/Export`.
 //!
-//! In: unary `Export` calls, optionally gzip or zstd compressed, decoded by tonic with
-//! `max_decoding_message_size = otlp.max_recv_msg_size` (checked on the frame and again after
-//! decompression, so an oversized or bomb request is refused without being buffered). Out: the
-//! exporter's answer as an `ExportLogsServiceResponse` (partial success only when something was
-//! rejected), or its [`ExportError`] as a status with `RetryInfo` when retryable.
+//! In: unary `Export` calls, optionally gzip or zstd compressed. tonic unframes and decompresses
+//! them with `max_decoding_message_size = otlp.max_recv_msg_size` (checked on the frame and again
+//! after decompression, so an oversized or bomb request is refused without being buffered) and
+//! hands over the message as the bytes it arrived as (`RawRequestCodec`); the export path
+//! decides how much of them to decode. Out: the exporter's answer as an
+//! `ExportLogsServiceResponse` (partial success only when something was rejected), or its
+//! [`ExportError`] as a status with `RetryInfo` when retryable.
 //!
-//! tonic fails a request it cannot decode before our handler runs, with codes the OTLP retry
+//! tonic fails a request it cannot unframe before our handler runs, with codes the OTLP retry
 //! table makes retryable (`OUT_OF_RANGE` for a frame over the limit) or that some SDKs retry
-//! (`RESOURCE_EXHAUSTED` after decompression, `INTERNAL` for malformed protobuf or corrupt
-//! compression). [`LogsGrpcServer`] wraps the generated server and turns those into
-//! `INVALID_ARGUMENT`, so a client never retries a request that can never succeed, and counts
-//! them as client errors.
+//! (`RESOURCE_EXHAUSTED` after decompression, `INTERNAL` for corrupt compression).
+//! [`LogsGrpcServer`] turns those into `INVALID_ARGUMENT`, so a client never retries a request
+//! that can never succeed, and counts them as client errors. Malformed protobuf is found by the
+//! export path and answered `INVALID_ARGUMENT` too.
 
 use std::{
     convert::Infallible,
@@ -22,107 +24,159 @@ use std::{
     task::{Context, Poll},
 };
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use tonic::{Code, codec::CompressionEncoding, server::NamedService};
+use bytes::{Buf, Bytes};
+use tonic::{
+    Code, Status,
+    body::Body,
+    codec::{Codec, CompressionEncoding, DecodeBuf, Decoder},
+    server::{Grpc, NamedService, UnaryService},
+};
+use tonic_prost::ProstEncoder;
 
 use super::{
-    ExportError, ExportLogsServiceRequest, ExportLogsServiceResponse, LogsExporter, ReceiverMetrics,
-    Transport, export_request,
+    ExportError, ExportLogsServiceResponse, LogsExporter, ReceiverMetrics, Transport, decode_request, export_request,
 };
 use crate::config::OtlpConfig;
+
+/// The one method of `LogsService`.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 
 /// The gRPC `LogsService` of a service, ready for `tonic::transport::Server::add_service`.
 pub fn logs_service<E: LogsExporter>(
     exporter: Arc<E>,
     config: &OtlpConfig,
     metrics: Arc<ReceiverMetrics>,
-) -> LogsGrpcServer<impl LogsService> {
-    let limit = config.max_recv_msg_size.as_u64();
-    let handler = GrpcLogs { exporter, metrics: Arc::clone(&metrics) };
-    let inner = LogsServiceServer::new(handler)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(usize::try_from(limit).unwrap_or(usize::MAX));
-    LogsGrpcServer { inner, metrics, limit }
+) -> LogsGrpcServer<E> {
+    LogsGrpcServer { exporter, metrics, limit: config.max_recv_msg_size.as_u64() }
 }
 
-struct GrpcLogs<E> {
+/// `LogsService/Export` with the request handed over as the protobuf bytes it arrived as (tonic
+/// only unframes and decompresses them), so the exporter decides how much of it to decode; plus
+/// the mapping of tonic's own failures to non-retryable `INVALID_ARGUMENT` (see the module docs).
+pub struct LogsGrpcServer<E> {
     exporter: Arc<E>,
-    metrics: Arc<ReceiverMetrics>,
-}
-
-#[tonic::async_trait]
-impl<E: LogsExporter> LogsService for GrpcLogs<E> {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        if let Some(reached) = request.extensions().get::<HandlerReached>() {
-            reached.0.store(true, Ordering::Relaxed);
-        }
-        export_request(&*self.exporter, request.into_inner(), Transport::Grpc, &self.metrics)
-            .await
-            .map(tonic::Response::new)
-            .map_err(|e| e.to_status())
-    }
-}
-
-type GrpcResponse = http::Response<tonic::body::Body>;
-
-/// Set by the handler, so the wrapper knows a failure came from tonic's decoding.
-#[derive(Debug, Clone, Default)]
-struct HandlerReached(Arc<AtomicBool>);
-
-/// The generated `LogsServiceServer` plus the mapping of tonic's decode failures to
-/// non-retryable `INVALID_ARGUMENT` (see the module docs).
-pub struct LogsGrpcServer<T> {
-    inner: LogsServiceServer<T>,
     metrics: Arc<ReceiverMetrics>,
     limit: u64,
 }
 
-impl<T> Clone for LogsGrpcServer<T> {
+impl<E> Clone for LogsGrpcServer<E> {
     fn clone(&self) -> Self {
-        Self { inner: self.inner.clone(), metrics: Arc::clone(&self.metrics), limit: self.limit }
+        Self { exporter: Arc::clone(&self.exporter), metrics: Arc::clone(&self.metrics), limit: self.limit }
     }
 }
 
-impl<T> std::fmt::Debug for LogsGrpcServer<T> {
+impl<E> std::fmt::Debug for LogsGrpcServer<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogsGrpcServer").field("limit", &self.limit).finish_non_exhaustive()
     }
 }
 
-impl<T> NamedService for LogsGrpcServer<T> {
-    const NAME: &'static str = <LogsServiceServer<T> as NamedService>::NAME;
+impl<E> NamedService for LogsGrpcServer<E> {
+    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
 }
 
-impl<T, B> tower::Service<http::Request<B>> for LogsGrpcServer<T>
+type GrpcResponse = http::Response<Body>;
+
+impl<E, B> tower::Service<http::Request<B>> for LogsGrpcServer<E>
 where
-    LogsServiceServer<T>: tower::Service<http::Request<B>, Response = GrpcResponse, Error = Infallible>,
-    <LogsServiceServer<T> as tower::Service<http::Request<B>>>::Future: Send + 'static,
+    E: LogsExporter,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<tonic::codegen::StdError> + Send,
 {
     type Response = GrpcResponse;
     type Error = Infallible;
     type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let reached = HandlerReached::default();
-        request.extensions_mut().insert(reached.clone());
-        let response = self.inner.call(request);
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        if request.uri().path() != EXPORT_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
+        }
+        let reached = Arc::new(AtomicBool::new(false));
+        let handler = ExportHandler {
+            exporter: Arc::clone(&self.exporter),
+            metrics: Arc::clone(&self.metrics),
+            reached: Arc::clone(&reached),
+        };
         let metrics = Arc::clone(&self.metrics);
         let limit = self.limit;
         Box::pin(async move {
-            let mut response = response.await?;
-            if !reached.0.load(Ordering::Relaxed) {
+            let mut grpc = Grpc::new(RawRequestCodec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(usize::try_from(limit).unwrap_or(usize::MAX));
+            let mut response = grpc.unary(handler, request).await;
+            if !reached.load(Ordering::Relaxed) {
                 map_decode_failure(&mut response, &metrics, limit);
             }
             Ok(response)
         })
+    }
+}
+
+/// Runs one `Export` call on the bytes tonic unframed.
+struct ExportHandler<E> {
+    exporter: Arc<E>,
+    metrics: Arc<ReceiverMetrics>,
+    /// Set once the call got this far, so the server knows an earlier failure was tonic's.
+    reached: Arc<AtomicBool>,
+}
+
+impl<E: LogsExporter> UnaryService<Bytes> for ExportHandler<E> {
+    type Response = ExportLogsServiceResponse;
+    type Future = tonic::codegen::BoxFuture<tonic::Response<Self::Response>, Status>;
+
+    fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
+        self.reached.store(true, Ordering::Relaxed);
+        let (exporter, metrics) = (Arc::clone(&self.exporter), Arc::clone(&self.metrics));
+        Box::pin(async move {
+            let request = match decode_request(request.into_inner()).await {
+                Ok(request) => request,
+                Err(error) => {
+                    metrics.undecodable(Transport::Grpc, &error);
+                    return Err(error.to_status());
+                }
+            };
+            export_request(&*exporter, request, Transport::Grpc, &metrics)
+                .await
+                .map(tonic::Response::new)
+                .map_err(|e| e.to_status())
+        })
+    }
+}
+
+/// Requests pass through as bytes; answers are encoded by prost.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawRequestCodec;
+
+impl Codec for RawRequestCodec {
+    type Encode = ExportLogsServiceResponse;
+    type Decode = Bytes;
+    type Encoder = ProstEncoder<ExportLogsServiceResponse>;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+/// Takes the whole unframed, decompressed message without copying it.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawDecoder;
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }
 

@@ -27,15 +27,15 @@ use super::{
     ExportError, ExportLogsServiceRequest, ExportLogsServiceResponse, LogsExporter, ReceiverMetrics,
     Transport,
     body::{Encoding, read_body},
-    export_request,
+    decode_request, export_request,
 };
 use crate::config::OtlpConfig;
 
 /// The path of the OTLP/HTTP logs endpoint.
 pub const LOGS_PATH: &str = "/v1/logs";
 
-/// Bodies larger than this are decoded on the blocking pool: decoding 16 MiB of protobuf takes
-/// tens of milliseconds, too long to hold an async worker.
+/// JSON bodies larger than this are decoded on the blocking pool: decoding megabytes of JSON
+/// takes tens of milliseconds, too long to hold an async worker.
 const DECODE_INLINE_MAX: usize = 256 * 1024;
 
 const PROTOBUF: &str = "application/x-protobuf";
@@ -90,13 +90,8 @@ impl Format {
         })
     }
 
-    fn decode(self, body: &[u8]) -> Result<ExportLogsServiceRequest, ExportError> {
-        match self {
-            Self::Protobuf => ExportLogsServiceRequest::decode(body)
-                .map_err(|e| ExportError::InvalidArgument(format!("malformed protobuf: {e}"))),
-            Self::Json => serde_json::from_slice(body)
-                .map_err(|e| ExportError::InvalidArgument(format!("malformed otlp/json: {e}"))),
-        }
+    fn decode_json(body: &[u8]) -> Result<ExportLogsServiceRequest, ExportError> {
+        serde_json::from_slice(body).map_err(|e| ExportError::InvalidArgument(format!("malformed otlp/json: {e}")))
     }
 
     fn encode_response(self, response: &ExportLogsServiceResponse) -> Bytes {
@@ -148,12 +143,13 @@ async fn read_request<E>(
         return Err(ExportError::PayloadTooLarge { limit });
     }
     let bytes = read_body(body, encoding, limit).await?;
-    if bytes.len() <= DECODE_INLINE_MAX {
-        return format.decode(&bytes);
+    match format {
+        Format::Protobuf => decode_request(bytes).await,
+        Format::Json if bytes.len() <= DECODE_INLINE_MAX => Format::decode_json(&bytes),
+        Format::Json => tokio::task::spawn_blocking(move || Format::decode_json(&bytes))
+            .await
+            .map_err(|e| ExportError::Internal(format!("decoding task failed: {e}")))?,
     }
-    tokio::task::spawn_blocking(move || format.decode(&bytes))
-        .await
-        .map_err(|e| ExportError::Internal(format!("decoding task failed: {e}")))?
 }
 
 /// Counts and logs a request refused before it reached the exporter, and answers it.

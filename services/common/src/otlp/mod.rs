@@ -1,9 +1,12 @@
 //! The OTLP logs receivers both services share, and the one export path behind them.
 //!
 //! ```text
-//!  OTLP/gRPC Export --(grpc.rs: tonic decodes, gzip/zstd, size limit)----------+
-//!                                                                             +--> export_request
-//!  OTLP/HTTP POST /v1/logs --(http.rs: media type, streaming inflate, limit)--+         |
+//!  OTLP/gRPC Export --(grpc.rs: tonic unframes, gzip/zstd, size limit)--------+  protobuf bytes
+//!                                                                             +--> decode_request
+//!  OTLP/HTTP POST /v1/logs --(http.rs: media type, streaming inflate, limit)--+   (JSON: serde)
+//!                                                                                       v
+//!                                                                                export_request
+//!                                                                                       |
 //!                                                                                       v
 //!                                                                          LogsExporter::export
 //!  Ok(ExportOutcome)  -> ExportLogsServiceResponse (partial_success only if something was rejected)
@@ -232,6 +235,23 @@ fn log_failure(transport: Transport, records: u64, error: &ExportError) {
             tracing::error!(transport, records, error = %error, "otlp export failed")
         }
     }
+}
+
+/// Requests larger than this are decoded on the blocking pool: decoding 16 MiB of protobuf
+/// takes tens of milliseconds, too long to hold an async worker.
+const DECODE_INLINE_MAX: usize = 256 * 1024;
+
+/// Decodes the protobuf bytes of a request, as both receivers got them.
+pub(crate) async fn decode_request(bytes: bytes::Bytes) -> Result<ExportLogsServiceRequest, ExportError> {
+    fn decode(bytes: &[u8]) -> Result<ExportLogsServiceRequest, ExportError> {
+        prost::Message::decode(bytes).map_err(|e| ExportError::InvalidArgument(format!("malformed protobuf: {e}")))
+    }
+    if bytes.len() <= DECODE_INLINE_MAX {
+        return decode(&bytes);
+    }
+    tokio::task::spawn_blocking(move || decode(&bytes))
+        .await
+        .map_err(|e| ExportError::Internal(format!("decoding task failed: {e}")))?
 }
 
 /// The export path both receivers call once they have a decoded request: count, export, count
