@@ -21,6 +21,7 @@
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod walk;
 
 mod body;
 
