@@ -52,15 +52,24 @@ impl AdminHandler for AppenderAdmin {
         let last_flush = self.flush_state.last_flush.lock().expect("flush state lock").clone();
         let since: Instant = *self.flush_state.last_success.lock().expect("flush state lock");
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let (partitions, kafka_messages, dead_lettered) = match &self.kafka {
-            Some(source) => {
-                let asked = source.clone();
-                let partitions =
-                    tokio::task::spawn_blocking(move || asked.partition_stats()).await.unwrap_or_default();
-                (partitions, get(&source.counters.messages), get(&source.counters.dead_lettered))
-            }
-            None => (Vec::new(), 0, 0),
-        };
+        let (partitions, kafka_messages, dead_lettered, dead_lettered_records, dead_letter_failures) =
+            match &self.kafka {
+                Some(source) => {
+                    let asked = source.clone();
+                    let partitions = tokio::task::spawn_blocking(move || asked.partition_stats())
+                        .await
+                        .unwrap_or_default();
+                    let c = &source.counters;
+                    (
+                        partitions,
+                        get(&c.messages),
+                        get(&c.dead_lettered),
+                        get(&c.dead_lettered_records),
+                        get(&c.dead_letter_failures),
+                    )
+                }
+                None => (Vec::new(), 0, 0, 0, 0),
+            };
         StatsResponse {
             mode: self.mode.into(),
             buffer_records: get(&counters.records),
@@ -81,6 +90,8 @@ impl AdminHandler for AppenderAdmin {
                 kafka_messages,
                 dead_lettered,
                 partitions,
+                dead_lettered_records,
+                dead_letter_failures,
             })),
         }
     }

@@ -102,6 +102,7 @@ pub async fn run(
             let source = KafkaSource::start(kafka, staging.clone(), lake.clone(), consumer_stop.clone())
                 .await
                 .context("cannot start the kafka consumer")?;
+            metrics::register_source(&mut registry, source.counters.clone());
             Some(Arc::new(source))
         }
     };

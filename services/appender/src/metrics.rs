@@ -1,15 +1,26 @@
 //! Prometheus metrics of the appender (the receivers add their own OTLP counters).
+//!
+//! `appender_*`: flushes, commits and staging ([`AppenderMetrics`]); in Kafka mode also
+//! `appender_kafka_messages_total`, `appender_dead_letters_total`,
+//! `appender_dead_lettered_records_total` and `appender_dead_letter_failures_total`, read from
+//! the Kafka source's counters at each scrape ([`register_source`]).
 
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, atomic::Ordering};
 
 use prometheus_client::{
-    encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::Gauge,
+        histogram::Histogram,
+    },
     registry::Registry,
 };
 use telemetry_lake_admin_proto::v1::FlushResponse;
 
-use crate::staging::StagingCounters;
+use crate::{source::kafka::SourceCounters, staging::StagingCounters};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
@@ -72,6 +83,65 @@ impl AppenderMetrics {
         self.bytes_committed.inc_by(done.bytes);
         if done.snapshot_id != 0 {
             self.snapshots.inc();
+        }
+    }
+}
+
+/// The Kafka source's counters, encoded at each scrape (the same numbers `Stats` shows).
+#[derive(Debug)]
+struct SourceCollector(Arc<SourceCounters>);
+
+impl Collector for SourceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let c = &self.0;
+        let counters = [
+            ("appender_kafka_messages", "Kafka messages consumed", &c.messages),
+            (
+                "appender_dead_letters",
+                "Dead letters delivered to the dead-letter topic (or counted and skipped without one)",
+                &c.dead_lettered,
+            ),
+            ("appender_dead_lettered_records", "Log records in the dead letters", &c.dead_lettered_records),
+            (
+                "appender_dead_letter_failures",
+                "Dead-letter deliveries that failed (each is retried; consumption waits meanwhile)",
+                &c.dead_letter_failures,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let counter = ConstCounter::new(value.load(Ordering::Relaxed));
+            counter.encode(encoder.encode_descriptor(name, help, None, counter.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Adds the Kafka source's counters to `registry` (Kafka mode).
+pub fn register_source(registry: &mut Registry, counters: Arc<SourceCounters>) {
+    registry.register_collector(Box::new(SourceCollector(counters)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kafka_source_counters_are_exported() {
+        let mut registry = Registry::default();
+        let counters = Arc::new(SourceCounters::default());
+        register_source(&mut registry, counters.clone());
+        counters.dead_lettered.fetch_add(2, Ordering::Relaxed);
+        counters.dead_lettered_records.fetch_add(5, Ordering::Relaxed);
+        counters.dead_letter_failures.fetch_add(1, Ordering::Relaxed);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for line in [
+            "appender_kafka_messages_total 0",
+            "appender_dead_letters_total 2",
+            "appender_dead_lettered_records_total 5",
+            "appender_dead_letter_failures_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
         }
     }
 }

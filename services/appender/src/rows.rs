@@ -2,8 +2,10 @@
 //!
 //! In: an `ExportLogsServiceRequest` (and, in Kafka mode, the source partition and offset).
 //! Out: a `RecordBatch` whose columns are the `LogRow` columns of `telemetry-lake-proto`, in
-//! order, plus how many records were rejected and why. A record is rejected (OTLP partial
-//! success) only when its trace or span id has the wrong length; everything else is kept.
+//! order, plus how many records were rejected and why. A record is rejected only when it fails
+//! `telemetry_lake_common::otlp::records::check_record` (a trace or span id of the wrong
+//! length), the check the ingester and the embedded export path apply before anything is
+//! staged; everything else is kept.
 
 use std::{
     borrow::Cow,
@@ -21,8 +23,8 @@ use base64::Engine;
 use opentelemetry_proto::tonic::{
     collector::logs::v1::ExportLogsServiceRequest,
     common::v1::{AnyValue, KeyValue, any_value::Value},
-    logs::v1::LogRecord,
 };
+use telemetry_lake_common::otlp::records;
 use telemetry_lake_proto::{MAP_ENTRIES, UTC, columns};
 
 /// Where a request came from in Kafka; `None` in embedded mode.
@@ -79,7 +81,7 @@ pub fn to_rows(
                 flatten_attributes(scope.map(|s| s.attributes.as_slice()).unwrap_or_default());
             let scope_bytes = attributes_bytes(&scope_attributes);
             for record in &scope_logs.log_records {
-                if let Err(reason) = check_ids(record) {
+                if let Err(reason) = records::check_record(record) {
                     if rejected == 0 {
                         rejection = reason;
                     }
@@ -133,68 +135,12 @@ pub fn to_rows(
     Rows { batch: b.finish(), bytes, rejected, rejection }
 }
 
-/// What checking a request's records found: how many [`to_rows`] turns into rows, how many it
-/// rejects, and why the first was rejected (empty when none was).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Checked {
-    pub accepted: u64,
-    pub rejected: u64,
-    pub rejection: String,
-}
-
-impl Checked {
-    fn count(&mut self, record: &LogRecord) -> bool {
-        match check_ids(record) {
-            Ok(()) => {
-                self.accepted += 1;
-                true
-            }
-            Err(reason) => {
-                if self.rejected == 0 {
-                    self.rejection = reason;
-                }
-                self.rejected += 1;
-                false
-            }
-        }
-    }
-}
-
-/// Counts the records of `request` that [`to_rows`] accepts and rejects.
-pub fn check(request: &ExportLogsServiceRequest) -> Checked {
-    let mut checked = Checked::default();
-    for record in request.resource_logs.iter().flat_map(|r| &r.scope_logs).flat_map(|s| &s.log_records) {
-        checked.count(record);
-    }
-    checked
-}
-
-/// Removes from `request` the records [`to_rows`] would reject (OTLP partial success), so what
-/// is staged holds only records that become rows.
-pub fn drop_malformed(request: &mut ExportLogsServiceRequest) -> Checked {
-    let mut checked = Checked::default();
-    for scope in request.resource_logs.iter_mut().flat_map(|r| &mut r.scope_logs) {
-        scope.log_records.retain(|record| checked.count(record));
-    }
-    checked
-}
-
 fn nanos_to_micros(nanos: u64) -> i64 {
     (nanos / 1_000).min(i64::MAX as u64) as i64
 }
 
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
-}
-
-fn check_ids(record: &LogRecord) -> Result<(), String> {
-    if !matches!(record.trace_id.len(), 0 | 16) {
-        return Err(format!("trace_id must be 16 bytes, got {}", record.trace_id.len()));
-    }
-    if !matches!(record.span_id.len(), 0 | 8) {
-        return Err(format!("span_id must be 8 bytes, got {}", record.span_id.len()));
-    }
-    Ok(())
 }
 
 fn hex_id(id: &[u8]) -> Option<String> {
@@ -381,7 +327,7 @@ mod tests {
     use arrow_array::{Array, Int32Array, MapArray, StringArray, TimestampMicrosecondArray, cast::AsArray};
     use opentelemetry_proto::tonic::{
         common::v1::{ArrayValue, InstrumentationScope, KeyValueList},
-        logs::v1::{ResourceLogs, ScopeLogs},
+        logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
         resource::v1::Resource,
     };
 

@@ -76,8 +76,10 @@ pub struct StagingSettings {
     pub path: PathBuf,
     pub memory_limit: ByteSize,
     pub max_bytes: ByteSize,
-    /// The largest batch (one encoded request or Kafka message) staging must take in one
-    /// piece: `otlp.max_recv_msg_size`, which no OTLP request exceeds once decoded.
+    /// The largest batch (one encoded request or Kafka message) staging takes in one piece:
+    /// `otlp.max_recv_msg_size`, which no OTLP request exceeds once decoded, or `max_bytes` if
+    /// that is smaller (a larger batch could never be staged, and would be refused as "full"
+    /// for ever instead of as too large).
     pub max_batch: ByteSize,
 }
 
@@ -216,7 +218,7 @@ fn staging_settings(
         path: absolute(&staging.path, "staging.path")?,
         memory_limit: staging.memory_limit,
         max_bytes: staging.max_bytes,
-        max_batch,
+        max_batch: max_batch.min(staging.max_bytes),
     })
 }
 
@@ -434,6 +436,18 @@ mod tests {
         );
         assert_eq!(s.iceberg.warehouse, Warehouse::Local("/tmp/wh".into()));
         assert_eq!(s.iceberg.warehouse.location(), "file:///tmp/wh");
+    }
+
+    #[test]
+    fn staging_takes_batches_up_to_the_smaller_of_the_message_limit_and_its_size() {
+        let settings = |max_bytes: ByteSize| {
+            let mut c = Config::default();
+            c.flush.max_bytes = ByteSize::kib(64);
+            c.staging.max_bytes = max_bytes;
+            Settings::from_config(c).unwrap().staging.max_batch
+        };
+        assert_eq!(settings(ByteSize::gib(2)), ByteSize::mib(16), "otlp.max_recv_msg_size");
+        assert_eq!(settings(ByteSize::kib(64)), ByteSize::kib(64), "staging.max_bytes");
     }
 
     #[test]

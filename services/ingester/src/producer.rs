@@ -19,6 +19,10 @@
 //! batches were delivered may be sent again by the client: Kafka then holds those records twice
 //! (at least once, never lost).
 //!
+//! Records the appender could not stage (a malformed trace or span id) are refused here, with
+//! the appender's own message, as OTLP partial success: they never reach Kafka
+//! ([`split::check_and_split`]).
+//!
 //! Accounting happens in the delivery callback, not in the awaiting request, so a client that
 //! disconnects mid-export cannot leave records counted as in flight forever.
 
@@ -81,7 +85,8 @@ pub struct Counters {
     pub records_received: AtomicU64,
     /// Records whose export was answered OK.
     pub records_accepted: AtomicU64,
-    /// Records refused: too large on their own, or in an export that failed.
+    /// Records refused: malformed (partial success), too large on their own, or in an export
+    /// that failed.
     pub records_rejected: AtomicU64,
     /// Records and bytes handed to the producer and not yet acknowledged or failed.
     pub records_in_flight: AtomicU64,
@@ -313,7 +318,7 @@ impl LogsExporter for KafkaExporter {
         }
         let budget = self.budget;
         let split = if received > INLINE_SPLIT_RECORDS {
-            match tokio::task::spawn_blocking(move || split::split_request(request, budget)).await {
+            match tokio::task::spawn_blocking(move || split::check_and_split(request, budget)).await {
                 Ok(split) => split,
                 Err(err) => {
                     return self
@@ -321,7 +326,7 @@ impl LogsExporter for KafkaExporter {
                 }
             }
         } else {
-            split::split_request(request, budget)
+            split::check_and_split(request, budget)
         };
         let (rejected, rejection) = (split.rejected, split.rejection.clone());
         let (receivers, failed) = self.enqueue(split);
@@ -344,7 +349,7 @@ impl LogsExporter for KafkaExporter {
         self.counters.records_accepted.fetch_add(received - rejected, Ordering::Relaxed);
         self.counters.records_rejected.fetch_add(rejected, Ordering::Relaxed);
         if rejected > 0 {
-            tracing::debug!(rejected, message = %rejection, "records too large for one kafka message");
+            tracing::debug!(rejected, message = %rejection, "records refused: malformed, or too large for one kafka message");
             return Ok(ExportOutcome::partial(rejected as i64, rejection));
         }
         Ok(ExportOutcome::ok())
@@ -460,6 +465,22 @@ pub(crate) mod tests {
             "failed deliveries leave nothing in flight"
         );
         assert_eq!(c.delivery_errors.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn malformed_records_are_refused_as_partial_success_and_never_produced() {
+        // The broker is unreachable: anything produced would fail the export.
+        let exporter = unreachable_exporter(&[("message.timeout.ms", "500")], true);
+        let mut request = request(&["a", "b"]);
+        for resource in &mut request.resource_logs {
+            resource.scope_logs[0].log_records[0].trace_id = vec![1, 2, 3];
+        }
+        let outcome = exporter.export(request).await.expect("answered");
+        assert_eq!(outcome, ExportOutcome::partial(2, "trace_id must be 16 bytes, got 3"));
+        let c = &exporter.counters;
+        assert_eq!(c.records_rejected.load(Ordering::Relaxed), 2);
+        assert_eq!(c.records_accepted.load(Ordering::Relaxed), 0);
+        assert_eq!(c.delivery_errors.load(Ordering::Relaxed), 0, "nothing was produced");
     }
 
     #[tokio::test]

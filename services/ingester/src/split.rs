@@ -8,6 +8,9 @@
 //! In: a decoded request and the largest value a Kafka record may carry. Out: [`Batch`]es, each
 //! an encoded `ExportLogsServiceRequest` (the OpenTelemetry Collector's `otlp_proto` Kafka
 //! encoding) whose resources all share one key, plus the records that could not be carried.
+//! [`check_and_split`] first leaves out the records the appender could not stage (the shared
+//! check of `telemetry_lake_common::otlp::records`, with its messages), so nothing that reaches
+//! Kafka from here is refused later.
 //!
 //! Guarantees:
 //! - every log record of the request is in exactly one batch, or counted in
@@ -29,6 +32,7 @@ use opentelemetry_proto::tonic::{
     logs::v1::{ResourceLogs, ScopeLogs},
 };
 use prost::{Message, encoding::encoded_len_varint};
+use telemetry_lake_common::otlp::records;
 
 /// The key of resources without a `service.name`: the value OpenTelemetry SDKs report for an
 /// unnamed service, so they still share one partition and keep their order.
@@ -77,6 +81,23 @@ fn field_len(len: usize) -> usize {
 
 /// The most a length varint can add on top of the tag (bodies stay below 32 GiB).
 const NESTING_OVERHEAD: usize = 1 + 5;
+
+/// Leaves out the records the appender would refuse (a malformed trace or span id), then splits
+/// the rest as [`split_request`] does. `rejected` counts both kinds of refusal; the message names
+/// the first malformed record's fault exactly as the appender words it, then the size refusal.
+pub fn check_and_split(mut request: ExportLogsServiceRequest, budget: usize) -> Split {
+    let checked = records::drop_malformed(&mut request);
+    let mut split = split_request(request, budget);
+    if checked.rejected > 0 {
+        split.rejected += checked.rejected;
+        split.rejection = if split.rejection.is_empty() {
+            checked.rejection
+        } else {
+            format!("{}; {}", checked.rejection, split.rejection)
+        };
+    }
+    split
+}
 
 /// Splits `request` into batches of at most `budget` encoded bytes, grouped by key.
 pub fn split_request(request: ExportLogsServiceRequest, budget: usize) -> Split {
@@ -365,6 +386,60 @@ mod tests {
         let kept: Vec<_> = flatten(&split).into_iter().map(|(.., b)| b).collect();
         assert_eq!(kept.len(), 3);
         assert!(kept.iter().all(|b| b.starts_with("ok-")));
+    }
+
+    #[test]
+    fn malformed_ids_are_left_out_with_the_appenders_message() {
+        let mut short_trace = record("short trace");
+        short_trace.trace_id = vec![1, 2, 3];
+        let mut long_span = record("long span");
+        long_span.span_id = vec![1; 9];
+        let mut good = record("good");
+        good.trace_id = vec![1; 16];
+        good.span_id = vec![2; 8];
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![
+                resource(Some("svc"), vec![("s", vec![short_trace, good, record("no ids")])]),
+                resource(Some("other"), vec![("s", vec![long_span])]),
+            ],
+        };
+        let expected = records::check(&request);
+        let split = check_and_split(request, 900_000);
+        assert_eq!(split.rejected, 2);
+        assert_eq!(split.rejection, "trace_id must be 16 bytes, got 3");
+        assert_eq!(split.rejection, expected.rejection, "the appender's words");
+        let kept: Vec<_> = flatten(&split).into_iter().map(|(.., b)| b).collect();
+        assert_eq!(kept, ["good", "no ids"]);
+        assert_eq!(split.batches.len(), 1, "a resource left without records is not produced");
+
+        let mut only_bad = record("bad");
+        only_bad.span_id = vec![1; 5];
+        let split = check_and_split(
+            ExportLogsServiceRequest {
+                resource_logs: vec![resource(Some("svc"), vec![("s", vec![only_bad])])],
+            },
+            900_000,
+        );
+        assert!(split.batches.is_empty());
+        assert_eq!((split.rejected, split.rejection.as_str()), (1, "span_id must be 8 bytes, got 5"));
+    }
+
+    #[test]
+    fn malformed_and_oversized_records_are_both_counted_and_named() {
+        let mut bad = record("bad");
+        bad.trace_id = vec![1; 3];
+        let records = vec![bad, record(&"y".repeat(5_000)), record("ok")];
+        let split = check_and_split(
+            ExportLogsServiceRequest { resource_logs: vec![resource(Some("svc"), vec![("s", records)])] },
+            1_000,
+        );
+        assert_eq!(split.rejected, 2);
+        assert!(
+            split.rejection.starts_with("trace_id must be 16 bytes, got 3; 1 log record(s) dropped"),
+            "{}",
+            split.rejection
+        );
+        assert_eq!(flatten(&split).len(), 1);
     }
 
     #[test]

@@ -300,7 +300,9 @@ impl Committer {
             .await
             .map_err(|_| LakeError::staging("the staging reader stopped before counting"))?
             .map_err(LakeError::staging)?;
-        if summary.records == 0 {
+        // A set of records-less batches past the table's offsets (markers of dead-lettered
+        // messages) is still committed: its offsets move the table past those messages.
+        if summary.records == 0 && summary.next_offsets.is_empty() {
             tracing::info!(seal_id = sealed.seal_id, "every sealed row is already in the table");
             return Ok(Committed::default());
         }

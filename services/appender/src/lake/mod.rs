@@ -19,8 +19,10 @@
 //! - [`Lake::append`] commits at most one snapshot per call, and the caller's properties (Kafka
 //!   offsets, flush ids) land in the very commit that holds the rows, so
 //!   [`Lake::snapshot_summaries`] tells a retrying caller whether a flush already landed.
-//!   An empty stream commits nothing. Files written by an append that fails before its commit
-//!   are referenced by no snapshot: readers never see them (they are orphans until cleaned up).
+//!   An empty stream commits nothing, unless the properties carry Kafka offsets (then a
+//!   snapshot without data files records them). Files written by an append that fails before
+//!   its commit are referenced by no snapshot: readers never see them (they are orphans until
+//!   cleaned up).
 //! - Memory stays bounded: one input batch at a time, plus one open row group (at most
 //!   [`MAX_ROW_GROUP_BYTES`]) per day partition seen in the call.
 //! - Rows are written in the order they arrive; the stager orders them (`ORDER BY service_name,
@@ -285,7 +287,9 @@ impl Lake {
             }
         }
         data_files.extend(writer.close().await.map_err(|e| self.storage_error(&table, e))?);
-        if data_files.is_empty() {
+        // No rows: nothing to commit, unless the commit moves Kafka offsets past messages that
+        // held no stageable record (dead letters), which must land exactly once too.
+        if data_files.is_empty() && !properties.contains_key(summary::KAFKA_OFFSETS) {
             debug!(table = %self.ident, "nothing to append");
             return Ok(None);
         }

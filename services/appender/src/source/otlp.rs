@@ -1,7 +1,8 @@
 //! The embedded export path: an OTLP request, less its malformed records, staged as one encoded
 //! batch and answered once staged durably.
 //!
-//! Records with a malformed trace or span id are rejected one by one (OTLP partial success);
+//! Records with a malformed trace or span id are rejected one by one (OTLP partial success, by
+//! `telemetry_lake_common::otlp::records`, the check the ingester applies too);
 //! a full staging is a retryable "overloaded" answer and turns health NOT_SERVING
 //! ([`Reason::StagingFull`]) until a flush makes room.
 
@@ -16,12 +17,14 @@ use std::{
 use prost::Message as _;
 use telemetry_lake_common::{
     health::{Health, Reason},
-    otlp::{ExportError, ExportLogsServiceRequest, ExportOutcome, LogsExporter, count_records},
+    otlp::{
+        ExportError, ExportLogsServiceRequest, ExportOutcome, LogsExporter, count_records,
+        records::{self, Checked},
+    },
 };
 
 use crate::{
     metrics::AppenderMetrics,
-    rows,
     staging::{Batch, Staging, StagingError},
 };
 
@@ -55,7 +58,7 @@ impl LogsExporter for EmbeddedExporter {
         self.totals.received.fetch_add(received, Ordering::Relaxed);
         let encode = move || {
             let mut request = request;
-            let checked = rows::drop_malformed(&mut request);
+            let checked = records::drop_malformed(&mut request);
             let batch = (checked.accepted > 0)
                 .then(|| Batch::new(&request.encode_to_vec(), checked.accepted, None, now_micros()));
             (checked, batch)
@@ -67,7 +70,7 @@ impl LogsExporter for EmbeddedExporter {
         } else {
             encode()
         };
-        let rows::Checked { accepted, rejected, rejection } = checked;
+        let Checked { accepted, rejected, rejection } = checked;
         if let Some(batch) = batch {
             if let Err(err) = self.staging.append(vec![batch]).await {
                 self.totals.rejected.fetch_add(received, Ordering::Relaxed);

@@ -59,7 +59,7 @@ fn request(services: &[&str], records: u64, body_bytes: usize) -> ExportLogsServ
 fn batch(request: &ExportLogsServiceRequest, source: Option<(i32, i64)>) -> Batch {
     Batch::new(
         &request.encode_to_vec(),
-        crate::rows::check(request).accepted,
+        telemetry_lake_common::otlp::records::check(request).accepted,
         source.map(|(partition, offset)| KafkaPosition { partition, offset }),
         0,
     )

@@ -22,6 +22,7 @@ pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod walk;
+pub mod records;
 
 mod body;
 

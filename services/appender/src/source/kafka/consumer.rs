@@ -1,8 +1,17 @@
-//! The consumer thread: polls the topic, checks that each message decodes as an OTLP request,
-//! and stages the messages as they came (with their partition and offset) in appends of up to
-//! [`MAX_BATCH_RECORDS`] records.
-//! Undecodable messages go to the dead letters. It never moves past rows that are not staged:
-//! while staging refuses them it pauses its partitions, keeps serving the group, and retries.
+//! The consumer thread: polls the topic, sorts each message ([`sort_message`]) and stages the
+//! messages as they came (with their partition and offset) in appends of up to
+//! [`MAX_BATCH_RECORDS`] records and staging's largest batch in bytes.
+//!
+//! No record is dropped in silence. What cannot be staged is dead-lettered (`dead_letters.rs`):
+//! a message that does not decode or is larger than staging takes in one piece goes whole, the
+//! malformed records of a message (the check the ingester applies too) go as a request of their
+//! own while its good records are staged. Whatever part of a message stays is staged with its
+//! offset, even when it holds no record (a marker), so the next commit moves the table's offsets
+//! past the dead-lettered message exactly once and no restart reads it again.
+//!
+//! It never moves past a message that is neither staged nor dead-lettered: while staging
+//! refuses an append, or a dead letter is not delivered, it pauses its partitions, keeps serving
+//! the group, and retries.
 
 use std::{
     sync::{Arc, atomic::Ordering},
@@ -11,19 +20,26 @@ use std::{
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message as _;
-use rdkafka::{Message, Offset, TopicPartitionList, consumer::Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList, consumer::Consumer, message::BorrowedMessage};
+use telemetry_lake_common::otlp::{count_records, records};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
-use super::{SourceCounters, dead_letters::DeadLetters, rebalance::LakeConsumer};
+use super::{
+    SourceCounters,
+    dead_letters::{DeadLetter, DeadLetters},
+    rebalance::LakeConsumer,
+};
 use crate::{
-    rows::{self, KafkaPosition},
+    rows::KafkaPosition,
     staging::{Batch, Staging, StagingError},
 };
 
 /// Rows gathered from the topic before they are staged in one append.
 const MAX_BATCH_RECORDS: u64 = 10_000;
 const MAX_BATCH_WAIT: Duration = Duration::from_millis(200);
+/// The longest wait between two attempts to deliver a dead letter.
+const MAX_DEAD_LETTER_BACKOFF: Duration = Duration::from_secs(30);
 
 pub(super) struct Worker {
     pub(super) consumer: Arc<LakeConsumer>,
@@ -33,14 +49,83 @@ pub(super) struct Worker {
     pub(super) handle: Handle,
 }
 
+/// What becomes of one message.
+#[derive(Debug)]
+pub(super) enum Sorted {
+    /// Staged as it came.
+    Stage(Batch),
+    /// `letter` goes to the dead letters first; then `keep` (the message's good records, or
+    /// none: a marker carrying its offset) is staged.
+    DeadLetter { keep: Batch, letter: DeadLetter },
+}
+
+/// Sorts one message: `payload` from `topic` at `position`, with `key`. A message larger than
+/// `max_batch_bytes` (what staging takes in one piece), or one that is not an OTLP
+/// `ExportLogsServiceRequest`, is dead-lettered whole; one with malformed records has just those
+/// dead-lettered; anything else is staged byte for byte.
+pub(super) fn sort_message(
+    topic: &str,
+    key: Option<&[u8]>,
+    payload: &[u8],
+    position: KafkaPosition,
+    max_batch_bytes: u64,
+    received_at_micros: i64,
+) -> Sorted {
+    let whole = |reason: String, records: u64| Sorted::DeadLetter {
+        keep: Batch::new(&[], 0, Some(position), received_at_micros),
+        letter: DeadLetter {
+            topic: topic.to_owned(),
+            partition: position.partition,
+            offset: position.offset,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.to_vec(),
+            reason,
+            records,
+        },
+    };
+    if payload.len() as u64 > max_batch_bytes {
+        let records = ExportLogsServiceRequest::decode(payload).map(|r| count_records(&r)).unwrap_or(0);
+        return whole(
+            format!(
+                "{} bytes, more than staging takes in one piece ({max_batch_bytes} bytes: \
+                 otlp.max_recv_msg_size, at most staging.max_bytes)",
+                payload.len()
+            ),
+            records,
+        );
+    }
+    let mut request = match ExportLogsServiceRequest::decode(payload) {
+        Ok(request) => request,
+        Err(e) => return whole(format!("not an OTLP ExportLogsServiceRequest: {e}"), 0),
+    };
+    let checked = records::check(&request);
+    if checked.rejected == 0 {
+        return Sorted::Stage(Batch::new(payload, checked.accepted, Some(position), received_at_micros));
+    }
+    let (checked, malformed) = records::split_malformed(&mut request);
+    Sorted::DeadLetter {
+        keep: Batch::new(&request.encode_to_vec(), checked.accepted, Some(position), received_at_micros),
+        letter: DeadLetter {
+            topic: topic.to_owned(),
+            partition: position.partition,
+            offset: position.offset,
+            key: key.map(<[u8]>::to_vec),
+            payload: malformed.encode_to_vec(),
+            reason: checked.rejection,
+            records: checked.rejected,
+        },
+    }
+}
+
 fn now_micros() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64
 }
 
 impl Worker {
     pub(super) fn run(self, stop: CancellationToken) {
+        let mut carried = None;
         while !stop.is_cancelled() {
-            let batch = self.gather(&stop);
+            let batch = self.gather(&stop, &mut carried);
             if batch.is_empty() {
                 continue;
             }
@@ -58,46 +143,109 @@ impl Worker {
         tracing::info!("kafka consumer stopped");
     }
 
-    /// Polls until enough records or enough time; undecodable messages go to the dead letters.
-    fn gather(&self, stop: &CancellationToken) -> Vec<Batch> {
+    /// Polls until enough records, enough bytes or enough time. An append never holds more
+    /// bytes than staging takes in one piece, so an empty staging always takes it: a batch that
+    /// would cross that line is `carried` into the next append.
+    fn gather(&self, stop: &CancellationToken, carried: &mut Option<Batch>) -> Vec<Batch> {
         let started = Instant::now();
-        let mut batch = Vec::new();
-        let mut records = 0u64;
+        let max_bytes = self.staging.max_batch_bytes();
+        let mut batch: Vec<Batch> = carried.take().into_iter().collect();
+        let mut records: u64 = batch.iter().map(|b| b.records).sum();
+        let mut bytes: u64 = batch.iter().map(Batch::bytes).sum();
         while records < MAX_BATCH_RECORDS && !stop.is_cancelled() {
             let Some(wait) = MAX_BATCH_WAIT.checked_sub(started.elapsed()) else { break };
-            match self.consumer.poll(wait) {
+            let message = match self.consumer.poll(wait) {
                 None => break,
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "kafka poll failed");
                     break;
                 }
-                Some(Ok(message)) => {
-                    self.counters.messages.fetch_add(1, Ordering::Relaxed);
-                    let position = KafkaPosition { partition: message.partition(), offset: message.offset() };
-                    let payload = message.payload().unwrap_or_default();
-                    if payload.len() as u64 > self.staging.max_batch_bytes() {
-                        let reason = format!(
-                            "{} bytes, more than staging takes in one piece ({} bytes, otlp.max_recv_msg_size)",
-                            payload.len(),
-                            self.staging.max_batch_bytes()
-                        );
-                        self.dead_letters.send(&self.handle, &message, &reason);
+                Some(Ok(message)) => message,
+            };
+            self.counters.messages.fetch_add(1, Ordering::Relaxed);
+            let staged = match self.sort(&message) {
+                Sorted::Stage(staged) => staged,
+                Sorted::DeadLetter { keep, letter } => {
+                    drop(message);
+                    if !self.dead_letter(&letter, stop) {
+                        // Stopping, or the partition went to another member: nothing of the
+                        // message is staged, and it is read again from the table's offsets.
                         continue;
                     }
-                    match ExportLogsServiceRequest::decode(payload) {
-                        Ok(request) => {
-                            // The bytes are staged as they came; rows are made at flush, where
-                            // records with malformed ids are left out again.
-                            let accepted = rows::check(&request).accepted;
-                            records += accepted;
-                            batch.push(Batch::new(payload, accepted, Some(position), now_micros()));
-                        }
-                        Err(e) => self.dead_letters.send(&self.handle, &message, &e.to_string()),
-                    }
+                    keep
                 }
+            };
+            if !batch.is_empty() && bytes + staged.bytes() > max_bytes {
+                *carried = Some(staged);
+                break;
             }
+            records += staged.records;
+            bytes += staged.bytes();
+            batch.push(staged);
         }
         batch
+    }
+
+    fn sort(&self, message: &BorrowedMessage<'_>) -> Sorted {
+        sort_message(
+            message.topic(),
+            message.key(),
+            message.payload().unwrap_or_default(),
+            KafkaPosition { partition: message.partition(), offset: message.offset() },
+            self.staging.max_batch_bytes(),
+            now_micros(),
+        )
+    }
+
+    /// Delivers `letter`, pausing the partitions and retrying with backoff (serving the group
+    /// meanwhile) until Kafka acknowledges it. `false`: not delivered because the consumer is
+    /// stopping or the partition is no longer assigned to it.
+    fn dead_letter(&self, letter: &DeadLetter, stop: &CancellationToken) -> bool {
+        let mut paused: Option<TopicPartitionList> = None;
+        let mut failures = 0u32;
+        let delivered = loop {
+            let error = match self.dead_letters.send(&self.handle, letter) {
+                Ok(()) => break true,
+                Err(error) => error,
+            };
+            failures += 1;
+            if paused.is_none() {
+                let assignment = self.consumer.assignment().unwrap_or_default();
+                if self.consumer.pause(&assignment).is_ok() {
+                    paused = Some(assignment);
+                }
+            }
+            let backoff = Duration::from_secs(1 << failures.min(5)).min(MAX_DEAD_LETTER_BACKOFF);
+            tracing::error!(
+                %error,
+                partition = letter.partition,
+                offset = letter.offset,
+                attempt = failures,
+                retry_in = ?backoff,
+                "dead letter not delivered: consumption paused, the delivery is retried and the \
+                 message is not skipped (check kafka.dead_letter_topic and the producer settings)"
+            );
+            let retry_at = Instant::now() + backoff;
+            while Instant::now() < retry_at && !stop.is_cancelled() {
+                self.wait_paused(Duration::from_millis(200));
+            }
+            if stop.is_cancelled() {
+                break false;
+            }
+            if !self.counters.assigned.lock().expect("assignment lock").contains(&letter.partition) {
+                tracing::warn!(
+                    partition = letter.partition,
+                    offset = letter.offset,
+                    "partition revoked while its dead letter was retried; its new owner reads the message again"
+                );
+                break false;
+            }
+        };
+        if let Some(assignment) = paused {
+            let _ = self.consumer.resume(&assignment);
+            tracing::info!("consumption resumed");
+        }
+        delivered
     }
 
     /// Stages one append; while staging is full, pauses the partitions and retries.
@@ -149,5 +297,98 @@ impl Worker {
                 tracing::error!(error = %e, partition, offset, "cannot seek back while paused");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::{
+        common::v1::{AnyValue, KeyValue, any_value::Value},
+        logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+        resource::v1::Resource,
+    };
+
+    use super::*;
+
+    const POSITION: KafkaPosition = KafkaPosition { partition: 3, offset: 17 };
+
+    fn request(trace_ids: &[usize]) -> ExportLogsServiceRequest {
+        let record = |i: usize, len: usize| LogRecord {
+            body: Some(AnyValue { value: Some(Value::StringValue(format!("line {i}"))) }),
+            trace_id: vec![1; len],
+            ..Default::default()
+        };
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![KeyValue {
+                        key: "service.name".into(),
+                        value: Some(AnyValue { value: Some(Value::StringValue("svc".into())) }),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    log_records: trace_ids.iter().enumerate().map(|(i, len)| record(i, *len)).collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn sort(payload: &[u8], max_batch_bytes: u64) -> Sorted {
+        sort_message("otel-logs", Some(b"svc"), payload, POSITION, max_batch_bytes, 5)
+    }
+
+    fn decompressed(batch: &Batch) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest::decode(zstd::stream::decode_all(batch.compressed()).unwrap().as_slice())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_good_message_is_staged_as_it_came() {
+        let payload = request(&[16, 0]).encode_to_vec();
+        let Sorted::Stage(batch) = sort(&payload, 1 << 20) else { panic!("dead-lettered") };
+        assert_eq!((batch.records, batch.bytes(), batch.source), (2, payload.len() as u64, Some(POSITION)));
+        assert_eq!(decompressed(&batch), request(&[16, 0]));
+    }
+
+    #[test]
+    fn malformed_records_are_dead_lettered_and_the_good_ones_staged() {
+        let payload = request(&[16, 3, 0, 5]).encode_to_vec();
+        let Sorted::DeadLetter { keep, letter } = sort(&payload, 1 << 20) else { panic!("staged") };
+        assert_eq!((keep.records, keep.source), (2, Some(POSITION)));
+        let kept = decompressed(&keep);
+        assert_eq!(records::check(&kept), records::Checked { accepted: 2, ..Default::default() });
+        assert_eq!((letter.partition, letter.offset, letter.records), (3, 17, 2));
+        assert_eq!(letter.reason, "trace_id must be 16 bytes, got 3");
+        assert_eq!(letter.key.as_deref(), Some(&b"svc"[..]));
+        let dead = ExportLogsServiceRequest::decode(letter.payload.as_slice()).unwrap();
+        assert_eq!(records::check(&dead).rejected, 2);
+        assert_eq!(dead.resource_logs[0].resource, request(&[]).resource_logs[0].resource);
+    }
+
+    #[test]
+    fn a_message_of_malformed_records_only_leaves_a_marker_of_its_offset() {
+        let payload = request(&[3]).encode_to_vec();
+        let Sorted::DeadLetter { keep, letter } = sort(&payload, 1 << 20) else { panic!("staged") };
+        assert_eq!((keep.records, keep.source), (0, Some(POSITION)));
+        assert_eq!(letter.records, 1);
+    }
+
+    #[test]
+    fn undecodable_and_too_large_messages_go_whole_and_leave_a_marker() {
+        let garbage = b"\x0a\xff\xff\xff this is not protobuf";
+        let Sorted::DeadLetter { keep, letter } = sort(garbage, 1 << 20) else { panic!("staged") };
+        assert_eq!((keep.records, keep.bytes(), keep.source), (0, 0, Some(POSITION)));
+        assert_eq!((letter.payload.as_slice(), letter.records), (&garbage[..], 0));
+        assert!(letter.reason.starts_with("not an OTLP ExportLogsServiceRequest"), "{}", letter.reason);
+
+        let payload = request(&[16, 16, 16]).encode_to_vec();
+        let Sorted::DeadLetter { keep, letter } = sort(&payload, 10) else { panic!("staged") };
+        assert_eq!((keep.records, keep.bytes()), (0, 0));
+        assert_eq!((letter.payload, letter.records), (payload.clone(), 3));
+        assert!(letter.reason.contains("more than staging takes in one piece"), "{}", letter.reason);
     }
 }

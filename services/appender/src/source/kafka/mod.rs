@@ -3,7 +3,7 @@
 //! ```text
 //!  Kafka topic --poll (consumer.rs, its own thread)--> decode OTLP --> rows with
 //!       |                                              (partition, offset) --> staging
-//!       |                                 \--undecodable--> dead_letters.rs (counted)
+//!       |                   \--undecodable, too large, malformed records--> dead_letters.rs
 //!       +-- rebalance.rs: on assignment drop unsealed rows of those partitions and start each at
 //!           the table's next offset (from the Iceberg snapshot summaries), not the group's
 //! ```
@@ -52,7 +52,11 @@ pub struct SourceCounters {
     /// Held by the committer while it commits Kafka rows; a revocation waits for it.
     pub commit_gate: tokio::sync::Mutex<()>,
     pub messages: AtomicU64,
+    /// Dead letters delivered (or counted and skipped without a dead-letter topic), the log
+    /// records in them, and failed delivery attempts (each retried).
     pub dead_lettered: AtomicU64,
+    pub dead_lettered_records: AtomicU64,
+    pub dead_letter_failures: AtomicU64,
     pub assigned: Mutex<Vec<i32>>,
     /// The table's next offsets as last seen (at assignment or after a commit).
     pub table_offsets: Mutex<PartitionOffsets>,

@@ -1,0 +1,237 @@
+//! Which log records the lake takes: the one check both services apply, so the ingester refuses
+//! exactly what the appender could not stage.
+//!
+//! In: an `ExportLogsServiceRequest`. Out: how many of its records pass, how many do not, and
+//! why the first one did not ([`Checked`]); [`drop_malformed`] also removes the failing records
+//! and [`split_malformed`] moves them into a request of their own (for the appender's dead
+//! letters). A record fails only when its trace or span id has the wrong length; everything
+//! else is kept. The messages ("trace_id must be 16 bytes, got 3", "span_id must be 8 bytes,
+//! got 5") are a contract: clients read them in `partial_success`, dead letters carry them,
+//! and any other validator of these records must produce the same ones.
+
+use opentelemetry_proto::tonic::{
+    collector::logs::v1::ExportLogsServiceRequest,
+    logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+};
+
+/// What checking a request's records found: how many pass, how many fail, and why the first
+/// failed (empty when none did).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checked {
+    pub accepted: u64,
+    pub rejected: u64,
+    pub rejection: String,
+}
+
+impl Checked {
+    fn count(&mut self, record: &LogRecord) -> bool {
+        match check_record(record) {
+            Ok(()) => {
+                self.accepted += 1;
+                true
+            }
+            Err(reason) => {
+                if self.rejected == 0 {
+                    self.rejection = reason;
+                }
+                self.rejected += 1;
+                false
+            }
+        }
+    }
+}
+
+/// Why `record` cannot be staged, if it cannot: a trace id that is neither empty nor 16 bytes,
+/// or a span id that is neither empty nor 8 bytes.
+pub fn check_record(record: &LogRecord) -> Result<(), String> {
+    if !matches!(record.trace_id.len(), 0 | 16) {
+        return Err(format!("trace_id must be 16 bytes, got {}", record.trace_id.len()));
+    }
+    if !matches!(record.span_id.len(), 0 | 8) {
+        return Err(format!("span_id must be 8 bytes, got {}", record.span_id.len()));
+    }
+    Ok(())
+}
+
+/// Counts the records of `request` that pass and fail [`check_record`].
+pub fn check(request: &ExportLogsServiceRequest) -> Checked {
+    let mut checked = Checked::default();
+    for record in request.resource_logs.iter().flat_map(|r| &r.scope_logs).flat_map(|s| &s.log_records) {
+        checked.count(record);
+    }
+    checked
+}
+
+/// Removes from `request` the records that fail [`check_record`] (OTLP partial success), so
+/// what is kept holds only records that become rows.
+pub fn drop_malformed(request: &mut ExportLogsServiceRequest) -> Checked {
+    let mut checked = Checked::default();
+    for scope in request.resource_logs.iter_mut().flat_map(|r| &mut r.scope_logs) {
+        scope.log_records.retain(|record| checked.count(record));
+    }
+    checked
+}
+
+/// Moves the records that fail [`check_record`] out of `request` into a request of their own,
+/// each under a copy of its resource and scope (so it reads as it was sent); resources and
+/// scopes left without a failing record are not copied. `request` keeps its good records.
+pub fn split_malformed(request: &mut ExportLogsServiceRequest) -> (Checked, ExportLogsServiceRequest) {
+    let mut checked = Checked::default();
+    let mut malformed = ExportLogsServiceRequest::default();
+    for resource in &mut request.resource_logs {
+        let mut bad_scopes = Vec::new();
+        for scope in &mut resource.scope_logs {
+            let records = std::mem::take(&mut scope.log_records);
+            let (good, bad): (Vec<LogRecord>, Vec<LogRecord>) =
+                records.into_iter().partition(|record| checked.count(record));
+            scope.log_records = good;
+            if !bad.is_empty() {
+                bad_scopes.push(ScopeLogs {
+                    scope: scope.scope.clone(),
+                    log_records: bad,
+                    schema_url: scope.schema_url.clone(),
+                });
+            }
+        }
+        if !bad_scopes.is_empty() {
+            malformed.resource_logs.push(ResourceLogs {
+                resource: resource.resource.clone(),
+                scope_logs: bad_scopes,
+                schema_url: resource.schema_url.clone(),
+            });
+        }
+    }
+    (checked, malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_proto::tonic::{
+        common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value::Value},
+        resource::v1::Resource,
+    };
+
+    use super::*;
+
+    fn record(body: &str, trace_id: usize, span_id: usize) -> LogRecord {
+        LogRecord {
+            body: Some(AnyValue { value: Some(Value::StringValue(body.into())) }),
+            trace_id: vec![7; trace_id],
+            span_id: vec![9; span_id],
+            ..Default::default()
+        }
+    }
+
+    fn resource(service: &str, scopes: Vec<Vec<LogRecord>>) -> ResourceLogs {
+        ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: Some(AnyValue { value: Some(Value::StringValue(service.into())) }),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_logs: scopes
+                .into_iter()
+                .enumerate()
+                .map(|(i, log_records)| ScopeLogs {
+                    scope: Some(InstrumentationScope { name: format!("scope-{i}"), ..Default::default() }),
+                    log_records,
+                    schema_url: format!("https://example.com/{i}"),
+                })
+                .collect(),
+            schema_url: "https://example.com/resource".into(),
+        }
+    }
+
+    fn bodies(request: &ExportLogsServiceRequest) -> Vec<String> {
+        request
+            .resource_logs
+            .iter()
+            .flat_map(|r| &r.scope_logs)
+            .flat_map(|s| &s.log_records)
+            .map(|r| match r.body.as_ref().and_then(|b| b.value.as_ref()) {
+                Some(Value::StringValue(s)) => s.clone(),
+                _ => String::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ids_must_be_empty_or_of_their_length_and_the_messages_say_which() {
+        assert_eq!(check_record(&record("ok", 16, 8)), Ok(()));
+        assert_eq!(check_record(&record("no ids", 0, 0)), Ok(()));
+        assert_eq!(
+            check_record(&record("short trace", 3, 8)),
+            Err("trace_id must be 16 bytes, got 3".into())
+        );
+        assert_eq!(check_record(&record("long span", 16, 9)), Err("span_id must be 8 bytes, got 9".into()));
+        assert_eq!(
+            check_record(&record("both", 5, 5)),
+            Err("trace_id must be 16 bytes, got 5".into()),
+            "the trace id is named first"
+        );
+    }
+
+    #[test]
+    fn check_counts_and_names_the_first_rejection() {
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![
+                resource("a", vec![vec![record("good", 16, 8), record("bad", 3, 0)]]),
+                resource("b", vec![vec![record("bad span", 0, 5)]]),
+            ],
+        };
+        let checked = check(&request);
+        assert_eq!(
+            checked,
+            Checked { accepted: 1, rejected: 2, rejection: "trace_id must be 16 bytes, got 3".into() }
+        );
+        let mut dropped = request.clone();
+        assert_eq!(drop_malformed(&mut dropped), checked);
+        assert_eq!(bodies(&dropped), ["good"]);
+    }
+
+    #[test]
+    fn split_malformed_keeps_the_good_and_moves_the_bad_with_their_resource_and_scope() {
+        let mut request = ExportLogsServiceRequest {
+            resource_logs: vec![
+                resource(
+                    "a",
+                    vec![vec![record("a1", 16, 8), record("a-bad", 3, 8)], vec![record("a2", 0, 0)]],
+                ),
+                resource("b", vec![vec![record("b-bad", 0, 5)]]),
+                resource("c", vec![vec![record("c1", 0, 8)]]),
+            ],
+        };
+        let original = request.clone();
+        let (checked, malformed) = split_malformed(&mut request);
+        assert_eq!((checked.accepted, checked.rejected), (3, 2));
+        assert_eq!(checked.rejection, "trace_id must be 16 bytes, got 3");
+        assert_eq!(bodies(&request), ["a1", "a2", "c1"]);
+        assert_eq!(bodies(&malformed), ["a-bad", "b-bad"]);
+        // Each bad record keeps its own resource and scope, and only those are copied.
+        assert_eq!(malformed.resource_logs.len(), 2);
+        assert_eq!(malformed.resource_logs[0].resource, original.resource_logs[0].resource);
+        assert_eq!(malformed.resource_logs[0].schema_url, original.resource_logs[0].schema_url);
+        assert_eq!(malformed.resource_logs[0].scope_logs.len(), 1);
+        assert_eq!(
+            malformed.resource_logs[0].scope_logs[0].scope,
+            original.resource_logs[0].scope_logs[0].scope
+        );
+        assert_eq!(malformed.resource_logs[1].resource, original.resource_logs[1].resource);
+        assert_eq!(check(&request).rejected, 0);
+        assert_eq!(check(&malformed).accepted, 0);
+    }
+
+    #[test]
+    fn a_request_without_malformed_records_is_left_as_it_is() {
+        let mut request =
+            ExportLogsServiceRequest { resource_logs: vec![resource("a", vec![vec![record("a1", 16, 8)]])] };
+        let original = request.clone();
+        let (checked, malformed) = split_malformed(&mut request);
+        assert_eq!(checked, Checked { accepted: 1, rejected: 0, rejection: String::new() });
+        assert_eq!(request, original);
+        assert_eq!(malformed, ExportLogsServiceRequest::default());
+    }
+}
