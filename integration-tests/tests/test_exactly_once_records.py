@@ -282,6 +282,25 @@ def test_a_dead_letter_last_in_its_partition_is_not_sent_again_after_restarts(
     assert_exactly(appender, sent)
 
 
+def test_a_dead_letter_on_a_quiet_topic_is_committed_by_the_interval_flush(
+    make_appender: AppenderFactory, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
+) -> None:
+    appender = make_appender(kafka_config(broker, topic, tmp_path / "lake", interval="2s"))
+    sent = loghub_records("Linux", 20, tag="quiet")
+    send(ingester.ports, sent)
+    drain(appender, len(sent))
+    broker.produce(topic, "Linux", b"\x0a\xff\xff\xff this is not protobuf")
+    wait_until(lambda: dead_letters(broker, topic), timeout=30, what="a dead letter")
+    # Nothing else is staged and nobody asks for a flush: the interval alone must commit it.
+    wait_until(lambda: caught_up(appender, 4), timeout=30, what="the interval flush to move past the dead letter")
+    appender.kill9()
+    appender.start_and_wait()
+    wait_until(lambda: caught_up(appender, 4), timeout=90, what="the partitions assigned and caught up")
+    time.sleep(3)
+    assert len(dead_letters(broker, topic)) == 1, "the dead letter was sent again after a restart"
+    assert_exactly(appender, sent)
+
+
 def test_an_undeliverable_dead_letter_stops_its_partition_and_is_delivered_later(
     make_appender: AppenderFactory, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
 ) -> None:

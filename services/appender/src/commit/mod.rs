@@ -117,7 +117,11 @@ impl Committer {
                     (trigger, Vec::new())
                 }
                 _ = tokio::time::sleep_until(due) => {
-                    if self.staging.counters().records.load(Ordering::Relaxed) == 0 {
+                    // Bytes without records: markers of dead-lettered messages, to be committed.
+                    let staged = self.staging.counters();
+                    let idle = staged.records.load(Ordering::Relaxed) == 0
+                        && staged.bytes.load(Ordering::Relaxed) == 0;
+                    if idle {
                         due = tokio::time::Instant::now() + self.interval;
                         continue;
                     }

@@ -38,6 +38,11 @@ use crate::{
 /// Rows gathered from the topic before they are staged in one append.
 const MAX_BATCH_RECORDS: u64 = 10_000;
 const MAX_BATCH_WAIT: Duration = Duration::from_millis(200);
+/// What is staged for a message dead-lettered whole: a request of one empty resource (no
+/// record, no row). It carries the message's offset into the next commit, and its two bytes
+/// count as staged, so the committer's interval flush commits it even when nothing else is
+/// staged (a commit that leaves it out would let a restart read the message again).
+const MARKER: [u8; 2] = [0x0a, 0x00];
 /// The longest wait between two attempts to deliver a dead letter.
 const MAX_DEAD_LETTER_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -72,7 +77,7 @@ pub(super) fn sort_message(
     received_at_micros: i64,
 ) -> Sorted {
     let whole = |reason: String, records: u64| Sorted::DeadLetter {
-        keep: Batch::new(&[], 0, Some(position), received_at_micros),
+        keep: Batch::new(&MARKER, 0, Some(position), received_at_micros),
         letter: DeadLetter {
             topic: topic.to_owned(),
             partition: position.partition,
@@ -374,6 +379,7 @@ mod tests {
         let payload = request(&[3]).encode_to_vec();
         let Sorted::DeadLetter { keep, letter } = sort(&payload, 1 << 20) else { panic!("staged") };
         assert_eq!((keep.records, keep.source), (0, Some(POSITION)));
+        assert!(keep.bytes() > 0, "its bytes count as staged, so the interval flush commits it");
         assert_eq!(letter.records, 1);
     }
 
@@ -381,13 +387,15 @@ mod tests {
     fn undecodable_and_too_large_messages_go_whole_and_leave_a_marker() {
         let garbage = b"\x0a\xff\xff\xff this is not protobuf";
         let Sorted::DeadLetter { keep, letter } = sort(garbage, 1 << 20) else { panic!("staged") };
-        assert_eq!((keep.records, keep.bytes(), keep.source), (0, 0, Some(POSITION)));
+        assert_eq!((keep.records, keep.bytes(), keep.source), (0, 2, Some(POSITION)));
+        let marker = decompressed(&keep);
+        assert_eq!((marker.resource_logs.len(), records::check(&marker)), (1, records::Checked::default()));
         assert_eq!((letter.payload.as_slice(), letter.records), (&garbage[..], 0));
         assert!(letter.reason.starts_with("not an OTLP ExportLogsServiceRequest"), "{}", letter.reason);
 
         let payload = request(&[16, 16, 16]).encode_to_vec();
         let Sorted::DeadLetter { keep, letter } = sort(&payload, 10) else { panic!("staged") };
-        assert_eq!((keep.records, keep.bytes()), (0, 0));
+        assert_eq!((keep.records, keep.bytes()), (0, 2));
         assert_eq!((letter.payload, letter.records), (payload.clone(), 3));
         assert!(letter.reason.contains("more than staging takes in one piece"), "{}", letter.reason);
     }
