@@ -20,7 +20,7 @@ use std::{
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
-use telemetry_lake_bench_workload::workload::{build_requests, load_lines, loghub_dir};
+use telemetry_lake_bench_workload::workload::{build_requests, load_lines};
 use telemetry_lake_common::{allocator::Jemalloc, otlp::walk::walk_logs_request};
 
 /// The services' allocator, counting allocations while `COUNTING` is set.
@@ -102,7 +102,13 @@ fn main() -> anyhow::Result<()> {
             _ => anyhow::bail!("unknown argument {arg}; takes --seconds S --batch N"),
         }
     }
-    let lines = load_lines(&loghub_dir())?;
+    // `shared/data/loghub` beside the checkout (the workload crate's own default can point into
+    // another checkout when several share one target directory).
+    let loghub = std::env::var_os("TELEMETRY_LAKE_SHARED_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared").into())
+        .join("data/loghub");
+    let lines = load_lines(&loghub)?;
     let requests: Vec<Vec<u8>> =
         build_requests(&lines, batch, 16).into_iter().map(|r| r.bytes.to_vec()).collect();
     let records_per_request = batch as f64;
@@ -126,7 +132,8 @@ fn main() -> anyhow::Result<()> {
             .map(|r| ExportLogsServiceRequest { resource_logs: vec![r] }.encode_to_vec().len() as u64)
             .sum()
     };
-    let methods: [(&str, &dyn Fn(&[u8]) -> u64); 3] = [
+    type Method<'a> = (&'a str, &'a dyn Fn(&[u8]) -> u64);
+    let methods: [Method; 3] = [
         ("walk_logs_request", &walk),
         ("prost decode", &decode),
         ("prost decode + encode per resource", &decode_split_encode),

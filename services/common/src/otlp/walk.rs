@@ -30,7 +30,9 @@
 //!     otlp::walk::tests::fuzz_against_prost -- --ignored --nocapture
 //! ```
 //!
-//! which prints the cases it ran and the seed of each round (`WALK_FUZZ_SEED` replays one).
+//! which runs for that many CPU-seconds (one thread) and prints the cases it ran, how the
+//! invalid ones failed, and on a disagreement the round's seed (`WALK_FUZZ_SEED=<seed>` replays
+//! it; proptest shrinks the input).
 //! The micro-benchmark: `cargo run --release -p telemetry-lake-common --example walk_bench`.
 
 use std::{fmt, ops::Range};

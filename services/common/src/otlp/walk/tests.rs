@@ -241,9 +241,17 @@ fn request_with(resource_fields: Vec<F>, ids: &[(usize, usize)]) -> Vec<u8> {
     encode(&[F::Message(1, vec![F::Message(1, resource_fields), F::Message(2, records)])])
 }
 
+/// `shared/data/loghub`: under `$TELEMETRY_LAKE_SHARED_DIR`, else beside the checkout.
+fn loghub_dir() -> std::path::PathBuf {
+    std::env::var_os("TELEMETRY_LAKE_SHARED_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared").into())
+        .join("data/loghub")
+}
+
 /// Real Loghub lines as the benchmarks send them: requests of `batch` records.
 fn real_requests(batch: usize, count: usize) -> Vec<Vec<u8>> {
-    use telemetry_lake_bench_workload::workload::{build_requests, load_lines, loghub_dir};
+    use telemetry_lake_bench_workload::workload::{build_requests, load_lines};
     let lines = load_lines(&loghub_dir()).expect("the Loghub lines of shared/data/loghub");
     build_requests(&lines, batch, count).into_iter().take(count).map(|r| r.bytes.to_vec()).collect()
 }
@@ -781,6 +789,25 @@ fn real_corpus() -> &'static [Vec<u8>] {
     })
 }
 
+/// A record body nested around prost's recursion limit: unknown groups (0 to 100 deep) inside
+/// 25 to 50 levels of arrays and key-value lists.
+fn deep() -> impl Strategy<Value = Vec<u8>> {
+    (0usize..100, vec(any::<bool>(), 25..50)).prop_map(|(groups, levels)| {
+        let mut any = vec![s(1, "leaf")];
+        for _ in 0..groups {
+            any = vec![F::Group(20, any)];
+        }
+        for array in levels {
+            any = if array {
+                vec![F::Message(5, vec![F::Message(1, any)])]
+            } else {
+                vec![F::Message(6, vec![F::Message(1, vec![s(1, "k"), F::Message(2, any)])])]
+            };
+        }
+        encode(&[F::Message(1, vec![F::Message(2, vec![F::Message(2, vec![F::Message(5, any)])])])])
+    })
+}
+
 /// Everything the fuzzing feeds the walk.
 fn inputs() -> impl Strategy<Value = Vec<u8>> {
     let structured = request_fields().prop_map(|f| encode(&f));
@@ -789,6 +816,7 @@ fn inputs() -> impl Strategy<Value = Vec<u8>> {
         2 => (structured, mutations()).prop_map(|(bytes, m)| mutate(bytes, &m)),
         2 => (prop::sample::select(real_corpus()), mutations()).prop_map(|(bytes, m)| mutate(bytes, &m)),
         1 => vec(any::<u8>(), 0..64),
+        1 => (deep(), prop_oneof![Just(vec![]), mutations()]).prop_map(|(bytes, m)| mutate(bytes, &m)),
     ]
 }
 
@@ -840,18 +868,30 @@ fn the_generators_reach_valid_requests_with_records_and_bad_ids() {
     );
 }
 
-/// The long fuzz run: `WALK_FUZZ_SECONDS` (default 60) of [`inputs`] in rounds of 5000 cases,
-/// each round's seed printed; `WALK_FUZZ_SEED=<n>` replays round seed `n` alone. See the module
-/// docs of `walk.rs` for the command.
+/// CPU time of this thread (`/proc/thread-self/schedstat`), wall time where that is missing.
+fn thread_cpu(started: Instant) -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .map(Duration::from_nanos)
+        .unwrap_or_else(|| started.elapsed())
+}
+
+/// The long fuzz run: `WALK_FUZZ_SECONDS` (default 60) of this thread's CPU time spent on
+/// [`inputs`], in rounds of 5000 cases with their seeds printed; `WALK_FUZZ_SEED=<n>` replays
+/// round seed `n` alone. Prints the cases run, how many were valid requests and how the others
+/// failed (prost's and the walk's identical reasons). See the module docs of `walk.rs`.
 #[test]
 #[ignore = "long run; see the module docs of otlp::walk"]
 fn fuzz_against_prost() {
     let seconds = std::env::var("WALK_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     let replay: Option<u64> = std::env::var("WALK_FUZZ_SEED").ok().and_then(|s| s.parse().ok());
-    let deadline = Instant::now() + Duration::from_secs(seconds);
     let strategy = inputs();
     let (cases, valid, records) = (Cell::new(0u64), Cell::new(0u64), Cell::new(0u64));
+    let reasons = std::cell::RefCell::new(std::collections::BTreeMap::<String, u64>::new());
     let started = Instant::now();
+    let cpu_at_start = thread_cpu(started);
+    let mut last_report = Instant::now();
     let mut round = 0u64;
     loop {
         let seed = replay.unwrap_or_else(|| {
@@ -865,9 +905,18 @@ fn fuzz_against_prost() {
             TestRunner::new_with_rng(config(5000), TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes));
         let result = runner.run(&strategy, |bytes| {
             cases.set(cases.get() + 1);
-            if let Some(walk) = agree(&bytes).map_err(TestCaseError::fail)? {
-                valid.set(valid.get() + 1);
-                records.set(records.get() + walk.records);
+            match agree(&bytes).map_err(TestCaseError::fail)? {
+                Some(walk) => {
+                    valid.set(valid.get() + 1);
+                    records.set(records.get() + walk.records);
+                }
+                None => {
+                    let reason = match walk_logs_request(&bytes).unwrap_err().inner.kind {
+                        ErrorKind::InvalidKey(_) => "InvalidKey".to_owned(),
+                        kind => format!("{kind:?}"),
+                    };
+                    *reasons.borrow_mut().entry(reason).or_default() += 1;
+                }
             }
             Ok(())
         });
@@ -875,24 +924,27 @@ fn fuzz_against_prost() {
             panic!("round {round} (WALK_FUZZ_SEED={seed}) found a disagreement: {failure}");
         }
         round += 1;
-        eprintln!(
-            "walk fuzz: round {round} seed {seed}: {} cases so far ({} valid, {} records), {:.0} s",
-            cases.get(),
-            valid.get(),
-            records.get(),
-            started.elapsed().as_secs_f64()
-        );
-        if replay.is_some() || Instant::now() >= deadline {
+        let cpu = thread_cpu(started) - cpu_at_start;
+        if last_report.elapsed() >= Duration::from_secs(30) {
+            eprintln!("walk fuzz: {} cases, {:.0} CPU-s, last seed {seed}", cases.get(), cpu.as_secs_f64());
+            last_report = Instant::now();
+        }
+        if replay.is_some() || cpu.as_secs() >= seconds {
             break;
         }
     }
     println!(
-        "walk fuzz: {} cases in {round} rounds, {} valid requests holding {} records, all agreeing with prost, in {:.0} s",
+        "walk fuzz: {} cases in {round} rounds ({:.0} CPU-s, {:.0} s), all agreeing with prost; {} valid requests \
+         holding {} records; the others failed with:",
         cases.get(),
+        (thread_cpu(started) - cpu_at_start).as_secs_f64(),
+        started.elapsed().as_secs_f64(),
         valid.get(),
         records.get(),
-        started.elapsed().as_secs_f64()
     );
+    for (reason, count) in reasons.borrow().iter() {
+        println!("  {count:>10}  {reason}");
+    }
 }
 
 /// The request types the tests build with prost too, so the hand encoder is checked against
