@@ -216,6 +216,25 @@ def test_a_kafka_message_larger_than_staging_is_dead_lettered_and_the_rest_flows
 SMALL_STAGING = {"staging": {"max_bytes": "64KiB"}, "flush": {"max_bytes": "64KiB"}}
 
 
+def test_a_backlog_is_staged_in_appends_that_a_small_staging_takes(
+    make_appender: AppenderFactory, broker: Broker, ingester: Ingester, topic: str, tmp_path: Path
+) -> None:
+    # 240 KB waiting on the topic, read in one poll: more than the whole of staging.
+    sent: list[LogSpec] = []
+    for i in range(30):
+        batch = big_records(4, f"backlog-{i}")
+        send(ingester.ports, batch)
+        sent += batch
+    config = merge_config(
+        kafka_config(broker, topic, tmp_path / "lake", interval="2s", max_bytes="32KiB"),
+        {"staging": {"max_bytes": "64KiB"}},
+    )
+    appender = make_appender(config)
+    drain(appender, len(sent), timeout=60)
+    assert_exactly(appender, sent)
+    assert appender.stats()["appender"]["dead_lettered"] == 0
+
+
 def test_an_export_larger_than_staging_is_413_not_429_and_leaves_health_alone(make_appender: AppenderFactory) -> None:
     appender = make_appender(SMALL_STAGING)  # otlp.max_recv_msg_size stays 16 MiB
     big = otlp_protobuf(big_records(100, "big"))
