@@ -1,7 +1,6 @@
 //! `appender query` over a lake the appender's own code wrote: the table opened by
 //! `lake::load_existing` and queried by the `telemetry-lake-query` crate, as the binary does.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use arrow_array::RecordBatch;
@@ -59,7 +58,7 @@ async fn query_runs_over_the_lake_and_fails_with_the_documented_codes() {
     let staged: Vec<RecordBatch> =
         staging.prepare("SELECT * FROM staging").unwrap().query_arrow([]).unwrap().collect();
     let stream = futures::stream::iter(staged.into_iter().map(Ok::<_, LakeError>));
-    lake.append(stream, HashMap::new(), None).await.unwrap().expect("committed");
+    lake.append(stream, lake::CommitProperties::default(), None).await.unwrap().expect("committed");
 
     assert_eq!(
         csv(&settings, "SELECT severity_text, count(*) AS n FROM logs GROUP BY 1 ORDER BY 1").await.unwrap(),

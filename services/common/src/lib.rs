@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod health;
 pub mod kafka;
+pub mod kafka_ids;
 pub mod otlp;
 pub mod secrets;
 pub mod server;

@@ -4,9 +4,10 @@
 //! `flush.max_bytes`) and on flush requests (admin gRPC/HTTP, SIGUSR1, start-up, shutdown).
 //! Each flush commits a leftover sealed set first, then seals what is staged and commits it:
 //! one snapshot per sealed set, whose summary carries this staging file's writer id and the
-//! seal id. A sealed set is released from staging only after its commit; one that may already
-//! be in the lake (found sealed at start-up, or after a failed attempt) is looked up in the
-//! snapshot summaries first, so a retry never commits it twice. Failures keep the rows staged,
+//! seal id. A sealed set is released from staging only after its commit; every attempt looks
+//! it up in the snapshot summaries first (an earlier attempt may have been applied late, after
+//! its timeout), and an attempt moved onto newer snapshots stops when one of them holds it, so
+//! a retry never commits it twice. Failures keep the rows staged,
 //! turn health NOT_SERVING and are retried with backoff.
 
 use std::{
@@ -50,6 +51,9 @@ enum FlushError {
     Staging(#[from] StagingError),
     #[error(transparent)]
     Lake(#[from] LakeError),
+    /// Kafka cannot tell which topic the offsets are of (unreachable); retried.
+    #[error("{0}")]
+    Kafka(String),
 }
 
 /// What `Stats` reports about flushing.
@@ -194,7 +198,7 @@ impl Committer {
                 self.metrics.record_flush(false, &FlushResponse::default());
                 let retryable = match &err {
                     FlushError::Lake(e) => e.is_retryable(),
-                    FlushError::Staging(_) => true,
+                    FlushError::Staging(_) | FlushError::Kafka(_) => true,
                 };
                 if retryable {
                     self.health.add(Reason::FlushFailing).await;
@@ -268,9 +272,23 @@ impl Committer {
         sealed: &Sealed,
         reader: staging::SealedReader,
     ) -> Result<Committed, FlushError> {
-        let summaries = self.lake.snapshot_summaries().await?;
-        let base = summaries.first().map(|(id, _)| *id);
-        let fence = self.fencer.fence(&summaries);
+        let state = self.lake.state().await?;
+        let seal_id = sealed.seal_id.to_string();
+        // An earlier attempt whose outcome was unknown (a timeout) may have been applied since.
+        if let Some((snapshot_id, _)) = state
+            .summaries
+            .iter()
+            .find(|(_, props)| summary::is_sealed_set(props, &sealed.writer_id, &seal_id))
+        {
+            tracing::info!(
+                seal_id = sealed.seal_id,
+                snapshot_id,
+                "an earlier attempt committed the sealed rows"
+            );
+            return Ok(Committed { snapshot_id: *snapshot_id, data_files: 0, records: sealed.records });
+        }
+        let base = state.current();
+        let fence = self.fencer.fence(&state).await.map_err(FlushError::Kafka)?;
         let condition = fence.sql_condition();
         let (summary_tx, summary_rx) = oneshot::channel();
         let (tx, rx) = mpsc::channel(2);
@@ -310,15 +328,14 @@ impl Committer {
             tracing::info!(seal_id = sealed.seal_id, "every sealed row is already in the table");
             return Ok(Committed::default());
         }
-        let seal_id = sealed.seal_id.to_string();
-        let mut properties = summary::sealed_set(&sealed.writer_id, &seal_id);
-        properties.extend(fence.summary_properties(&summary.next_offsets));
-        let still_valid = |newer: &[SnapshotSummary]| {
-            fence.overlap(newer, &sealed.writer_id, &seal_id, &summary.next_offsets).map_or(Ok(()), Err)
+        let mut properties = fence.commit_properties(&summary.next_offsets);
+        properties.summary.extend(summary::sealed_set(&sealed.writer_id, &seal_id));
+        let rebase = |newer: &[SnapshotSummary]| {
+            fence.rebase(newer, &properties, &sealed.writer_id, &seal_id, &summary.next_offsets)
         };
-        let checked = CheckedBase { snapshot_id: base, still_valid: &still_valid };
-        let info = self.lake.append(ReceiverStream::new(rx), properties, Some(&checked)).await?;
-        self.fencer.committed(fence, &summary.next_offsets);
+        let checked = CheckedBase { snapshot_id: base, rebase: &rebase };
+        let info = self.lake.append(ReceiverStream::new(rx), properties.clone(), Some(&checked)).await?;
+        self.fencer.committed(fence, &properties);
         Ok(info.map_or_else(Committed::default, |i| Committed {
             snapshot_id: i.snapshot_id,
             data_files: i.data_files,

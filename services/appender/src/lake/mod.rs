@@ -9,7 +9,8 @@
 //!      v
 //!  FanoutWriter -> DataFileWriter -> RollingFileWriter -> Parquet (zstd, bounded row groups)
 //!      v
-//!  Transaction::fast_append          ONE snapshot; its summary carries the caller's properties
+//!  Transaction::fast_append          ONE snapshot; its summary carries the caller's properties,
+//!  (+ update_table_properties)       and the caller's table properties are set in that commit
 //! ```
 //!
 //! What [`Lake`] guarantees:
@@ -17,7 +18,7 @@
 //!   `service_name, timestamp`, behind the configured identifier, and creates nothing when the
 //!   namespace and table already exist (a second appender racing to create them is fine).
 //! - [`Lake::append`] commits at most one snapshot per call, and the caller's properties (Kafka
-//!   offsets, flush ids) land in the very commit that holds the rows, so
+//!   offsets, flush ids; table properties too) land in the very commit that holds the rows, so
 //!   [`Lake::snapshot_summaries`] tells a retrying caller whether a flush already landed.
 //!   An empty stream commits nothing, unless the properties carry Kafka offsets (then a
 //!   snapshot without data files records them). Files written by an append that fails before
@@ -76,13 +77,38 @@ pub const MAX_ROW_GROUP_BYTES: u64 = 16 * 1024 * 1024;
 /// How often [`Lake::append`] moves its commit onto a newer table state before giving up.
 const MAX_REBASES: usize = 10;
 
+/// What a commit records besides its rows, in the same commit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitProperties {
+    /// Into the new snapshot's summary.
+    pub summary: HashMap<String, String>,
+    /// Set as table properties.
+    pub table: HashMap<String, String>,
+}
+
 /// The table state a caller checked before [`Lake::append`], and what may change since.
 pub struct CheckedBase<'a> {
     /// The current snapshot when the caller read the table (`None`: it had no snapshot).
     pub snapshot_id: Option<i64>,
-    /// Shown the snapshots others committed since (newest first); `Err(reason)` when they may
-    /// hold rows of this commit, so it must not land on top of them.
-    pub still_valid: &'a (dyn Fn(&[SnapshotSummary]) -> Result<(), String> + Sync),
+    /// Shown the snapshots others committed since (newest first): the properties to commit on
+    /// top of them instead, or `Err(reason)` when they may hold rows of this commit, so it must
+    /// not land on top of them.
+    pub rebase: &'a (dyn Fn(&[SnapshotSummary]) -> Result<CommitProperties, String> + Sync),
+}
+
+/// The table as one load found it: its snapshots' summaries and its properties.
+#[derive(Debug, Clone, Default)]
+pub struct TableState {
+    /// `(snapshot_id, summary)` of the current snapshot and its ancestors, newest first.
+    pub summaries: Vec<SnapshotSummary>,
+    pub properties: HashMap<String, String>,
+}
+
+impl TableState {
+    /// The current snapshot (`None`: the table has none).
+    pub fn current(&self) -> Option<i64> {
+        self.summaries.first().map(|(id, _)| *id)
+    }
 }
 
 /// What one [`Lake::append`] committed.
@@ -215,14 +241,14 @@ impl Lake {
     ///
     /// The commit lands only on top of the snapshot `checked` names (without it: the one current
     /// when the append starts). When other writers committed first, their snapshots are shown to
-    /// `checked.still_valid`, and the same files are committed on the newer state only if it
-    /// agrees; otherwise the append fails with a retryable [`LakeError::Conflict`] and the
+    /// `checked.rebase`, and the same files are committed on the newer state, with the
+    /// properties it returns, only if it agrees; otherwise the append fails with a retryable [`LakeError::Conflict`] and the
     /// caller checks again. Each commit carries a fresh [`summary::COMMIT_ID`], so a commit whose
     /// outcome was unknown (a timeout, a 5xx) is recognised in the history instead of repeated.
     pub async fn append<S>(
         &self,
         mut batches: S,
-        properties: HashMap<String, String>,
+        properties: CommitProperties,
         checked: Option<&CheckedBase<'_>>,
     ) -> Result<Option<CommitInfo>, LakeError>
     where
@@ -289,7 +315,7 @@ impl Lake {
         data_files.extend(writer.close().await.map_err(|e| self.storage_error(&table, e))?);
         // No rows: nothing to commit, unless the commit moves Kafka offsets past messages that
         // held no stageable record (dead letters), which must land exactly once too.
-        if data_files.is_empty() && !properties.contains_key(summary::KAFKA_OFFSETS) {
+        if data_files.is_empty() && !properties.summary.contains_key(summary::KAFKA_OFFSETS) {
             debug!(table = %self.ident, "nothing to append");
             return Ok(None);
         }
@@ -301,19 +327,26 @@ impl Lake {
             )));
         }
         let mut properties = properties;
-        properties.insert(summary::COMMIT_ID.into(), commit_uuid.to_string());
+        properties.summary.insert(summary::COMMIT_ID.into(), commit_uuid.to_string());
         let mut base = match checked {
             Some(checked) => checked.snapshot_id,
             None => table.metadata().current_snapshot_id(),
         };
         for _ in 0..MAX_REBASES {
             let pinned = PinnedCatalog::pinned(self.catalog.clone(), self.ident.clone(), base);
-            let tx = Transaction::new(&table);
+            let mut tx = Transaction::new(&table);
+            if !properties.table.is_empty() {
+                let update = properties
+                    .table
+                    .iter()
+                    .fold(tx.update_table_properties(), |update, (k, v)| update.set(k.clone(), v.clone()));
+                tx = update.apply(tx).map_err(|e| self.catalog_error("prepare the table properties", e))?;
+            }
             let tx = tx
                 .fast_append()
                 .set_commit_uuid(commit_uuid)
                 .add_data_files(data_files.clone())
-                .set_snapshot_properties(properties.clone())
+                .set_snapshot_properties(properties.summary.clone())
                 .apply(tx)
                 .map_err(|e| self.catalog_error("prepare the snapshot", e))?;
             let err = match tx.commit(&pinned).await {
@@ -349,7 +382,8 @@ impl Lake {
                 return Ok(Some(self.committed(*id, &data_files)));
             }
             if let Some(checked) = checked {
-                (checked.still_valid)(&newer).map_err(|reason| self.conflict(reason))?;
+                properties = (checked.rebase)(&newer).map_err(|reason| self.conflict(reason))?;
+                properties.summary.insert(summary::COMMIT_ID.into(), commit_id.clone());
             }
             debug!(table = %self.ident, newer = newer.len(), "other writers committed first; rebasing");
             base = now.metadata().current_snapshot_id();
@@ -379,8 +413,18 @@ impl Lake {
     /// current snapshot and its ancestors still in the metadata), newest first. The summary holds
     /// Iceberg's own keys (`added-records`, …) next to the caller's properties.
     pub async fn snapshot_summaries(&self) -> Result<Vec<SnapshotSummary>, LakeError> {
+        Ok(self.state().await?.summaries)
+    }
+
+    /// The snapshot summaries (as [`Lake::snapshot_summaries`]) and the table's properties,
+    /// from one load of the table.
+    pub async fn state(&self) -> Result<TableState, LakeError> {
         let table = self.load_table().await?;
-        Ok(snapshots_since(table.metadata(), None).unwrap_or_default())
+        let metadata = table.metadata();
+        Ok(TableState {
+            summaries: snapshots_since(metadata, None).unwrap_or_default(),
+            properties: metadata.properties().clone(),
+        })
     }
 
     pub fn table_ident(&self) -> &TableIdent {

@@ -189,8 +189,11 @@ fn batches(list: Vec<RecordBatch>) -> impl Stream<Item = Result<RecordBatch, Lak
     futures::stream::iter(list.into_iter().map(Ok))
 }
 
-fn props(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+fn props(pairs: &[(&str, &str)]) -> CommitProperties {
+    CommitProperties {
+        summary: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        table: HashMap::new(),
+    }
 }
 
 #[tokio::test]
@@ -332,17 +335,28 @@ async fn lake_append_lands_on_a_newer_state_only_if_the_check_accepts_it() {
         assert_eq!(newer[0].1.get("who").map(String::as_str), Some("other"));
         Err("they took partition 3".to_string())
     };
-    let checked = CheckedBase { snapshot_id: Some(checked_at), still_valid: &refuse };
+    let checked = CheckedBase { snapshot_id: Some(checked_at), rebase: &refuse };
     let err = ours.append(one_row("mine", 3), props(&[]), Some(&checked)).await.expect_err("refused");
     assert!(matches!(err, LakeError::Conflict { .. }) && err.is_retryable(), "{err}");
     assert!(err.to_string().contains("they took partition 3"), "{err}");
     assert_eq!(ours.snapshot_summaries().await.unwrap().len(), 2, "nothing committed");
 
-    let accept = |_: &[SnapshotSummary]| Ok(());
-    let checked = CheckedBase { snapshot_id: Some(checked_at), still_valid: &accept };
-    let mine = ours.append(one_row("mine", 3), props(&[]), Some(&checked)).await.unwrap().unwrap();
-    let history: Vec<i64> = ours.snapshot_summaries().await.unwrap().iter().map(|(id, _)| *id).collect();
+    // Accepted: the commit lands with the properties the check gives for the newer state.
+    let accept = |_: &[SnapshotSummary]| {
+        let mut rebased = props(&[("offsets", "rebased")]);
+        rebased.table.insert("offsets".into(), "rebased".into());
+        Ok(rebased)
+    };
+    let checked = CheckedBase { snapshot_id: Some(checked_at), rebase: &accept };
+    let mut prepared = props(&[("offsets", "prepared")]);
+    prepared.table.insert("offsets".into(), "prepared".into());
+    let mine = ours.append(one_row("mine", 3), prepared, Some(&checked)).await.unwrap().unwrap();
+    let state = ours.state().await.unwrap();
+    let history: Vec<i64> = state.summaries.iter().map(|(id, _)| *id).collect();
     assert_eq!(history, vec![mine.snapshot_id, theirs.snapshot_id, checked_at], "rebased on theirs");
+    assert_eq!(state.summaries[0].1.get("offsets").map(String::as_str), Some("rebased"));
+    assert!(state.summaries[0].1.contains_key(summary::COMMIT_ID), "the commit id is kept");
+    assert_eq!(state.properties.get("offsets").map(String::as_str), Some("rebased"), "table properties too");
     let bodies: Vec<String> = rows_of(&scan(&ours).await).into_iter().map(|r| r[4].clone()).collect();
     assert_eq!(bodies.len(), 3, "{bodies:?}");
 }

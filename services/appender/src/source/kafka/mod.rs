@@ -5,12 +5,15 @@
 //!       |                                              (partition, offset) --> staging
 //!       |                   \--undecodable, too large, malformed records--> dead_letters.rs
 //!       +-- rebalance.rs: on assignment drop unsealed rows of those partitions and start each at
-//!           the table's next offset (from the Iceberg snapshot summaries), not the group's
+//!           the table's next offset of this topic id (from the Iceberg table), not the group's
 //! ```
 //!
-//! Exactly once rests on the table, not on Kafka: every commit carries, in its snapshot summary,
-//! the next offset of each partition it covers, and each commit takes only rows of partitions
-//! this appender owns now, past the offsets the table already holds (`crate::commit::fence`).
+//! Exactly once rests on the table, not on Kafka: every commit carries, in its snapshot summary
+//! and the table's properties, the next offset of every partition the table holds rows of, with
+//! the topic id and cluster id they belong to, and each commit takes only rows of partitions
+//! this appender owns now, past the offsets the table already holds for that topic id
+//! (`crate::commit::fence`). A topic deleted and created again under the same name is a new
+//! topic: its partitions start from their earliest offsets.
 //! A commit lands only on the table state whose offsets it checked (`crate::lake`'s pinned
 //! catalog), so a zombie appender that lost its partitions without noticing cannot commit rows
 //! the new owner committed: its commit is refused and checked again. Rows consumed twice (a
@@ -34,6 +37,7 @@ use rdkafka::{
 use telemetry_lake_admin_proto::v1::PartitionStats;
 use telemetry_lake_common::{
     kafka::{self, Side, TopicSpec},
+    kafka_ids::{IdLookup, TopicIdentity},
     settings::KafkaSettings,
 };
 use tokio::runtime::Handle;
@@ -45,6 +49,9 @@ use self::{
     rebalance::{LakeConsumer, LakeContext},
 };
 use crate::{commit::summary::PartitionOffsets, lake::Lake, staging::Staging};
+
+/// How long one look-up of the topic id and cluster id may take.
+const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the consumer counts, for Stats.
 #[derive(Debug, Default)]
@@ -60,6 +67,8 @@ pub struct SourceCounters {
     pub assigned: Mutex<Vec<i32>>,
     /// The table's next offsets as last seen (at assignment or after a commit).
     pub table_offsets: Mutex<PartitionOffsets>,
+    /// The topic (id and cluster) the partitions were last assigned from.
+    pub identity: Mutex<Option<TopicIdentity>>,
 }
 
 /// The running source: its consumer (shared with the committer, which commits offsets to Kafka
@@ -68,6 +77,7 @@ pub struct KafkaSource {
     consumer: Arc<LakeConsumer>,
     pub counters: Arc<SourceCounters>,
     pub topic: String,
+    ids: Arc<IdLookup>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -93,12 +103,14 @@ impl KafkaSource {
         stop: CancellationToken,
     ) -> Result<Self, KafkaError> {
         let counters = Arc::new(SourceCounters::default());
+        let ids = Arc::new(IdLookup::new(config, Side::Consumer).map_err(KafkaError::ClientCreation)?);
         let context = LakeContext {
             handle: Handle::current(),
             staging: staging.clone(),
             lake,
             topic: config.topic.clone(),
             counters: counters.clone(),
+            ids: ids.clone(),
         };
         ensure_topics(config).await?;
         let consumer: Arc<LakeConsumer> =
@@ -117,7 +129,37 @@ impl KafkaSource {
             .spawn(move || worker.run(stop))
             .map_err(|e| KafkaError::Subscription(format!("cannot start the consumer thread: {e}")))?;
         tracing::info!(brokers = %config.brokers, topic = %config.topic, group = %config.group_id, "consuming");
-        Ok(Self { consumer, counters, topic: config.topic.clone(), thread: Mutex::new(Some(thread)) })
+        Ok(Self { consumer, counters, topic: config.topic.clone(), ids, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// The topic the partitions were assigned from (`None`: not learnt) and the topic the name
+    /// stands for now; when Kafka cannot be asked, the assigned one stands for now too.
+    pub async fn identities(&self) -> Result<(Option<TopicIdentity>, TopicIdentity), String> {
+        let assigned = self.counters.identity.lock().expect("identity lock").clone();
+        let (ids, topic) = (self.ids.clone(), self.topic.clone());
+        let now = tokio::task::spawn_blocking(move || ids.identify(&topic, IDENTIFY_TIMEOUT))
+            .await
+            .map_err(|e| format!("the kafka id lookup stopped: {e}"))?;
+        match (now, assigned) {
+            (Ok(now), assigned) => Ok((assigned, now)),
+            (Err(error), Some(assigned)) => {
+                tracing::warn!(%error, topic = %assigned, "cannot ask kafka which topic the name stands for; keeping the assigned one");
+                Ok((Some(assigned.clone()), assigned))
+            }
+            (Err(error), None) => Err(format!(
+                "cannot commit kafka offsets: {error} (the offsets are recorded with the topic id \
+                 and cluster id; check that kafka.brokers is reachable)"
+            )),
+        }
+    }
+
+    /// Leaves the group and joins again, so every partition is assigned afresh (from the
+    /// table's offsets of the topic the name stands for then).
+    pub fn resubscribe(&self) {
+        self.consumer.unsubscribe();
+        if let Err(error) = self.consumer.subscribe(&[&self.topic]) {
+            tracing::error!(%error, topic = %self.topic, "cannot subscribe to the topic again");
+        }
     }
 
     /// Waits for the consumer thread after its stop token was cancelled.

@@ -1,8 +1,9 @@
 //! Rebalances: what happens when the group gives this appender partitions or takes them away.
 //!
 //! - Assigned: unsealed rows of those partitions are dropped (they are read again), and each
-//!   partition starts at the table's next offset (from the snapshot summaries), not at the
-//!   group's committed offset.
+//!   partition starts at the table's next offset of this topic id and cluster (from the table's
+//!   properties and snapshot summaries), or at its earliest offset when the table holds none,
+//!   never at the group's committed offset (unless the table or Kafka cannot be asked).
 //! - Revoked: commits from now on leave the partitions out; the revocation waits for the commit
 //!   in flight (which may hold them) and drops their unsealed rows before it returns, so the new
 //!   owner (assigned only after that, with the eager protocol) starts from the table's offsets.
@@ -16,7 +17,9 @@ use rdkafka::{
 };
 use tokio::runtime::Handle;
 
-use super::SourceCounters;
+use telemetry_lake_common::kafka_ids::IdLookup;
+
+use super::{IDENTIFY_TIMEOUT, SourceCounters};
 use crate::{commit::summary, lake::Lake, staging::Staging};
 
 /// The consumer's context: rebalance callbacks run on the consumer thread.
@@ -26,6 +29,7 @@ pub(super) struct LakeContext {
     pub(super) lake: Arc<Lake>,
     pub(super) topic: String,
     pub(super) counters: Arc<SourceCounters>,
+    pub(super) ids: Arc<IdLookup>,
 }
 
 impl ClientContext for LakeContext {}
@@ -89,25 +93,40 @@ impl LakeContext {
     }
 
     /// Drops unsealed rows of newly assigned partitions (they will be read again from the
-    /// table's offsets, and must not be staged twice) and sets each start offset.
+    /// table's offsets, and must not be staged twice) and sets each start offset: the table's
+    /// next offset of this topic id and cluster, or the earliest offset of a partition the
+    /// table holds no rows of (a new topic, or one deleted and created again).
     fn start_from_table(&self, tpl: &mut TopicPartitionList, partitions: &[i32]) {
         let found = self.block_on(async {
             self.staging.discard_unsealed_partitions(partitions.to_vec()).await.map_err(|e| e.to_string())?;
-            self.lake
-                .snapshot_summaries()
-                .await
-                .map(|s| summary::offsets_from_summaries(&s, &self.topic))
-                .map_err(|e| e.to_string())
+            self.lake.state().await.map_err(|e| e.to_string())
         });
+        // Here, on the consumer thread, blocking is allowed.
+        let found = found.and_then(|state| Ok((state, self.ids.identify(&self.topic, IDENTIFY_TIMEOUT)?)));
         match found {
-            Ok(offsets) => {
-                self.counters.table_offsets.lock().expect("offsets lock").extend(offsets.clone());
-                for partition in partitions {
-                    if let Some(next) = offsets.get(partition) {
-                        let _ = tpl.set_partition_offset(&self.topic, *partition, Offset::Offset(*next));
-                    }
+            Ok((state, identity)) => {
+                let found = summary::table_offsets(&state.properties, &state.summaries, &identity);
+                if let Some(recorded_for) = &found.recorded_for {
+                    tracing::warn!(
+                        "the table's offsets of topic {} are of {recorded_for}, but the topic is \
+                         {identity} now (deleted and created again, or another cluster): they do \
+                         not apply, its partitions start from their earliest offsets",
+                        self.topic
+                    );
                 }
-                tracing::info!(?offsets, "starting assigned partitions from the table's offsets");
+                let offsets = found.offsets;
+                {
+                    let mut known = self.counters.table_offsets.lock().expect("offsets lock");
+                    known.retain(|p, _| !partitions.contains(p));
+                    known.extend(offsets.iter().filter(|(p, _)| partitions.contains(p)));
+                }
+                *self.counters.identity.lock().expect("identity lock") = Some(identity.clone());
+                for partition in partitions {
+                    let start =
+                        offsets.get(partition).map_or(Offset::Beginning, |next| Offset::Offset(*next));
+                    let _ = tpl.set_partition_offset(&self.topic, *partition, start);
+                }
+                tracing::info!(?offsets, %identity, "starting assigned partitions from the table's offsets");
             }
             // Safe, only slower: the fence drops rows the table already holds.
             Err(error) => {
