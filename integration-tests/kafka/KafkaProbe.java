@@ -5,18 +5,24 @@
 //   dump BOOTSTRAP TOPIC              prints every record now on the topic, one JSON object a line:
 //                                     {"partition","offset","key","headers":{..},"value_b64"}
 //   produce BOOTSTRAP TOPIC KEY HEX   writes one record (value given in hex), acks=all
+//   topic-id BOOTSTRAP TOPIC          prints the topic's id (base64, as Kafka's tools print it)
+//   recreate BOOTSTRAP TOPIC N        deletes the topic, then creates it again with N partitions
+//                                     (retrying while the deletion is still under way); prints
+//                                     the new topic id
 //
 // Exit code 1 with a message on stderr when the broker cannot be reached within 30 s.
 import java.time.Duration;
 import java.util.*;
 import java.util.concurrent.TimeUnit;
 import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.NewTopic;
 import org.apache.kafka.clients.admin.TopicDescription;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.clients.producer.KafkaProducer;
 import org.apache.kafka.clients.producer.ProducerRecord;
 import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.errors.TopicExistsException;
 import org.apache.kafka.common.errors.UnknownTopicOrPartitionException;
 import org.apache.kafka.common.header.Header;
 import org.apache.kafka.common.serialization.ByteArrayDeserializer;
@@ -25,7 +31,7 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
 public class KafkaProbe {
     public static void main(String[] args) throws Exception {
         if (args.length < 3) {
-            System.err.println("usage: KafkaProbe partitions|dump|produce BOOTSTRAP TOPIC [KEY HEX]");
+            System.err.println("usage: KafkaProbe partitions|dump|produce|topic-id|recreate BOOTSTRAP TOPIC [KEY HEX | N]");
             System.exit(2);
         }
         String bootstrap = args[1];
@@ -34,6 +40,8 @@ public class KafkaProbe {
             case "partitions" -> System.out.println(partitions(bootstrap, topic));
             case "dump" -> dump(bootstrap, topic);
             case "produce" -> produce(bootstrap, topic, args[3], HexFormat.of().parseHex(args[4]));
+            case "topic-id" -> System.out.println(topicId(bootstrap, topic));
+            case "recreate" -> System.out.println(recreate(bootstrap, topic, Integer.parseInt(args[3])));
             default -> {
                 System.err.println("unknown command " + args[0]);
                 System.exit(2);
@@ -108,6 +116,44 @@ public class KafkaProbe {
         try (KafkaProducer<byte[], byte[]> producer =
                 new KafkaProducer<>(props, new ByteArraySerializer(), new ByteArraySerializer())) {
             producer.send(new ProducerRecord<>(topic, key.getBytes("UTF-8"), value)).get(30, TimeUnit.SECONDS);
+        }
+    }
+
+    static String topicId(String bootstrap, String topic) throws Exception {
+        try (Admin admin = Admin.create(common(bootstrap))) {
+            return admin.describeTopics(List.of(topic)).allTopicNames().get(30, TimeUnit.SECONDS).get(topic)
+                    .topicId().toString();
+        }
+    }
+
+    static String recreate(String bootstrap, String topic, int partitions) throws Exception {
+        try (Admin admin = Admin.create(common(bootstrap))) {
+            admin.deleteTopics(List.of(topic)).all().get(30, TimeUnit.SECONDS);
+            long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+            while (true) {
+                try {
+                    admin.createTopics(List.of(new NewTopic(topic, partitions, (short) 1))).all()
+                            .get(30, TimeUnit.SECONDS);
+                    break;
+                } catch (java.util.concurrent.ExecutionException e) {
+                    if (!(e.getCause() instanceof TopicExistsException) || System.nanoTime() > deadline) {
+                        throw e;
+                    }
+                    Thread.sleep(200);
+                }
+            }
+        }
+        // The new topic's metadata reaches the broker's cache a moment after its creation.
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(30);
+        while (true) {
+            try {
+                return topicId(bootstrap, topic);
+            } catch (java.util.concurrent.ExecutionException e) {
+                if (!(e.getCause() instanceof UnknownTopicOrPartitionException) || System.nanoTime() > deadline) {
+                    throw e;
+                }
+                Thread.sleep(200);
+            }
         }
     }
 

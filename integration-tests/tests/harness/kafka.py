@@ -5,7 +5,7 @@
 Central. It can stop, `kill -9` and restart on the same data and ports. Topics are read with
 Kafka's own Java client (`kafka/KafkaProbe.java`, run from source by `java`), so the tests need
 no Python Kafka package: `partitions`, `records` (every record with partition, offset, key,
-headers and value) and `produce`.
+headers and value), `produce`, `topic_id` and `recreate_topic` (delete, then create again).
 
 `Ingester` is the `ingester` binary booted like the appender (`harness.lake.Appender`: a temp
 dir, free loopback ports, a TOML config, a log file, the same admin helpers), pointed at a
@@ -129,6 +129,14 @@ class Broker(ScriptService):
     def produce(self, topic: str, key: str, value: bytes) -> None:
         """Writes one record with `acks=all`."""
         self._probe("produce", self.bootstrap, topic, key, value.hex())
+
+    def topic_id(self, topic: str) -> str:
+        """The topic's id (a UUID in base64, as Kafka's tools print it)."""
+        return self._probe("topic-id", self.bootstrap, topic).strip()
+
+    def recreate_topic(self, topic: str, partitions: int) -> str:
+        """Deletes `topic` and creates it again (offsets start at 0 again); its new id."""
+        return self._probe("recreate", self.bootstrap, topic, str(partitions)).strip()
 
 
 class Ingester(Appender):
