@@ -13,7 +13,7 @@
 //!   error's text is prost's, byte for byte; [`WalkError::offset`] adds where in the bytes.
 //! - Record counts are those of the decoded request; a record is malformed when its (last)
 //!   `trace_id` is not 0 or 16 bytes or its (last) `span_id` is not 0 or 8 bytes, trace id first,
-//!   with the appender's reason text ("trace_id must be 16 bytes, got 3").
+//!   with the reason text of `otlp::records::check_record` ("trace_id must be 16 bytes, got 3").
 //! - `service_name` is what the ingester's `resource_key` reads from the decoded resource, with
 //!   prost's merge rules: repeated `resource` fields are merged (their attributes concatenated),
 //!   a repeated `KeyValue.key` or string is last-wins, and the last `AnyValue.value` oneof field
@@ -204,7 +204,8 @@ enum WireType {
 /// prost's `RECURSION_LIMIT`: nested messages (and groups) deeper than this are refused.
 const RECURSION_LIMIT: u32 = 100;
 
-/// Why a record's ids are malformed; its text is the appender's (`rows.rs` `check_ids`).
+/// Why a record's ids are malformed: the rule and text of [`super::records::check_record`] (a
+/// contract; the tests compare the two on every generated record).
 #[derive(Debug, Clone, Copy)]
 enum IdProblem {
     TraceId(usize),

@@ -25,20 +25,11 @@ use proptest::{
 use prost::Message;
 
 use super::*;
+use crate::otlp::records::check_record;
 
 // ---------------------------------------------------------------------------------------------
-// The reference: prost's decoding, with the rules of the appender and the ingester.
-
-/// `services/appender/src/rows.rs` `check_ids`, on the decoded record.
-fn check_ids(record: &LogRecord) -> Result<(), String> {
-    if !matches!(record.trace_id.len(), 0 | 16) {
-        return Err(format!("trace_id must be 16 bytes, got {}", record.trace_id.len()));
-    }
-    if !matches!(record.span_id.len(), 0 | 8) {
-        return Err(format!("span_id must be 8 bytes, got {}", record.span_id.len()));
-    }
-    Ok(())
-}
+// The reference: prost's decoding, with the record check both services apply
+// (`otlp::records::check_record`) and the ingester's `service.name` rule.
 
 /// `services/ingester/src/split.rs` `resource_key`, `None` where it falls back to the default.
 fn resource_key(resource: &ResourceLogs) -> Option<String> {
@@ -87,7 +78,7 @@ fn agree(bytes: &[u8]) -> Result<Option<Walk>, String> {
         let mut expected = (0u64, 0u64);
         for record in resource.scope_logs.iter().flat_map(|s| &s.log_records) {
             expected.0 += 1;
-            if let Err(reason) = check_ids(record) {
+            if let Err(reason) = check_record(record) {
                 expected.1 += 1;
                 if malformed + expected.1 == 1 {
                     rejection = reason;
