@@ -63,7 +63,8 @@ def send_all(ingester: Ingester, total: int, tag: str) -> list[LogSpec]:
 
 
 def record_ids(table: pa.Table) -> list[str]:
-    return [str(dict(row["log_attributes"] or {}).get("record.id")) for row in table.select(["log_attributes"]).to_pylist()]
+    rows = table.select(["log_attributes"]).to_pylist()
+    return [str(dict(row["log_attributes"] or {}).get("record.id")) for row in rows]
 
 
 def consumed(appender: Appender) -> int:
@@ -260,7 +261,9 @@ class LateCommitProxy:
     def uri(self) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+    def forward(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
         try:
             connection.request(method, path, body=body or None, headers=headers)
@@ -319,7 +322,13 @@ def late_commit_config(proxy: LateCommitProxy, catalog: RestCatalog, table: str)
 
 
 def assert_applied_late_and_committed_once(
-    appender: Appender, proxy: LateCommitProxy, catalog: RestCatalog, table: str, sent: list[LogSpec], *, from_kafka: bool
+    appender: Appender,
+    proxy: LateCommitProxy,
+    catalog: RestCatalog,
+    table: str,
+    sent: list[LogSpec],
+    *,
+    from_kafka: bool,
 ) -> None:
     # The first commit times out (no answer); the flushes after it retry.
     response = appender.http("POST", "/flush")
