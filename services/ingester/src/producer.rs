@@ -42,9 +42,7 @@ use rdkafka::{
     message::{DeliveryResult, Header, OwnedHeaders},
     producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer},
 };
-use telemetry_lake_common::otlp::{
-    ExportError, ExportLogsServiceRequest, ExportOutcome, LogsExporter, count_records,
-};
+use telemetry_lake_common::otlp::{ExportError, ExportOutcome, LogsExporter, LogsRequest};
 #[cfg(test)]
 use telemetry_lake_common::{kafka, settings::KafkaSettings};
 use tokio::sync::{Notify, oneshot};
@@ -301,8 +299,8 @@ impl KafkaExporter {
 }
 
 impl LogsExporter for KafkaExporter {
-    async fn export(&self, request: ExportLogsServiceRequest) -> Result<ExportOutcome, ExportError> {
-        let received = count_records(&request);
+    async fn export(&self, request: LogsRequest) -> Result<ExportOutcome, ExportError> {
+        let received = request.records();
         self.counters.records_received.fetch_add(received, Ordering::Relaxed);
         if received == 0 {
             return Ok(ExportOutcome::ok());
@@ -317,16 +315,27 @@ impl LogsExporter for KafkaExporter {
             );
         }
         let budget = self.budget;
-        let split = if received > INLINE_SPLIT_RECORDS {
-            match tokio::task::spawn_blocking(move || split::check_and_split(request, budget)).await {
-                Ok(split) => split,
-                Err(err) => {
-                    return self
-                        .reject(received, ExportError::Internal(format!("request split failed: {err}")));
+        let split = match split::split_encoded(request.bytes(), request.walk(), budget) {
+            Some(split) => split,
+            None => {
+                let request = match request.decode() {
+                    Ok(request) => request,
+                    Err(error) => return self.reject(received, error),
+                };
+                if received > INLINE_SPLIT_RECORDS {
+                    match tokio::task::spawn_blocking(move || split::check_and_split(request, budget)).await {
+                        Ok(split) => split,
+                        Err(err) => {
+                            return self.reject(
+                                received,
+                                ExportError::Internal(format!("request split failed: {err}")),
+                            );
+                        }
+                    }
+                } else {
+                    split::check_and_split(request, budget)
                 }
             }
-        } else {
-            split::check_and_split(request, budget)
         };
         let (rejected, rejection) = (split.rejected, split.rejection.clone());
         let (receivers, failed) = self.enqueue(split);
@@ -363,6 +372,8 @@ pub async fn flush(producer: Arc<IngestProducer>, timeout: Duration) -> Result<(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use telemetry_lake_common::otlp::ExportLogsServiceRequest;
+
     use super::*;
 
     fn user(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -412,7 +423,12 @@ pub(crate) mod tests {
     }
 
     /// A request with one record per service, for the tests here and in `admin`.
-    pub(crate) fn request(services: &[&str]) -> ExportLogsServiceRequest {
+    pub(crate) fn request(services: &[&str]) -> LogsRequest {
+        LogsRequest::encoded(&decoded_request(services))
+    }
+
+    /// [`request`], decoded.
+    pub(crate) fn decoded_request(services: &[&str]) -> ExportLogsServiceRequest {
         use opentelemetry_proto::tonic::{
             common::v1::{AnyValue, KeyValue, any_value::Value},
             logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
@@ -447,7 +463,7 @@ pub(crate) mod tests {
         let err = exporter.export(request(&["a"])).await.unwrap_err();
         assert_eq!(err.http_status().as_u16(), 503, "{err}");
         assert_eq!(exporter.counters.records_rejected.load(Ordering::Relaxed), 1);
-        assert_eq!(exporter.export(ExportLogsServiceRequest::default()).await, Ok(ExportOutcome::ok()));
+        assert_eq!(exporter.export(LogsRequest::encoded(&ExportLogsServiceRequest::default())).await, Ok(ExportOutcome::ok()));
     }
 
     #[tokio::test]
@@ -471,11 +487,11 @@ pub(crate) mod tests {
     async fn malformed_records_are_refused_as_partial_success_and_never_produced() {
         // The broker is unreachable: anything produced would fail the export.
         let exporter = unreachable_exporter(&[("message.timeout.ms", "500")], true);
-        let mut request = request(&["a", "b"]);
+        let mut request = decoded_request(&["a", "b"]);
         for resource in &mut request.resource_logs {
             resource.scope_logs[0].log_records[0].trace_id = vec![1, 2, 3];
         }
-        let outcome = exporter.export(request).await.expect("answered");
+        let outcome = exporter.export(LogsRequest::encoded(&request)).await.expect("answered");
         assert_eq!(outcome, ExportOutcome::partial(2, "trace_id must be 16 bytes, got 3"));
         let c = &exporter.counters;
         assert_eq!(c.records_rejected.load(Ordering::Relaxed), 2);

@@ -10,7 +10,10 @@
 //! encoding) whose resources all share one key, plus the records that could not be carried.
 //! [`check_and_split`] first leaves out the records the appender could not stage (the shared
 //! check of `telemetry_lake_common::otlp::records`, with its messages), so nothing that reaches
-//! Kafka from here is refused later.
+//! Kafka from here is refused later. [`split_encoded`] is the common case without decoding: a
+//! request whose walk found no malformed record and no resource over the budget is cut from its
+//! own bytes, whole `ResourceLogs` fields packed per key (the same records in the same batches;
+//! only empty scopes, which carry no log, may remain).
 //!
 //! Guarantees:
 //! - every log record of the request is in exactly one batch, or counted in
@@ -33,6 +36,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::{Message, encoding::encoded_len_varint};
 use telemetry_lake_common::otlp::records;
+use telemetry_lake_common::otlp::walk::{ResourceLogsRange, Walk};
 
 /// The key of resources without a `service.name`: the value OpenTelemetry SDKs report for an
 /// unnamed service, so they still share one partition and keep their order.
@@ -81,6 +85,39 @@ fn field_len(len: usize) -> usize {
 
 /// The most a length varint can add on top of the tag (bodies stay below 32 GiB).
 const NESTING_OVERHEAD: usize = 1 + 5;
+
+/// The fast path: batches cut from the request's own bytes, without decoding it. Each batch
+/// is the concatenation of whole `ResourceLogs` fields of one key, in request order, packed
+/// under `budget`, so the records and their bytes go out exactly as the client sent them
+/// (empty scopes inside a resource included). Resources without records are left out.
+///
+/// `None` when the request needs [`check_and_split`]: it has malformed records, or one resource
+/// alone is larger than `budget` (it must be cut along scope and record boundaries).
+pub fn split_encoded(bytes: &[u8], walk: &Walk, budget: usize) -> Option<Split> {
+    if walk.malformed > 0 || walk.resources.iter().any(|r| r.field.len() > budget) {
+        return None;
+    }
+    let mut order: Vec<(&str, Vec<&ResourceLogsRange>)> = Vec::new();
+    for resource in walk.resources.iter().filter(|r| r.records > 0) {
+        let key = resource.service(bytes).unwrap_or(UNKNOWN_SERVICE);
+        match order.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, resources)) => resources.push(resource),
+            None => order.push((key, vec![resource])),
+        }
+    }
+    let mut split = Split::default();
+    for (key, resources) in order {
+        for group in pack(resources, budget, |r| r.field.len()) {
+            let mut payload = Vec::with_capacity(group.iter().map(|r| r.field.len()).sum());
+            for resource in &group {
+                payload.extend_from_slice(&bytes[resource.field.clone()]);
+            }
+            let records = group.iter().map(|r| r.records).sum();
+            split.batches.push(Batch { key: key.to_owned(), payload, records });
+        }
+    }
+    Some(split)
+}
 
 /// Leaves out the records the appender would refuse (a malformed trace or span id), then splits
 /// the rest as [`split_request`] does. `rejected` counts both kinds of refusal; the message names
@@ -474,5 +511,54 @@ mod tests {
             "{} batches for {total} bytes",
             split.batches.len()
         );
+    }
+
+    fn split_both_ways(request: &ExportLogsServiceRequest, budget: usize) -> (Option<Split>, Split) {
+        let bytes = request.encode_to_vec();
+        let walk = telemetry_lake_common::otlp::walk::walk_logs_request(&bytes).expect("valid request");
+        (split_encoded(&bytes, &walk, budget), check_and_split(request.clone(), budget))
+    }
+
+    #[test]
+    fn the_byte_path_cuts_what_the_decoding_path_cuts() {
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![
+                resource(Some("checkout"), vec![("a", lines("c1", 30, 40))]),
+                resource(None, vec![("b", lines("u1", 5, 10))]),
+                resource(Some("cart"), vec![]),
+                resource(Some("checkout"), vec![("a", lines("c2", 30, 40)), ("b", lines("c3", 3, 5))]),
+                resource(Some(""), vec![("c", lines("u2", 2, 10))]),
+            ],
+        };
+        for budget in [1 << 20, 4096, 2600] {
+            let (fast, slow) = split_both_ways(&request, budget);
+            let fast = fast.expect("no malformed records, every resource fits");
+            assert_eq!(flatten(&fast), flatten(&slow), "budget {budget}");
+            assert!(fast.batches.iter().all(|b| b.payload.len() <= budget), "budget {budget}");
+            assert_eq!(fast.rejected, 0);
+        }
+        // One resource per key fits whole: its bytes go out untouched.
+        let (fast, _) = split_both_ways(&request, 1 << 20);
+        let first = &request.resource_logs[0];
+        let mut expected =
+            ExportLogsServiceRequest { resource_logs: vec![first.clone(), request.resource_logs[3].clone()] }
+                .encode_to_vec();
+        assert_eq!(fast.expect("fast").batches[0].payload, std::mem::take(&mut expected));
+    }
+
+    #[test]
+    fn the_byte_path_declines_malformed_records_and_resources_over_the_budget() {
+        let mut bad = record("bad");
+        bad.trace_id = vec![1, 2, 3];
+        let malformed = ExportLogsServiceRequest {
+            resource_logs: vec![resource(Some("checkout"), vec![("a", vec![record("good"), bad])])],
+        };
+        assert_eq!(split_both_ways(&malformed, 1 << 20).0, None);
+        let large = ExportLogsServiceRequest {
+            resource_logs: vec![resource(Some("checkout"), vec![("a", lines("c", 100, 100))])],
+        };
+        let (fast, slow) = split_both_ways(&large, 4096);
+        assert_eq!(fast, None);
+        assert!(slow.batches.len() > 1);
     }
 }

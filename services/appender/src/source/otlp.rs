@@ -1,8 +1,11 @@
 //! The embedded export path: an OTLP request, less its malformed records, staged as one encoded
 //! batch and answered once staged durably.
 //!
-//! Records with a malformed trace or span id are rejected one by one (OTLP partial success, by
-//! `telemetry_lake_common::otlp::records`, the check the ingester applies too);
+//! A request is staged as the bytes it arrived as (compressed): the receivers' walk has already
+//! checked it as prost would and counted its records. Records with a malformed trace or span id
+//! are rejected one by one (OTLP partial success, with the reasons of
+//! `telemetry_lake_common::otlp::records`, the check the ingester applies too); only such a
+//! request is decoded, has them removed, and is encoded again.
 //! a full staging is a retryable "overloaded" answer and turns health NOT_SERVING
 //! ([`Reason::StagingFull`]) until a flush makes room.
 
@@ -17,10 +20,7 @@ use std::{
 use prost::Message as _;
 use telemetry_lake_common::{
     health::{Health, Reason},
-    otlp::{
-        ExportError, ExportLogsServiceRequest, ExportOutcome, LogsExporter, count_records,
-        records::{self, Checked},
-    },
+    otlp::{ExportError, ExportOutcome, LogsExporter, LogsRequest, records},
 };
 
 use crate::{
@@ -28,8 +28,8 @@ use crate::{
     staging::{Batch, Staging, StagingError},
 };
 
-/// Requests with more records than this are checked, encoded and compressed off the async
-/// workers (a 1,000-record request takes about a millisecond).
+/// Requests with more records than this are compressed (and, with malformed records, decoded
+/// and encoded again) off the async workers (a 1,000-record request takes about a millisecond).
 const INLINE_CONVERSION_RECORDS: u64 = 200;
 
 #[derive(Debug, Default)]
@@ -53,24 +53,30 @@ fn now_micros() -> i64 {
 }
 
 impl LogsExporter for EmbeddedExporter {
-    async fn export(&self, request: ExportLogsServiceRequest) -> Result<ExportOutcome, ExportError> {
-        let received = count_records(&request);
+    async fn export(&self, request: LogsRequest) -> Result<ExportOutcome, ExportError> {
+        let received = request.records();
         self.totals.received.fetch_add(received, Ordering::Relaxed);
-        let encode = move || {
-            let mut request = request;
-            let checked = records::drop_malformed(&mut request);
-            let batch = (checked.accepted > 0)
-                .then(|| Batch::new(&request.encode_to_vec(), checked.accepted, None, now_micros()));
-            (checked, batch)
+        let walk = request.walk();
+        let (rejected, rejection) = (walk.malformed, walk.rejection.clone());
+        let accepted = received - rejected;
+        let prepare = move || -> Result<Option<Batch>, ExportError> {
+            if accepted == 0 {
+                return Ok(None);
+            }
+            if rejected == 0 {
+                return Ok(Some(Batch::new(request.bytes(), accepted, None, now_micros())));
+            }
+            let mut decoded = request.decode()?;
+            records::drop_malformed(&mut decoded);
+            Ok(Some(Batch::new(&decoded.encode_to_vec(), accepted, None, now_micros())))
         };
-        let (checked, batch) = if received > INLINE_CONVERSION_RECORDS {
-            tokio::task::spawn_blocking(encode)
+        let batch = if received > INLINE_CONVERSION_RECORDS {
+            tokio::task::spawn_blocking(prepare)
                 .await
-                .map_err(|e| ExportError::Internal(format!("encoding the request failed: {e}")))?
+                .map_err(|e| ExportError::Internal(format!("encoding the request failed: {e}")))??
         } else {
-            encode()
+            prepare()?
         };
-        let Checked { accepted, rejected, rejection } = checked;
         if let Some(batch) = batch {
             if let Err(err) = self.staging.append(vec![batch]).await {
                 self.totals.rejected.fetch_add(received, Ordering::Relaxed);

@@ -3,8 +3,8 @@
 //! In: unary `Export` calls, optionally gzip or zstd compressed. tonic unframes and decompresses
 //! them with `max_decoding_message_size = otlp.max_recv_msg_size` (checked on the frame and again
 //! after decompression, so an oversized or bomb request is refused without being buffered) and
-//! hands over the message as the bytes it arrived as (`RawRequestCodec`); the export path
-//! decides how much of them to decode. Out: the exporter's answer as an
+//! hands over the message as the bytes it arrived as (`RawRequestCodec`); the export path walks
+//! them (`LogsRequest`) and the service decides how much of them to decode. Out: the exporter's answer as an
 //! `ExportLogsServiceResponse` (partial success only when something was rejected), or its
 //! [`ExportError`] as a status with `RetryInfo` when retryable.
 //!
@@ -34,7 +34,8 @@ use tonic::{
 use tonic_prost::ProstEncoder;
 
 use super::{
-    ExportError, ExportLogsServiceResponse, LogsExporter, ReceiverMetrics, Transport, decode_request, export_request,
+    ExportError, ExportLogsServiceResponse, LogsExporter, ReceiverMetrics, Transport, export_request,
+    walk_request,
 };
 use crate::config::OtlpConfig;
 
@@ -133,7 +134,7 @@ impl<E: LogsExporter> UnaryService<Bytes> for ExportHandler<E> {
         self.reached.store(true, Ordering::Relaxed);
         let (exporter, metrics) = (Arc::clone(&self.exporter), Arc::clone(&self.metrics));
         Box::pin(async move {
-            let request = match decode_request(request.into_inner()).await {
+            let request = match walk_request(request.into_inner()).await {
                 Ok(request) => request,
                 Err(error) => {
                     metrics.undecodable(Transport::Grpc, &error);

@@ -24,10 +24,10 @@ use http::{HeaderMap, HeaderValue, header};
 use prost::Message;
 
 use super::{
-    ExportError, ExportLogsServiceRequest, ExportLogsServiceResponse, LogsExporter, ReceiverMetrics,
-    Transport,
+    ExportError, ExportLogsServiceRequest, ExportLogsServiceResponse, LogsExporter, LogsRequest,
+    ReceiverMetrics, Transport,
     body::{Encoding, read_body},
-    decode_request, export_request,
+    export_request, walk_request,
 };
 use crate::config::OtlpConfig;
 
@@ -90,8 +90,11 @@ impl Format {
         })
     }
 
-    fn decode_json(body: &[u8]) -> Result<ExportLogsServiceRequest, ExportError> {
-        serde_json::from_slice(body).map_err(|e| ExportError::InvalidArgument(format!("malformed otlp/json: {e}")))
+    /// OTLP/JSON goes through prost's structs, then on as protobuf like every other request.
+    fn decode_json(body: &[u8]) -> Result<LogsRequest, ExportError> {
+        let request: ExportLogsServiceRequest = serde_json::from_slice(body)
+            .map_err(|e| ExportError::InvalidArgument(format!("malformed otlp/json: {e}")))?;
+        Ok(LogsRequest::encoded(&request))
     }
 
     fn encode_response(self, response: &ExportLogsServiceResponse) -> Bytes {
@@ -126,7 +129,7 @@ async fn read_request<E>(
     format: Format,
     headers: &HeaderMap,
     body: Body,
-) -> Result<ExportLogsServiceRequest, ExportError> {
+) -> Result<LogsRequest, ExportError> {
     let encoding = match headers.get(header::CONTENT_ENCODING) {
         None => Encoding::Identity,
         Some(value) => Encoding::parse(Some(
@@ -144,7 +147,7 @@ async fn read_request<E>(
     }
     let bytes = read_body(body, encoding, limit).await?;
     match format {
-        Format::Protobuf => decode_request(bytes).await,
+        Format::Protobuf => walk_request(bytes).await,
         Format::Json if bytes.len() <= DECODE_INLINE_MAX => Format::decode_json(&bytes),
         Format::Json => tokio::task::spawn_blocking(move || Format::decode_json(&bytes))
             .await

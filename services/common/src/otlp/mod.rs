@@ -2,8 +2,8 @@
 //!
 //! ```text
 //!  OTLP/gRPC Export --(grpc.rs: tonic unframes, gzip/zstd, size limit)--------+  protobuf bytes
-//!                                                                             +--> decode_request
-//!  OTLP/HTTP POST /v1/logs --(http.rs: media type, streaming inflate, limit)--+   (JSON: serde)
+//!                                                                             +--> LogsRequest::walked
+//!  OTLP/HTTP POST /v1/logs --(http.rs: media type, streaming inflate, limit)--+   (JSON: serde, encode)
 //!                                                                                       v
 //!                                                                                export_request
 //!                                                                                       |
@@ -13,6 +13,11 @@
 //!  Err(ExportError)   -> gRPC status / HTTP 4xx-5xx with a google.rpc.Status body
 //! ```
 //!
+//! Requests reach the exporter as a [`LogsRequest`]: the protobuf bytes as they arrived plus
+//! what [`walk::walk_logs_request`] found in them (validity exactly as prost decides it, record
+//! counts, malformed ids, each resource's byte range and `service.name`), so a service can
+//! forward or stage the bytes untouched and decode only what it must change.
+//!
 //! Guarantee: a receiver answers success only after the service's [`LogsExporter::export`]
 //! returned `Ok`, which the exporter promises only once the records are durable. Every
 //! request is counted in [`ReceiverMetrics`]; server faults are logged, client faults counted
@@ -21,13 +26,14 @@
 pub mod error;
 pub mod grpc;
 pub mod http;
-pub mod walk;
 pub mod records;
+pub mod walk;
 
 mod body;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder},
     metrics::{counter::Counter, family::Family},
@@ -39,6 +45,8 @@ use error::Outcome;
 pub use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
+use prost::Message as _;
+use walk::Walk;
 
 /// What an exporter accepted: everything, or all but `rejected_log_records` (OTLP partial
 /// success).
@@ -80,8 +88,52 @@ pub trait LogsExporter: Send + Sync + 'static {
     /// Answer only once the records are durable (the service decides what that means).
     fn export(
         &self,
-        request: ExportLogsServiceRequest,
+        request: LogsRequest,
     ) -> impl std::future::Future<Output = Result<ExportOutcome, ExportError>> + Send;
+}
+
+/// A valid export request: its protobuf bytes and what walking them found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogsRequest {
+    bytes: Bytes,
+    walk: Walk,
+}
+
+impl LogsRequest {
+    /// Checks `bytes` as an `ExportLogsServiceRequest`; a request prost would not decode is
+    /// `InvalidArgument` with prost's reason.
+    pub fn walked(bytes: Bytes) -> Result<Self, ExportError> {
+        match walk::walk_logs_request(&bytes) {
+            Ok(walk) => Ok(Self { bytes, walk }),
+            Err(e) => Err(ExportError::InvalidArgument(format!("malformed protobuf: {e}"))),
+        }
+    }
+
+    /// The request `request` encodes to (OTLP/JSON bodies, tests).
+    pub fn encoded(request: &ExportLogsServiceRequest) -> Self {
+        Self::walked(request.encode_to_vec().into()).expect("prost's own encoding walks")
+    }
+
+    /// The protobuf bytes, as received.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// What the walk found: resources, record counts, malformed ids.
+    pub fn walk(&self) -> &Walk {
+        &self.walk
+    }
+
+    /// Log records in the request.
+    pub fn records(&self) -> u64 {
+        self.walk.records
+    }
+
+    /// The request as prost structs, for the paths that change it.
+    pub fn decode(&self) -> Result<ExportLogsServiceRequest, ExportError> {
+        ExportLogsServiceRequest::decode(self.bytes.as_ref())
+            .map_err(|e| ExportError::Internal(format!("a walked request did not decode: {e}")))
+    }
 }
 
 /// The number of log records in a request.
@@ -239,32 +291,29 @@ fn log_failure(transport: Transport, records: u64, error: &ExportError) {
     }
 }
 
-/// Requests larger than this are decoded on the blocking pool: decoding 16 MiB of protobuf
-/// takes tens of milliseconds, too long to hold an async worker.
-const DECODE_INLINE_MAX: usize = 256 * 1024;
+/// Requests larger than this are walked on the blocking pool: walking 16 MiB takes a few
+/// milliseconds, too long to hold an async worker.
+const WALK_INLINE_MAX: usize = 1024 * 1024;
 
-/// Decodes the protobuf bytes of a request, as both receivers got them.
-pub(crate) async fn decode_request(bytes: bytes::Bytes) -> Result<ExportLogsServiceRequest, ExportError> {
-    fn decode(bytes: &[u8]) -> Result<ExportLogsServiceRequest, ExportError> {
-        prost::Message::decode(bytes).map_err(|e| ExportError::InvalidArgument(format!("malformed protobuf: {e}")))
+/// Walks the protobuf bytes of a request, as both receivers got them.
+pub(crate) async fn walk_request(bytes: Bytes) -> Result<LogsRequest, ExportError> {
+    if bytes.len() <= WALK_INLINE_MAX {
+        return LogsRequest::walked(bytes);
     }
-    if bytes.len() <= DECODE_INLINE_MAX {
-        return decode(&bytes);
-    }
-    tokio::task::spawn_blocking(move || decode(&bytes))
+    tokio::task::spawn_blocking(move || LogsRequest::walked(bytes))
         .await
-        .map_err(|e| ExportError::Internal(format!("decoding task failed: {e}")))?
+        .map_err(|e| ExportError::Internal(format!("walking the request failed: {e}")))?
 }
 
 /// The export path both receivers call once they have a decoded request: count, export, count
 /// the outcome, log faults.
 pub(crate) async fn export_request<E: LogsExporter>(
     exporter: &E,
-    request: ExportLogsServiceRequest,
+    request: LogsRequest,
     transport: Transport,
     metrics: &ReceiverMetrics,
 ) -> Result<ExportLogsServiceResponse, ExportError> {
-    let records = count_records(&request);
+    let records = request.records();
     ReceiverMetrics::records(&metrics.records_received, transport, records);
     match exporter.export(request).await {
         Ok(outcome) => {
@@ -328,8 +377,8 @@ pub(crate) mod test_support {
     }
 
     impl LogsExporter for MockExporter {
-        async fn export(&self, request: ExportLogsServiceRequest) -> Result<ExportOutcome, ExportError> {
-            self.received.lock().unwrap().push(request);
+        async fn export(&self, request: LogsRequest) -> Result<ExportOutcome, ExportError> {
+            self.received.lock().unwrap().push(request.decode().expect("a walked request decodes"));
             self.answer.lock().unwrap().clone()
         }
     }
@@ -383,14 +432,18 @@ mod tests {
         let metrics = ReceiverMetrics::register(&mut registry);
 
         let exporter = MockExporter::answering(Ok(ExportOutcome::partial(1, "bad record")));
-        export_request(&*exporter, request(3), Transport::Http, &metrics).await.unwrap();
+        export_request(&*exporter, LogsRequest::encoded(&request(3)), Transport::Http, &metrics)
+            .await
+            .unwrap();
         assert_eq!(metrics.requests_count(Transport::Http, "ok"), 1);
         assert_eq!(metrics.records_count(Transport::Http, "received"), 3);
         assert_eq!(metrics.records_count(Transport::Http, "accepted"), 2);
         assert_eq!(metrics.records_count(Transport::Http, "rejected"), 1);
 
         let failing = MockExporter::answering(Err(ExportError::Internal("disk on fire".into())));
-        let err = export_request(&*failing, request(5), Transport::Grpc, &metrics).await.unwrap_err();
+        let err = export_request(&*failing, LogsRequest::encoded(&request(5)), Transport::Grpc, &metrics)
+            .await
+            .unwrap_err();
         assert_eq!(err, ExportError::Internal("disk on fire".into()));
         assert_eq!(metrics.requests_count(Transport::Grpc, "server_error"), 1);
         assert_eq!(metrics.records_count(Transport::Grpc, "rejected"), 5);
