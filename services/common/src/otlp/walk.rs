@@ -354,9 +354,12 @@ impl Cursor<'_> {
     #[inline(always)]
     fn string(&mut self, wire: WireType) -> Result<Range<usize>, WalkError> {
         let range = self.bytes(wire)?;
-        match std::str::from_utf8(&self.buf[range.clone()]) {
-            Ok(_) => Ok(range),
-            Err(_) => Err(WalkError::new(ErrorKind::InvalidString, range.start)),
+        let bytes = &self.buf[range.clone()];
+        // Most strings are ASCII, which `is_ascii` checks a word at a time.
+        if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
+            Ok(range)
+        } else {
+            Err(WalkError::new(ErrorKind::InvalidString, range.start))
         }
     }
 
