@@ -869,9 +869,10 @@ fn thread_cpu(started: Instant) -> Duration {
 }
 
 /// The long fuzz run: `WALK_FUZZ_SECONDS` (default 60) of this thread's CPU time spent on
-/// [`inputs`], in rounds of 5000 cases with their seeds printed; `WALK_FUZZ_SEED=<n>` replays
-/// round seed `n` alone. Prints the cases run, how many were valid requests and how the others
-/// failed (prost's and the walk's identical reasons). See the module docs of `walk.rs`.
+/// [`inputs`], in rounds of 5000 cases, each from its own seed; a disagreement names its round's
+/// seed, and `WALK_FUZZ_SEED=<seed>` replays that round alone. Prints progress every 30 s, then
+/// the cases run, how many were valid requests and why the others failed (prost's and the walk's
+/// identical reasons). See the module docs of `walk.rs`.
 #[test]
 #[ignore = "long run; see the module docs of otlp::walk"]
 fn fuzz_against_prost() {
