@@ -21,7 +21,7 @@ use std::{
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message as _;
 use rdkafka::{Message, Offset, TopicPartitionList, consumer::Consumer, message::BorrowedMessage};
-use telemetry_lake_common::otlp::{count_records, records};
+use telemetry_lake_common::otlp::{records, walk::walk_logs_request};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +89,7 @@ pub(super) fn sort_message(
         },
     };
     if payload.len() as u64 > max_batch_bytes {
-        let records = ExportLogsServiceRequest::decode(payload).map(|r| count_records(&r)).unwrap_or(0);
+        let records = walk_logs_request(payload).map(|walk| walk.records).unwrap_or(0);
         return whole(
             format!(
                 "{} bytes, more than staging takes in one piece ({max_batch_bytes} bytes: \
@@ -99,14 +99,19 @@ pub(super) fn sort_message(
             records,
         );
     }
+    // Checked without decoding (the walk agrees with prost); only a message with malformed
+    // records is decoded, to take them out.
+    let walk = match walk_logs_request(payload) {
+        Ok(walk) => walk,
+        Err(e) => return whole(format!("not an OTLP ExportLogsServiceRequest: {e}"), 0),
+    };
+    if walk.malformed == 0 {
+        return Sorted::Stage(Batch::new(payload, walk.records, Some(position), received_at_micros));
+    }
     let mut request = match ExportLogsServiceRequest::decode(payload) {
         Ok(request) => request,
         Err(e) => return whole(format!("not an OTLP ExportLogsServiceRequest: {e}"), 0),
     };
-    let checked = records::check(&request);
-    if checked.rejected == 0 {
-        return Sorted::Stage(Batch::new(payload, checked.accepted, Some(position), received_at_micros));
-    }
     let (checked, malformed) = records::split_malformed(&mut request);
     Sorted::DeadLetter {
         keep: Batch::new(&request.encode_to_vec(), checked.accepted, Some(position), received_at_micros),
