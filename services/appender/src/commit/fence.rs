@@ -6,7 +6,8 @@
 //!   the table already holds for this topic id and cluster; the commit records the next offset
 //!   of every partition the table then holds (the table's offsets merged with its own), in its
 //!   snapshot summary and in the table's properties ([`summary::KAFKA_OFFSETS`]); revocations
-//!   wait while it runs ([`Fencer::hold`]), and Kafka is told afterwards (for lag monitoring).
+//!   wait a little while it runs ([`Fencer::hold`]), and Kafka is told afterwards (for lag
+//!   monitoring).
 //!   When the topic behind the name changed since the partitions were assigned (deleted and
 //!   created again), the commit takes no Kafka rows and the source subscribes again, so the
 //!   partitions are assigned afresh from the new topic's earliest offsets.
@@ -46,8 +47,13 @@ struct OffsetFence {
 }
 
 impl Fencer {
-    /// Held while a commit of Kafka rows runs: a revocation waits for it, so the partitions'
-    /// new owner starts only from offsets this commit has or has not recorded.
+    /// Held while a commit of Kafka rows runs. A revocation waits for it only briefly
+    /// (`source::kafka`'s rebalance: a member that rejoins late is evicted), so the commit may
+    /// land rows of partitions revoked meanwhile. That stays exactly once without the hold: a
+    /// new owner starts from the table's offsets and its commits drop rows below the offsets
+    /// this one recorded, and every attempt of this commit is checked against the snapshots
+    /// committed since its table was read ([`Fence::rebase`]): once another owner committed a
+    /// partition it holds, it fails as a conflict and is fenced again, without that partition.
     pub async fn hold(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
         match self {
             Fencer::Embedded => None,

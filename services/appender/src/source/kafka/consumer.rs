@@ -10,11 +10,17 @@
 //! past the dead-lettered message exactly once and no restart reads it again.
 //!
 //! It never moves past a message that is neither staged nor dead-lettered: while staging
-//! refuses an append, or a dead letter is not delivered, it pauses its partitions, keeps serving
-//! the group, and retries.
+//! refuses an append, or a dead letter is not delivered, it pauses its partitions (and those
+//! assigned meanwhile), keeps serving the group, and retries.
+//!
+//! Every message read is tagged with its partition's assignment generation
+//! (`rebalance::Assignments`). Before each append, messages whose partition was revoked since
+//! they were read (and perhaps assigned again, starting from the table's offsets) are dropped:
+//! staged after the revocation they would be doubled by the new start, or sealed and committed
+//! past rows it reads again. They are read again by whoever owns the partition now.
 
 use std::{
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, MutexGuard, atomic::Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -28,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     SourceCounters,
     dead_letters::{DeadLetter, DeadLetters},
-    rebalance::LakeConsumer,
+    rebalance::{Assignments, LakeConsumer},
 };
 use crate::{
     rows::KafkaPosition,
@@ -52,6 +58,27 @@ pub(super) struct Worker {
     pub(super) counters: Arc<SourceCounters>,
     pub(super) dead_letters: DeadLetters,
     pub(super) handle: Handle,
+}
+
+/// A batch read from the topic, with the assignment generation of its partition when read.
+#[derive(Debug, Clone)]
+pub(super) struct Read {
+    pub(super) batch: Batch,
+    pub(super) generation: u64,
+}
+
+/// The batches of `reads` whose partitions still have the generation they were read under,
+/// and how many were dropped because theirs was revoked since.
+pub(super) fn current(reads: &[Read], assignments: &Assignments) -> (Vec<Batch>, usize) {
+    let kept: Vec<Batch> = reads
+        .iter()
+        .filter(|read| {
+            read.batch.source.is_some_and(|at| assignments.is_current(at.partition, read.generation))
+        })
+        .map(|read| read.batch.clone())
+        .collect();
+    let dropped = reads.len() - kept.len();
+    (kept, dropped)
 }
 
 /// What becomes of one message.
@@ -156,12 +183,12 @@ impl Worker {
     /// Polls until enough records, enough bytes or enough time. An append never holds more
     /// bytes than staging takes in one piece, so an empty staging always takes it: a batch that
     /// would cross that line is `carried` into the next append.
-    fn gather(&self, stop: &CancellationToken, carried: &mut Option<Batch>) -> Vec<Batch> {
+    fn gather(&self, stop: &CancellationToken, carried: &mut Option<Read>) -> Vec<Read> {
         let started = Instant::now();
         let max_bytes = self.staging.max_batch_bytes();
-        let mut batch: Vec<Batch> = carried.take().into_iter().collect();
-        let mut records: u64 = batch.iter().map(|b| b.records).sum();
-        let mut bytes: u64 = batch.iter().map(Batch::bytes).sum();
+        let mut batch: Vec<Read> = carried.take().into_iter().collect();
+        let mut records: u64 = batch.iter().map(|r| r.batch.records).sum();
+        let mut bytes: u64 = batch.iter().map(|r| r.batch.bytes()).sum();
         while records < MAX_BATCH_RECORDS && !stop.is_cancelled() {
             let Some(wait) = MAX_BATCH_WAIT.checked_sub(started.elapsed()) else { break };
             let message = match self.consumer.poll(wait) {
@@ -173,11 +200,19 @@ impl Worker {
                 Some(Ok(message)) => message,
             };
             self.counters.messages.fetch_add(1, Ordering::Relaxed);
+            let Some(generation) = self.assignments().generation(message.partition()) else {
+                tracing::warn!(
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    "a message of a partition not assigned here: not staged (its owner reads it)"
+                );
+                continue;
+            };
             let staged = match self.sort(&message) {
                 Sorted::Stage(staged) => staged,
                 Sorted::DeadLetter { keep, letter } => {
                     drop(message);
-                    if !self.dead_letter(&letter, stop) {
+                    if !self.dead_letter(&letter, generation, stop) {
                         // Stopping, or the partition went to another member: nothing of the
                         // message is staged, and it is read again from the table's offsets.
                         continue;
@@ -185,12 +220,13 @@ impl Worker {
                     keep
                 }
             };
-            if !batch.is_empty() && bytes + staged.bytes() > max_bytes {
+            let staged = Read { batch: staged, generation };
+            if !batch.is_empty() && bytes + staged.batch.bytes() > max_bytes {
                 *carried = Some(staged);
                 break;
             }
-            records += staged.records;
-            bytes += staged.bytes();
+            records += staged.batch.records;
+            bytes += staged.batch.bytes();
             batch.push(staged);
         }
         batch
@@ -209,9 +245,9 @@ impl Worker {
 
     /// Delivers `letter`, pausing the partitions and retrying with backoff (serving the group
     /// meanwhile) until Kafka acknowledges it. `false`: not delivered because the consumer is
-    /// stopping or the partition is no longer assigned to it.
-    fn dead_letter(&self, letter: &DeadLetter, stop: &CancellationToken) -> bool {
-        let mut paused: Option<TopicPartitionList> = None;
+    /// stopping or the partition was revoked since the message was read under `generation`.
+    fn dead_letter(&self, letter: &DeadLetter, generation: u64, stop: &CancellationToken) -> bool {
+        let mut paused = false;
         let mut failures = 0u32;
         let delivered = loop {
             let error = match self.dead_letters.send(&self.handle, letter) {
@@ -219,11 +255,8 @@ impl Worker {
                 Err(error) => error,
             };
             failures += 1;
-            if paused.is_none() {
-                let assignment = self.consumer.assignment().unwrap_or_default();
-                if self.consumer.pause(&assignment).is_ok() {
-                    paused = Some(assignment);
-                }
+            if !paused {
+                paused = self.pause();
             }
             let backoff = Duration::from_secs(1 << failures.min(5)).min(MAX_DEAD_LETTER_BACKOFF);
             tracing::error!(
@@ -242,7 +275,7 @@ impl Worker {
             if stop.is_cancelled() {
                 break false;
             }
-            if !self.counters.assigned.lock().expect("assignment lock").contains(&letter.partition) {
+            if !self.assignments().is_current(letter.partition, generation) {
                 tracing::warn!(
                     partition = letter.partition,
                     offset = letter.offset,
@@ -251,18 +284,31 @@ impl Worker {
                 break false;
             }
         };
-        if let Some(assignment) = paused {
-            let _ = self.consumer.resume(&assignment);
-            tracing::info!("consumption resumed");
+        if paused {
+            self.resume();
         }
         delivered
     }
 
-    /// Stages one append; while staging is full, pauses the partitions and retries.
-    fn stage(&self, batch: Vec<Batch>, stop: &CancellationToken) {
-        let mut paused: Option<TopicPartitionList> = None;
+    /// Stages one append; while staging is full, pauses the partitions and retries. Before each
+    /// attempt it drops the messages of partitions revoked since they were read (rebalance
+    /// callbacks run only in this thread's polls, so none can come between check and append).
+    fn stage(&self, batch: Vec<Read>, stop: &CancellationToken) {
+        let mut paused = false;
         loop {
-            match self.handle.block_on(self.staging.append(batch.clone())) {
+            let (batches, dropped) = current(&batch, &self.assignments());
+            if dropped > 0 {
+                tracing::info!(
+                    dropped,
+                    kept = batches.len(),
+                    "messages read before their partitions were revoked are not staged; their \
+                     owner reads them again from the table's offsets"
+                );
+            }
+            if batches.is_empty() {
+                break;
+            }
+            match self.handle.block_on(self.staging.append(batches)) {
                 Ok(()) => break,
                 // These rows are past everything staged, so stopping without them loses
                 // nothing: the next start reads them again from the table's offsets.
@@ -272,11 +318,8 @@ impl Worker {
                 }
                 // Never move past rows that are not staged: pause, keep serving the group, retry.
                 Err(e) => {
-                    if paused.is_none() {
-                        let assignment = self.consumer.assignment().unwrap_or_default();
-                        if self.consumer.pause(&assignment).is_ok() {
-                            paused = Some(assignment);
-                        }
+                    if !paused {
+                        paused = self.pause();
                         match e {
                             StagingError::Full { .. } => {
                                 tracing::warn!(error = %e, "staging is full, consumption paused until commits catch up")
@@ -288,19 +331,67 @@ impl Worker {
                 }
             }
         }
-        if let Some(assignment) = paused {
-            let _ = self.consumer.resume(&assignment);
-            tracing::info!("consumption resumed");
+        if paused {
+            self.resume();
         }
     }
 
+    fn assignments(&self) -> MutexGuard<'_, Assignments> {
+        self.consumer.context().assignments.lock().expect("assignments lock")
+    }
+
+    /// Pauses every assigned partition, and (through the rebalance callback) every partition
+    /// assigned until [`Self::resume`]. `false`: Kafka refused, nothing paused.
+    fn pause(&self) -> bool {
+        let assignment = self.consumer.assignment().unwrap_or_default();
+        match self.consumer.pause(&assignment) {
+            Ok(()) => {
+                self.assignments().pausing(assignment.elements().iter().map(|e| e.partition()));
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot pause consumption");
+                false
+            }
+        }
+    }
+
+    /// Resumes every partition paused since [`Self::pause`] (revoked ones too: they stay
+    /// paused in librdkafka, and would not fetch when assigned again) and every one assigned
+    /// now.
+    fn resume(&self) {
+        let assignment = self.consumer.assignment().unwrap_or_default();
+        let partitions = self.assignments().resuming(assignment.elements().iter().map(|e| e.partition()));
+        let topic = &self.consumer.context().topic;
+        let mut tpl = TopicPartitionList::new();
+        for partition in partitions {
+            tpl.add_partition(topic, partition);
+        }
+        if let Err(e) = self.consumer.resume(&tpl) {
+            tracing::error!(error = %e, "cannot resume consumption");
+        }
+        tracing::info!("consumption resumed");
+    }
+
     /// Serves the group (rebalances, heartbeats) while paused. A message that still arrives is
-    /// not consumed: the partition is sought back to it, so it is delivered again later.
+    /// not consumed: the partition is sought back to it, so it is delivered again later, and
+    /// paused (were it fetching, every poll here would bring a message and seek back).
     fn wait_paused(&self, wait: Duration) {
         if let Some(Ok(message)) = self.consumer.poll(wait) {
             let (topic, partition, offset) =
                 (message.topic().to_string(), message.partition(), message.offset());
             drop(message);
+            tracing::warn!(
+                partition,
+                offset,
+                "a message arrived while consumption is paused: sought back, partition paused"
+            );
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&topic, partition);
+            match self.consumer.pause(&tpl) {
+                Ok(()) => self.assignments().pausing([partition]),
+                Err(e) => tracing::error!(error = %e, partition, "cannot pause a partition while paused"),
+            }
             if let Err(e) =
                 self.consumer.seek(&topic, partition, Offset::Offset(offset), Duration::from_secs(5))
             {
@@ -354,6 +445,61 @@ mod tests {
     fn decompressed(batch: &Batch) -> ExportLogsServiceRequest {
         ExportLogsServiceRequest::decode(zstd::stream::decode_all(batch.compressed()).unwrap().as_slice())
             .unwrap()
+    }
+
+    fn read(partition: i32, offset: i64, generation: u64) -> Read {
+        let position = KafkaPosition { partition, offset };
+        Read { batch: Batch::new(&MARKER, 0, Some(position), 5), generation }
+    }
+
+    fn offsets(batches: &[Batch]) -> Vec<(i32, i64)> {
+        batches.iter().map(|b| b.source.map(|s| (s.partition, s.offset)).unwrap()).collect()
+    }
+
+    #[test]
+    fn messages_read_before_their_partition_was_revoked_are_not_staged() {
+        let mut assignments = Assignments::default();
+        assignments.assign(&[0, 1]);
+        let (zero, one) = (assignments.generation(0).unwrap(), assignments.generation(1).unwrap());
+        let before = [read(0, 10, zero), read(1, 20, one), read(0, 11, zero)];
+        assert_eq!(current(&before, &assignments).1, 0);
+        assert_eq!(offsets(&current(&before, &assignments).0), [(0, 10), (1, 20), (0, 11)]);
+
+        // Eager: everything revoked, then 0 assigned again (it starts again from the table's
+        // offsets). Nothing read before is staged: 1 is not ours, 0 is read again.
+        assignments.revoke(&[0, 1]);
+        assert_eq!(offsets(&current(&before, &assignments).0), []);
+        assignments.assign(&[0]);
+        assert_eq!(current(&before, &assignments).1, 3);
+        let again = assignments.generation(0).unwrap();
+        assert_ne!(again, zero);
+        let after = [read(0, 10, again)];
+        assert_eq!(offsets(&current(&after, &assignments).0), [(0, 10)]);
+
+        // Cooperative: gaining 2 and losing nothing keeps what was read of 0.
+        assignments.assign(&[2]);
+        assert_eq!(offsets(&current(&after, &assignments).0), [(0, 10)]);
+        assert_eq!(assignments.generation(3), None, "never assigned");
+        let embedded = Read { batch: Batch::new(&MARKER, 0, None, 5), generation: again };
+        assert_eq!(current(&[embedded], &assignments).1, 1, "a Kafka batch always has a position");
+    }
+
+    #[test]
+    fn a_pause_ends_by_resuming_every_partition_paused_since_revoked_ones_too() {
+        let mut assignments = Assignments::default();
+        assignments.assign(&[0, 1]);
+        assert!(!assignments.is_paused());
+        assignments.pausing([0, 1]);
+        assert!(assignments.is_paused());
+        // Revoked while paused, then 2 and 3 assigned (the callback pauses them too).
+        assignments.revoke(&[0, 1]);
+        assignments.assign(&[2, 3]);
+        assignments.pausing([2, 3]);
+        assert_eq!(assignments.resuming([2, 3]), [0, 1, 2, 3], "0 and 1 stay paused in librdkafka otherwise");
+        assert!(!assignments.is_paused());
+        assert_eq!(assignments.resuming([2, 3]), [2, 3], "nothing left of the pause");
+        assignments.pausing([]);
+        assert!(assignments.is_paused(), "paused with nothing assigned: what comes is paused");
     }
 
     #[test]

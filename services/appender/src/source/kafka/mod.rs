@@ -56,7 +56,8 @@ const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(5);
 /// What the consumer counts, for Stats.
 #[derive(Debug, Default)]
 pub struct SourceCounters {
-    /// Held by the committer while it commits Kafka rows; a revocation waits for it.
+    /// Held by the committer while it commits Kafka rows; a revocation waits for it at most
+    /// `rebalance::REVOKE_WAIT`.
     pub commit_gate: tokio::sync::Mutex<()>,
     pub messages: AtomicU64,
     /// Dead letters delivered (or counted and skipped without a dead-letter topic), the log
@@ -111,6 +112,7 @@ impl KafkaSource {
             topic: config.topic.clone(),
             counters: counters.clone(),
             ids: ids.clone(),
+            assignments: Default::default(),
         };
         ensure_topics(config).await?;
         let consumer: Arc<LakeConsumer> =
