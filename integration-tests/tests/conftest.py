@@ -19,6 +19,7 @@ SERIAL: dict[str, set[str] | None] = {
     "test_load.py": None,
     "test_bench_quick.py": None,
     "test_soak_quick.py": None,
+    "test_exactly_once_rebalance.py": None,
     "test_bad_input.py": {"test_bombs_keep_memory_bounded"},
     "test_embedded.py": {"test_waits_for_an_unreachable_catalog_instead_of_exiting"},
     "test_ingester.py": {
