@@ -281,7 +281,7 @@ impl KafkaExporter {
             self.counters.messages_in_flight.fetch_add(1, Ordering::Relaxed);
             let record = BaseRecord::with_opaque_to(&self.topic, pending)
                 .key(batch.key.as_str())
-                .payload(batch.payload.as_slice())
+                .payload(batch.payload.as_ref())
                 .headers(headers());
             if let Err((error, _)) = self.producer.send(record) {
                 self.counters.records_in_flight.fetch_sub(batch.records, Ordering::Relaxed);
@@ -339,6 +339,8 @@ impl LogsExporter for KafkaExporter {
         };
         let (rejected, rejection) = (split.rejected, split.rejection.clone());
         let (receivers, failed) = self.enqueue(split);
+        // librdkafka holds its own copy of every record now: the request need not wait with us.
+        drop(request);
         let mut first_error = failed;
         let deadline = tokio::time::Instant::now() + self.delivery_deadline;
         for receiver in receivers {
@@ -463,7 +465,10 @@ pub(crate) mod tests {
         let err = exporter.export(request(&["a"])).await.unwrap_err();
         assert_eq!(err.http_status().as_u16(), 503, "{err}");
         assert_eq!(exporter.counters.records_rejected.load(Ordering::Relaxed), 1);
-        assert_eq!(exporter.export(LogsRequest::encoded(&ExportLogsServiceRequest::default())).await, Ok(ExportOutcome::ok()));
+        assert_eq!(
+            exporter.export(LogsRequest::encoded(&ExportLogsServiceRequest::default())).await,
+            Ok(ExportOutcome::ok())
+        );
     }
 
     #[tokio::test]

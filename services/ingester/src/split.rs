@@ -29,6 +29,8 @@
 
 use std::collections::HashMap;
 
+use bytes::Bytes;
+
 use opentelemetry_proto::tonic::{
     collector::logs::v1::ExportLogsServiceRequest,
     common::v1::any_value,
@@ -47,8 +49,9 @@ pub const UNKNOWN_SERVICE: &str = "unknown_service";
 pub struct Batch {
     /// The resources' `service.name`.
     pub key: String,
-    /// An encoded `ExportLogsServiceRequest`.
-    pub payload: Vec<u8>,
+    /// An encoded `ExportLogsServiceRequest` (on the byte path, a slice of the request itself
+    /// when its resources are contiguous).
+    pub payload: Bytes,
     /// Log records in `payload`.
     pub records: u64,
 }
@@ -93,7 +96,7 @@ const NESTING_OVERHEAD: usize = 1 + 5;
 ///
 /// `None` when the request needs [`check_and_split`]: it has malformed records, or one resource
 /// alone is larger than `budget` (it must be cut along scope and record boundaries).
-pub fn split_encoded(bytes: &[u8], walk: &Walk, budget: usize) -> Option<Split> {
+pub fn split_encoded(bytes: &Bytes, walk: &Walk, budget: usize) -> Option<Split> {
     if walk.malformed > 0 || walk.resources.iter().any(|r| r.field.len() > budget) {
         return None;
     }
@@ -108,15 +111,27 @@ pub fn split_encoded(bytes: &[u8], walk: &Walk, budget: usize) -> Option<Split> 
     let mut split = Split::default();
     for (key, resources) in order {
         for group in pack(resources, budget, |r| r.field.len()) {
-            let mut payload = Vec::with_capacity(group.iter().map(|r| r.field.len()).sum());
-            for resource in &group {
-                payload.extend_from_slice(&bytes[resource.field.clone()]);
-            }
+            let payload = match contiguous(&group) {
+                Some(range) => bytes.slice(range),
+                None => {
+                    let mut payload = Vec::with_capacity(group.iter().map(|r| r.field.len()).sum());
+                    for resource in &group {
+                        payload.extend_from_slice(&bytes[resource.field.clone()]);
+                    }
+                    Bytes::from(payload)
+                }
+            };
             let records = group.iter().map(|r| r.records).sum();
             split.batches.push(Batch { key: key.to_owned(), payload, records });
         }
     }
     Some(split)
+}
+
+/// The one range the fields of `group` cover, if they follow each other in the request.
+fn contiguous(group: &[&ResourceLogsRange]) -> Option<std::ops::Range<usize>> {
+    let (first, last) = (group.first()?, group.last()?);
+    group.windows(2).all(|w| w[0].field.end == w[1].field.start).then(|| first.field.start..last.field.end)
 }
 
 /// Leaves out the records the appender would refuse (a malformed trace or span id), then splits
@@ -162,7 +177,7 @@ pub fn split_request(request: ExportLogsServiceRequest, budget: usize) -> Split 
         for group in pack(pieces, budget, |r| field_len(r.encoded_len())) {
             let request = ExportLogsServiceRequest { resource_logs: group };
             let records = count(&request);
-            split.batches.push(Batch { key: key.clone(), payload: request.encode_to_vec(), records });
+            split.batches.push(Batch { key: key.clone(), payload: request.encode_to_vec().into(), records });
         }
     }
     if let Some(largest) = too_large {
@@ -304,7 +319,7 @@ mod tests {
     fn flatten(split: &Split) -> Vec<(String, String, String)> {
         let mut out = Vec::new();
         for batch in &split.batches {
-            let request = ExportLogsServiceRequest::decode(batch.payload.as_slice()).expect("valid protobuf");
+            let request = ExportLogsServiceRequest::decode(batch.payload.as_ref()).expect("valid protobuf");
             assert_eq!(count(&request), batch.records);
             for r in &request.resource_logs {
                 assert_eq!(resource_key(r), batch.key, "every resource of a batch has its key");
@@ -345,7 +360,7 @@ mod tests {
         assert!(split.rejection.is_empty());
         let keys: Vec<_> = split.batches.iter().map(|b| (b.key.as_str(), b.records)).collect();
         assert_eq!(keys, [("b", 5), ("a", 1)]);
-        let b = ExportLogsServiceRequest::decode(split.batches[0].payload.as_slice()).unwrap();
+        let b = ExportLogsServiceRequest::decode(split.batches[0].payload.as_ref()).unwrap();
         assert_eq!(b.resource_logs.len(), 2, "both resources of service b share one record");
     }
 
@@ -398,7 +413,7 @@ mod tests {
         );
         assert!(split.batches.len() > 1);
         for batch in &split.batches {
-            let request = ExportLogsServiceRequest::decode(batch.payload.as_slice()).unwrap();
+            let request = ExportLogsServiceRequest::decode(batch.payload.as_ref()).unwrap();
             for r in &request.resource_logs {
                 assert_eq!(r.schema_url, "https://opentelemetry.io/schemas/1.30.0");
                 for s in &r.scope_logs {
@@ -491,7 +506,7 @@ mod tests {
             900_000,
         );
         assert_eq!(split.batches.len(), 1);
-        let request = ExportLogsServiceRequest::decode(split.batches[0].payload.as_slice()).unwrap();
+        let request = ExportLogsServiceRequest::decode(split.batches[0].payload.as_ref()).unwrap();
         assert_eq!(request.resource_logs[0].scope_logs.len(), 1);
         assert!(split_request(ExportLogsServiceRequest::default(), 10).batches.is_empty());
     }
@@ -514,7 +529,7 @@ mod tests {
     }
 
     fn split_both_ways(request: &ExportLogsServiceRequest, budget: usize) -> (Option<Split>, Split) {
-        let bytes = request.encode_to_vec();
+        let bytes = Bytes::from(request.encode_to_vec());
         let walk = telemetry_lake_common::otlp::walk::walk_logs_request(&bytes).expect("valid request");
         (split_encoded(&bytes, &walk, budget), check_and_split(request.clone(), budget))
     }
