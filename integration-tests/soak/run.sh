@@ -4,7 +4,7 @@
 # catalog and an object store outage, a second writer and a snapshot expiry; then counts lost and
 # doubled records (soak.py's header says what it does and prints).
 #
-#   run.sh                  the full run (1,000,000 records, about 15 minutes on 2 cores)
+#   run.sh                  the full run (1,000,000 records, about 10 minutes on 2 cores)
 #   run.sh --quick          a small run of about 2 minutes
 #   run.sh ARGS...          any soak.py argument (run.sh --help lists them)
 #
