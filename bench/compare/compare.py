@@ -804,7 +804,9 @@ def drive_appender(
         if committed > last_committed:
             last_committed, last_progress = committed, now
         if committed < backlog and int(stats["buffer_records"]) + committed >= backlog:
-            appender.flush_http()
+            # The last flush commits whatever is staged: millions of rows on a large backlog.
+            response = appender.http("POST", "/flush", timeout=STALL_TIMEOUT)
+            assert response.status_code == 200, f"POST /flush: {response.status_code} {response.text}"
         if now - last_progress > STALL_TIMEOUT:
             problems = [line for line in appender.log_text().splitlines() if " ERROR " in line]
             raise RuntimeError(
