@@ -13,22 +13,20 @@ and topic what people do, then count every record id in the table:
 
 from __future__ import annotations
 
-import http.client
 import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from harness.catalog import RestCatalog, load_rest_table, rest_config
+from harness.catalog_proxy import CatalogProxy
 from harness.config import merge_config
 from harness.kafka import Broker, Ingester
 from harness.lake import APPENDERS, Appender, AppenderFactory, load_table, read_table
@@ -222,90 +220,38 @@ def test_offsets_survive_snapshot_expiry_a_new_group_and_a_foreign_append(
 
 # ---- 4. a commit the catalog applies late ------------------------------------------------------
 
-COMMIT = re.compile(r"^/v1/(?:[^ ]*/)?namespaces/[^/]+/tables/[^/?]+(?:\?.*)?$")
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "upgrade"}
-
-
-class LateCommitProxy:
-    """An HTTP proxy in front of the REST catalog. The first table commit gets no answer: it is
-    held until the next table commit arrives, then sent on to the catalog (applied late, after
-    the client gave up on it), and only then is the next one forwarded."""
+class LateCommitProxy(CatalogProxy):
+    """The first table commit gets no answer: it is held until the next table commit arrives,
+    then sent on to the catalog (applied late, after the client gave up on it), and only then is
+    the next one forwarded."""
 
     def __init__(self, target: str) -> None:
-        parts = urlsplit(target)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-        self.lock = threading.Lock()
+        super().__init__(target, "late-commit-proxy")
         self.commits = 0
         self.held: tuple[str, dict[str, str], bytes] | None = None
         self.late_status: int | None = None
         self.released = threading.Event()
-        proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                proxy.handle(self)
-
-            do_POST = do_DELETE = do_HEAD = do_PUT = do_GET  # noqa: N815
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="late-commit-proxy", daemon=True)
-        self.thread.start()
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def forward(
-        self, method: str, path: str, headers: dict[str, str], body: bytes
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
-        try:
-            connection.request(method, path, body=body or None, headers=headers)
-            response = connection.getresponse()
-            return response.status, response.getheaders(), response.read()
-        finally:
-            connection.close()
-
-    def handle(self, request: BaseHTTPRequestHandler) -> None:
-        length = int(request.headers.get("Content-Length") or 0)
-        body = request.rfile.read(length) if length else b""
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        if request.command == "POST" and COMMIT.match(request.path):
-            with self.lock:
-                number = self.commits
-                self.commits += 1
-                if number == 0:
-                    self.held = (request.path, headers, body)
-                elif number == 1 and self.held is not None:
-                    # The late one lands first, right before the retry.
-                    path, held_headers, held_body = self.held
-                    self.late_status = self.forward("POST", path, held_headers, held_body)[0]
-                    self.released.set()
+    def commit(self, path: str, headers: dict[str, str], body: bytes) -> bool:
+        with self.lock:
+            number = self.commits
+            self.commits += 1
             if number == 0:
-                # No answer at all: the client times out, the catalog has not seen it yet.
-                self.released.wait(timeout=120)
-                request.close_connection = True
-                return
-        status, response_headers, response_body = self.forward(request.command, request.path, headers, body)
-        request.send_response(status)
-        for key, value in response_headers:
-            if key.lower() not in HOP_BY_HOP:
-                request.send_header(key, value)
-        request.send_header("Content-Length", str(len(response_body)))
-        request.end_headers()
-        if request.command != "HEAD":
-            request.wfile.write(response_body)
+                self.held = (path, headers, body)
+            elif number == 1 and self.held is not None:
+                # The late one lands first, right before the retry.
+                held_path, held_headers, held_body = self.held
+                self.late_status = self.forward("POST", held_path, held_headers, held_body)[0]
+                self.released.set()
+        if number == 0:
+            # No answer at all: the client times out, the catalog has not seen it yet.
+            self.released.wait(timeout=120)
+            return False
+        return True
 
     def close(self) -> None:
         self.released.set()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 @pytest.fixture

@@ -16,94 +16,50 @@ pauses with messages in hand, and a commit is in flight whenever the group rebal
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import os
 import re
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from harness.catalog import RestCatalog, load_rest_table, rest_config
+from harness.catalog_proxy import CatalogProxy
 from harness.config import merge_config
 from harness.kafka import Broker, Ingester
 from harness.lake import APPENDERS, Appender, AppenderFactory
 from harness.wait import wait_until
 from otlp_client import LogSpec, loghub_records, send, table_mismatches
 
-COMMIT = re.compile(r"^/v1/(?:[^ ]*/)?namespaces/[^/]+/tables/[^/?]+(?:\?.*)?$")
-HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "proxy-connection", "upgrade"}
 # What librdkafka logs when a member was (or is about to be) thrown out of the group.
 EVICTED = re.compile(r"PollExceeded|poll interval .* exceeded|UNKNOWN_MEMBER_ID|Unknown member|fenced", re.IGNORECASE)
 
 
-class SlowCommitProxy:
-    """An HTTP proxy in front of the REST catalog that holds every table commit for `delay`
-    seconds before sending it on (everything else goes straight through)."""
+class SlowCommitProxy(CatalogProxy):
+    """Holds every table commit for `delay` seconds before sending it on."""
 
     def __init__(self, target: str) -> None:
-        parts = urlsplit(target)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        super().__init__(target, "slow-commit-proxy")
         self.delay = 0.0
-        self.lock = threading.Lock()
         self.held = 0
         self.commits = 0
         self.released = threading.Event()
-        proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base's name
-                pass
-
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                proxy.handle(self)
-
-            do_POST = do_DELETE = do_HEAD = do_PUT = do_GET  # noqa: N815
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(target=self.server.serve_forever, name="slow-commit-proxy", daemon=True)
-        self.thread.start()
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def handle(self, request: BaseHTTPRequestHandler) -> None:
-        length = int(request.headers.get("Content-Length") or 0)
-        body = request.rfile.read(length) if length else b""
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        if request.command == "POST" and COMMIT.match(request.path) and self.delay > 0:
+    def commit(self, path: str, headers: dict[str, str], body: bytes) -> bool:
+        if self.delay > 0:
             with self.lock:
                 self.held += 1
             self.released.wait(timeout=self.delay)
             with self.lock:
                 self.held -= 1
-        connection = http.client.HTTPConnection(self.host, self.port, timeout=60)
-        try:
-            connection.request(request.command, request.path, body=body or None, headers=headers)
-            response = connection.getresponse()
-            status, response_headers, response_body = response.status, response.getheaders(), response.read()
-        finally:
-            connection.close()
-        if request.command == "POST" and COMMIT.match(request.path):
-            with self.lock:
-                self.commits += 1
-        request.send_response(status)
-        for key, value in response_headers:
-            if key.lower() not in HOP_BY_HOP:
-                request.send_header(key, value)
-        request.send_header("Content-Length", str(len(response_body)))
-        request.end_headers()
-        if request.command != "HEAD":
-            request.wfile.write(response_body)
+        return True
+
+    def committed(self) -> None:
+        with self.lock:
+            self.commits += 1
 
     def fast(self) -> None:
         """Commits go straight through from now on, held ones included."""
@@ -112,8 +68,7 @@ class SlowCommitProxy:
 
     def close(self) -> None:
         self.fast()
-        self.server.shutdown()
-        self.server.server_close()
+        super().close()
 
 
 @pytest.fixture
