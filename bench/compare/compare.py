@@ -648,17 +648,24 @@ def ab_run(
     finally:
         sampler.stop()
         service.close()
+    # What the topic takes on the broker's disk (compressed record batches): the other side of
+    # the compression setting's CPU.
+    kafka_log_bytes = sum(f.stat().st_size for f in (broker.workdir / "data").glob(f"{run.topic}-*/*.log"))
     counted = topics.count(run.topic, delete=not keep_topic)
     run.loadgen = {k: v for k, v in summary.items() if k != "sent_requests"}
     run.samples = [s for s in sampler.samples if s["t"] >= before["t"] - SAMPLE_EVERY]
     run.figures = run_figures(summary, before, after, counted, service_errors, exit_code)
     run.figures["log_problems"] = service.log_problems()[:5]
+    run.figures["kafka_log_bytes"] = kafka_log_bytes
+    run.figures["kafka_bytes_per_log"] = kafka_log_bytes / max(run.figures["delivered"], 1)
+    run.figures["broker_cpu_s_per_million"] = run.figures["broker_cpu_seconds"] / max(run.figures["delivered"], 1) * 1e6
     f = run.figures
     note(
         f"{run.system:>14} {run.scenario:>10}: {f['accepted_logs_per_s']:>9,.0f} logs/s accepted, "
         f"{f['delivered_logs_per_s']:>9,.0f} delivered, {f['cpu_s_per_million']:.2f} CPU-s/M, "
         f"RSS {f['peak_rss_mib']:.0f} MiB, p50 {f['latency_p50_ms']:.1f} ms, p99 {f['latency_p99_ms']:.1f} ms, "
-        f"failed calls {f['failed_calls']}, lost {f['lost_records']}"
+        f"failed calls {f['failed_calls']}, lost {f['lost_records']}, "
+        f"{f['kafka_bytes_per_log']:.1f} Kafka bytes/log, broker {f['broker_cpu_s_per_million']:.2f} CPU-s/M"
     )
     return run
 

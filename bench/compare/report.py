@@ -23,6 +23,8 @@ FIGURES: tuple[tuple[str, str, str, str], ...] = (
     ("cpu_s_per_million_accepted", "CPU-s per million logs accepted", "s", "lower"),
     ("logs_per_cpu_s", "logs per CPU-second", "logs", "higher"),
     ("peak_rss_mib", "peak RSS", "MiB", "lower"),
+    ("kafka_bytes_per_log", "bytes on the broker's disk per log", "bytes", "lower"),
+    ("broker_cpu_s_per_million", "broker CPU-s per million logs", "s", "lower"),
     ("latency_p50_ms", "export latency p50", "ms", "lower"),
     ("latency_p99_ms", "export latency p99", "ms", "lower"),
     ("failed_calls", "failed export calls", "", "lower"),
@@ -62,7 +64,9 @@ def summarise(results: Mapping[str, Any]) -> dict[str, Any]:
     for name, scenario in scenarios.items():
         order = sorted(scenario["systems"], key=lambda s: list(LABELS).index(s) if s in LABELS else len(LABELS))
         means = {
-            system: {key: mean([float(f[key]) for f in scenario["systems"][system]]) for key, *_ in FIGURES}
+            system: {
+                key: mean([float(f.get(key, "nan")) for f in scenario["systems"][system]]) for key, *_ in FIGURES
+            }
             | {"runs": len(scenario["systems"][system])}
             for system in order
         }
