@@ -13,7 +13,6 @@ and topic what people do, then count every record id in the table:
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import Counter
@@ -29,27 +28,13 @@ from harness.catalog import RestCatalog, load_rest_table, rest_config
 from harness.catalog_proxy import CatalogProxy
 from harness.config import merge_config
 from harness.kafka import Broker, Ingester
-from harness.lake import APPENDERS, Appender, AppenderFactory, load_table, read_table
+from harness.lake import Appender, AppenderFactory, load_table, read_table
 from harness.wait import wait_until
 from otlp_client import LogSpec, loghub_records, record_id, send, table_mismatches
-from test_appender_kafka import assert_exactly, batches, drain, kafka_config
+from test_appender_kafka import assert_exactly, batches, drain, ingester, kafka_config, topic  # noqa: F401 - fixtures
 
 OFFSETS = "telemetry-lake.kafka.offsets"
 TOPIC_ID = "telemetry-lake.kafka.topic-id"
-
-
-@pytest.fixture
-def topic(request: pytest.FixtureRequest) -> str:
-    return re.sub(r"[^a-zA-Z0-9]+", "-", request.node.name).strip("-")[:80]
-
-
-@pytest.fixture
-def ingester(request: pytest.FixtureRequest, tmp_path: Path, broker: Broker, topic: str) -> Iterator[Ingester]:
-    node = Ingester(tmp_path / "ingester", broker, topic)
-    request.node.stash.setdefault(APPENDERS, []).append(node)
-    node.start_and_wait(timeout=60)
-    yield node
-    node.close()
 
 
 def send_all(ingester: Ingester, total: int, tag: str) -> list[LogSpec]:

@@ -30,9 +30,10 @@ from harness.catalog import RestCatalog, load_rest_table, rest_config
 from harness.catalog_proxy import CatalogProxy
 from harness.config import merge_config
 from harness.kafka import Broker, Ingester
-from harness.lake import APPENDERS, Appender, AppenderFactory
+from harness.lake import Appender, AppenderFactory
 from harness.wait import wait_until
 from otlp_client import LogSpec, loghub_records, send, table_mismatches
+from test_appender_kafka import ingester, topic  # noqa: F401 - fixtures
 
 # What librdkafka logs when a member was (or is about to be) thrown out of the group.
 EVICTED = re.compile(r"PollExceeded|poll interval .* exceeded|UNKNOWN_MEMBER_ID|Unknown member|fenced", re.IGNORECASE)
@@ -69,20 +70,6 @@ class SlowCommitProxy(CatalogProxy):
     def close(self) -> None:
         self.fast()
         super().close()
-
-
-@pytest.fixture
-def topic(request: pytest.FixtureRequest) -> str:
-    return re.sub(r"[^a-zA-Z0-9]+", "-", request.node.name).strip("-")[:80]
-
-
-@pytest.fixture
-def ingester(request: pytest.FixtureRequest, tmp_path: Path, broker: Broker, topic: str) -> Iterator[Ingester]:
-    node = Ingester(tmp_path / "ingester", broker, topic)
-    request.node.stash.setdefault(APPENDERS, []).append(node)
-    node.start_and_wait(timeout=60)
-    yield node
-    node.close()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
 
 from harness.config import merge_config
 from harness.kafka import Broker, Ingester, KafkaRecord, bodies
-from harness.lake import APPENDERS, Appender, AppenderFactory, read_table
+from harness.lake import Appender, AppenderFactory, read_table
 from harness.wait import wait_until
 from otlp_client import (
     LogSpec,
@@ -43,23 +42,10 @@ from otlp_client import (
     send,
     table_mismatches,
 )
+from test_appender_kafka import ingester, topic  # noqa: F401 - fixtures
 
 PROTOBUF = "application/x-protobuf"
 SHORT_TRACE = "trace_id must be 16 bytes, got 3"
-
-
-@pytest.fixture
-def topic(request: pytest.FixtureRequest) -> str:
-    return re.sub(r"[^a-zA-Z0-9]+", "-", request.node.name).strip("-")[:80]
-
-
-@pytest.fixture
-def ingester(request: pytest.FixtureRequest, tmp_path: Path, broker: Broker, topic: str) -> Iterator[Ingester]:
-    node = Ingester(tmp_path / "ingester", broker, topic)
-    request.node.stash.setdefault(APPENDERS, []).append(node)
-    node.start_and_wait(timeout=60)
-    yield node
-    node.close()
 
 
 def kafka_config(broker: Broker, topic: str, lake: Path, **flush: Any) -> dict[str, dict[str, Any]]:
