@@ -62,7 +62,7 @@ from harness.catalog import ObjectStore, RestCatalog, pyiceberg_rest, rest_confi
 from harness.clients import http_session  # noqa: E402
 from harness.config import merge_config  # noqa: E402
 from harness.kafka import Broker, Ingester  # noqa: E402
-from harness.lake import Appender  # noqa: E402
+from harness.lake import Appender, without_field_ids  # noqa: E402
 from harness.paths import bin_dir  # noqa: E402
 from otlp_client import loghub_lines, severity_of  # noqa: E402
 
@@ -329,17 +329,6 @@ def retry_commit(what: str, action: Callable[[], None], attempts: int = 20) -> N
     raise AssertionError(f"{what}: {attempts} commit conflicts in a row")
 
 
-def plain_type(kind: pa.DataType) -> pa.DataType:
-    """`kind` without the Iceberg field ids a scan puts on nested fields."""
-    if pa.types.is_map(kind):
-        return pa.map_(plain_type(kind.key_type), plain_type(kind.item_type))
-    if pa.types.is_list(kind):
-        return pa.list_(plain_type(kind.value_type))
-    if pa.types.is_struct(kind):
-        return pa.struct([pa.field(f.name, plain_type(f.type), f.nullable) for f in kind])
-    return kind
-
-
 class Chaos:
     """The disruptions, each one a method; `counts` says how many were done."""
 
@@ -431,7 +420,7 @@ class Chaos:
             rows = table.scan(limit=3).to_arrow()
             if rows.num_rows == 0:
                 raise AssertionError("the table is still empty; the foreign writer needs a row to copy")
-            plain = rows.cast(pa.schema([pa.field(f.name, plain_type(f.type), f.nullable) for f in rows.schema]))
+            plain = without_field_ids(rows)
             count = plain.num_rows
             schema = plain.schema
             columns = {

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from harness.catalog import ObjectStore, RestCatalog
-from harness.kafka import Broker
+from harness.kafka import Broker, Ingester
 from harness.lake import APPENDERS, Appender, AppenderFactory
-
 
 # The tests that measure the machine: memory (RSS) or a wall-clock bound on what the binaries do.
 # run.sh runs every other test in parallel (pytest-xdist) first, then these alone (`-m serial`),
@@ -51,6 +51,22 @@ def make_appender(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ap
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """One Kafka node per test module (tests use their own topics)."""
     node = Broker(tmp_path_factory.mktemp("kafka")).start_and_wait()
+    yield node
+    node.close()
+
+
+@pytest.fixture
+def topic(request: pytest.FixtureRequest) -> str:
+    """A Kafka topic of the test's own, named after it."""
+    return re.sub(r"[^a-zA-Z0-9]+", "-", request.node.name).strip("-")[:80]
+
+
+@pytest.fixture
+def ingester(request: pytest.FixtureRequest, tmp_path: Path, broker: Broker, topic: str) -> Iterator[Ingester]:
+    """An ingester writing to `topic`, closed (logs shown on failure) with the test's appenders."""
+    node = Ingester(tmp_path / "ingester", broker, topic)
+    request.node.stash.setdefault(APPENDERS, []).append(node)
+    node.start_and_wait(timeout=60)
     yield node
     node.close()
 

@@ -9,7 +9,6 @@ appender while records flow, then count every record id in the table.
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -25,20 +24,6 @@ from otlp_client import LogSpec, loghub_records, otlp_protobuf, post_logs, recor
 
 SYSTEMS = ("Apache", "HDFS", "Hadoop", "Linux", "OpenSSH", "OpenStack", "Spark", "Zookeeper")
 OFFSETS_PROPERTY = "telemetry-lake.kafka.offsets"
-
-
-@pytest.fixture
-def topic(request: pytest.FixtureRequest) -> str:
-    return re.sub(r"[^a-zA-Z0-9]+", "-", request.node.name).strip("-")[:80]
-
-
-@pytest.fixture
-def ingester(request: pytest.FixtureRequest, tmp_path: Path, broker: Broker, topic: str) -> Iterator[Ingester]:
-    node = Ingester(tmp_path / "ingester", broker, topic)
-    request.node.stash.setdefault(APPENDERS, []).append(node)
-    node.start_and_wait(timeout=60)
-    yield node
-    node.close()
 
 
 def kafka_config(broker: Broker, topic: str, lake: Path, **flush: Any) -> dict[str, dict[str, Any]]:
@@ -230,7 +215,9 @@ def test_broker_outage_loses_no_acknowledged_record(
         # request); acknowledged ones must land exactly once, and nothing may land twice.
         wanted = {record_id(spec) for spec in acknowledged}
 
-        wait_until(lambda: wanted <= landed_ids(appender, flush=True), timeout=120, what="acknowledged records", interval=1.0)
+        wait_until(
+            lambda: wanted <= landed_ids(appender, flush=True), timeout=120, what="acknowledged records", interval=1.0
+        )
         ids = landed_id_list(appender)
         doubled = [rid for rid in set(ids) if ids.count(rid) > 1]
         assert not doubled, f"{len(doubled)} records are in the table twice, e.g. {doubled[:3]}"

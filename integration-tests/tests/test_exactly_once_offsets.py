@@ -28,10 +28,10 @@ from harness.catalog import RestCatalog, load_rest_table, rest_config
 from harness.catalog_proxy import CatalogProxy
 from harness.config import merge_config
 from harness.kafka import Broker, Ingester
-from harness.lake import Appender, AppenderFactory, load_table, read_table
+from harness.lake import Appender, AppenderFactory, load_table, read_table, without_field_ids
 from harness.wait import wait_until
 from otlp_client import LogSpec, loghub_records, record_id, send, table_mismatches
-from test_appender_kafka import assert_exactly, batches, drain, ingester, kafka_config, topic  # noqa: F401 - fixtures
+from test_appender_kafka import assert_exactly, batches, drain, kafka_config
 
 OFFSETS = "telemetry-lake.kafka.offsets"
 TOPIC_ID = "telemetry-lake.kafka.topic-id"
@@ -124,21 +124,10 @@ def expire_all_but_current(appender: Appender) -> None:
     assert [s.snapshot_id for s in load_table(appender).snapshots()] == [current.snapshot_id]
 
 
-def plain_type(kind: pa.DataType) -> pa.DataType:
-    """`kind` without the Iceberg field ids a scan puts on nested fields."""
-    if pa.types.is_map(kind):
-        return pa.map_(plain_type(kind.key_type), plain_type(kind.item_type))
-    if pa.types.is_list(kind):
-        return pa.list_(plain_type(kind.value_type))
-    if pa.types.is_struct(kind):
-        return pa.struct([pa.field(f.name, plain_type(f.type), f.nullable) for f in kind])
-    return kind
-
-
 def foreign_append(appender: Appender, rows: pa.Table) -> None:
     """Another tool appends `rows` to the table: pyiceberg adds a Parquet file written by
     pyarrow, in a snapshot of its own whose summary holds no offsets."""
-    plain = rows.cast(pa.schema([pa.field(f.name, plain_type(f.type), f.nullable) for f in rows.schema]))
+    plain = without_field_ids(rows)
     path = appender.warehouse_dir / "foreign.parquet"
     pq.write_table(plain, path)
     load_table(appender).add_files([str(path)])
@@ -204,6 +193,7 @@ def test_offsets_survive_snapshot_expiry_a_new_group_and_a_foreign_append(
 
 
 # ---- 4. a commit the catalog applies late ------------------------------------------------------
+
 
 class LateCommitProxy(CatalogProxy):
     """The first table commit gets no answer: it is held until the next table commit arrives,
@@ -282,7 +272,8 @@ def assert_applied_late_and_committed_once(
     problems = table_mismatches(rows, sent, from_kafka=from_kafka)
     assert not problems, "the late commit and its retry lost or doubled records:\n  " + "\n  ".join(problems)
     with_rows = [
-        s for s in load_rest_table(catalog, table).snapshots()
+        s
+        for s in load_rest_table(catalog, table).snapshots()
         if s.summary is not None and int(s.summary.additional_properties.get("added-records", "0")) > 0
     ]
     assert len(with_rows) == 1, f"{len(with_rows)} snapshots added rows"

@@ -33,7 +33,6 @@ from harness.kafka import Broker, Ingester
 from harness.lake import Appender, AppenderFactory
 from harness.wait import wait_until
 from otlp_client import LogSpec, loghub_records, send, table_mismatches
-from test_appender_kafka import ingester, topic  # noqa: F401 - fixtures
 
 # What librdkafka logs when a member was (or is about to be) thrown out of the group.
 EVICTED = re.compile(r"PollExceeded|poll interval .* exceeded|UNKNOWN_MEMBER_ID|Unknown member|fenced", re.IGNORECASE)

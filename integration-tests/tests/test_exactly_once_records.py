@@ -20,10 +20,8 @@ import dataclasses
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import grpc
-import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import (
     ExportLogsServiceRequest,
     ExportLogsServiceResponse,
@@ -42,29 +40,10 @@ from otlp_client import (
     send,
     table_mismatches,
 )
-from test_appender_kafka import ingester, topic  # noqa: F401 - fixtures
+from test_appender_kafka import drain, kafka_config
 
 PROTOBUF = "application/x-protobuf"
 SHORT_TRACE = "trace_id must be 16 bytes, got 3"
-
-
-def kafka_config(broker: Broker, topic: str, lake: Path, **flush: Any) -> dict[str, dict[str, Any]]:
-    """An appender consuming `topic` (dead letters to f"{topic}-dlq"), committing to `lake`."""
-    return {
-        "kafka": {"brokers": broker.bootstrap, "topic": topic, "group_id": f"{topic}-appenders"},
-        "iceberg": {"catalog_uri": f"sqlite://{lake}/catalog.db", "warehouse": str(lake / "warehouse")},
-        "flush": {"interval": "1h", "max_records": 100_000_000, "max_bytes": "1GiB", **flush},
-    }
-
-
-def drain(appender: Appender, expected: int, timeout: float = 90) -> None:
-    """Flushes until the table holds `expected` rows."""
-
-    def landed() -> bool:
-        appender.flush_http()
-        return len(read_table(appender)) >= expected
-
-    wait_until(landed, timeout=timeout, what=f"{expected} rows in the table", interval=1.0)
 
 
 def assert_exactly(appender: Appender, sent: list[LogSpec], *, from_kafka: bool = True) -> None:

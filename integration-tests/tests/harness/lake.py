@@ -291,3 +291,19 @@ def duckdb_scan(appender: Appender) -> str:
 
 def snapshot_count(appender: Appender) -> int:
     return len(load_table(appender).snapshots())
+
+
+def _plain_type(kind: pa.DataType) -> pa.DataType:
+    if pa.types.is_map(kind):
+        return pa.map_(_plain_type(kind.key_type), _plain_type(kind.item_type))
+    if pa.types.is_list(kind):
+        return pa.list_(_plain_type(kind.value_type))
+    if pa.types.is_struct(kind):
+        return pa.struct([pa.field(f.name, _plain_type(f.type), f.nullable) for f in kind])
+    return kind
+
+
+def without_field_ids(rows: pa.Table) -> pa.Table:
+    """`rows` (read from the lake) without the Iceberg field ids a scan puts on nested fields,
+    so that another writer (pyarrow, then pyiceberg `add_files`) can write them as its own."""
+    return rows.cast(pa.schema([pa.field(f.name, _plain_type(f.type), f.nullable) for f in rows.schema]))
