@@ -215,7 +215,8 @@ pub enum ConfigError {
 }
 
 impl Config {
-    /// Loads defaults, then `file` (if any), then `TELEMETRY_LAKE_*` variables.
+    /// Loads defaults, then `file` (if any), then `TELEMETRY_LAKE_*` variables, and expands
+    /// `${env:…}` / `${file:…}` references in them (see [`crate::expand`]).
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         if let Some(file) = file {
@@ -229,7 +230,10 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).ignore(&["CONFIG"]).split("__").lowercase(true));
-        Ok(figment.extract().map_err(Box::new)?)
+        // `${env:NAME}` / `${file:PATH}` in any string, and every secret registered for redaction.
+        let figment = crate::expand::resolve(figment)?;
+        // Lossy: a number or boolean may come from a reference, as text ("12", "true").
+        Ok(figment.extract_lossy().map_err(Box::new)?)
     }
 }
 

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod allocator;
 pub mod cli;
 pub mod config;
+pub mod expand;
 pub mod health;
 pub mod kafka;
 pub mod kafka_ids;

@@ -1,13 +1,111 @@
-//! Secrets never printed: [`Redactor`] replaces every configured secret with `***` in any text
-//! on its way to a log line, an error or `Stats`.
+//! Secrets never printed: [`Redactor`] replaces every known secret with `***` in any text on its
+//! way to an error or `Stats`, and [`redacted_stderr`] does the same to every log line (the
+//! tracing subscriber writes through it), whatever library logged it and at whatever level.
 //!
-//! Secrets are the values of secret-looking `iceberg.properties` (`*secret*`, `*password*`,
-//! `*token*`, `*access-key*`, `*credential*`, `*authorization*`, `*key`) and passwords in URIs
-//! (`scheme://user:password@host`, secret-looking query parameters).
+//! Secrets are the values of secret-looking keys anywhere in the configuration ([`is_secret_key`]:
+//! `*secret*`, `*password*`, `*token*`, `*access-key*`, `*credential*`, `*authorization*`,
+//! `*private*`, `*key`, `*key.pem`, but not a key naming a file, path or location), whether
+//! written there or brought in by `${env:…}` / `${file:…}` (see `crate::expand`), passwords in
+//! URIs (`scheme://user:password@host`, secret-looking query parameters), and the S3 keys of
+//! the standard AWS environment variables. Configuration loading [`register`]s them for the
+//! whole process; other code that learns a secret at run time (a token file) registers it too.
+//! Each is also hidden in its JSON- and Rust-escaped forms, as JSON logs and `Debug` print it.
+
+use std::io::{self, Write};
+use std::sync::RwLock;
 
 use crate::settings::IcebergSettings;
 
-/// Replaces secret values (credentials in properties, the catalog URI's password) with `***`.
+/// The secrets of this process, longest first (see [`register`]).
+static REGISTERED: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Environment variables holding secrets that libraries read themselves: opendal's S3 client
+/// takes credentials from them when `iceberg.properties` has none.
+pub const SECRET_ENV_VARS: &[&str] = &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"];
+
+/// Hides each of `secrets` (empty ones are ignored) in every [`Redactor`] and log line of this
+/// process from now on.
+pub fn register(secrets: impl IntoIterator<Item = String>) {
+    let new: Vec<String> = secrets.into_iter().flat_map(|s| variants(&s)).collect();
+    if new.is_empty() {
+        return;
+    }
+    let mut registered = REGISTERED.write().unwrap_or_else(|e| e.into_inner());
+    registered.extend(new);
+    normalize(&mut registered);
+}
+
+/// Registers the values of [`SECRET_ENV_VARS`] that are set.
+pub fn register_environment() {
+    register(SECRET_ENV_VARS.iter().filter_map(|name| std::env::var(name).ok()));
+}
+
+/// A secret as given and as JSON and Rust's `Debug` escape it (when that differs).
+fn variants(secret: &str) -> Vec<String> {
+    if secret.is_empty() {
+        return Vec::new();
+    }
+    let mut out = vec![secret.to_string()];
+    let json = serde_json::to_string(secret).unwrap_or_default();
+    let debug = format!("{secret:?}");
+    for quoted in [json, debug] {
+        let inner = quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default();
+        if !inner.is_empty() && inner != secret {
+            out.push(inner.to_string());
+        }
+    }
+    out
+}
+
+fn normalize(secrets: &mut Vec<String>) {
+    secrets.retain(|s| !s.is_empty());
+    secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    secrets.dedup();
+}
+
+fn replace_all(text: &mut String, secrets: &[String]) {
+    for secret in secrets {
+        if text.contains(secret.as_str()) {
+            *text = text.replace(secret.as_str(), "***");
+        }
+    }
+}
+
+/// `text` without any registered secret.
+pub fn redact_registered(text: &str) -> String {
+    let mut text = text.to_string();
+    replace_all(&mut text, &REGISTERED.read().unwrap_or_else(|e| e.into_inner()));
+    text
+}
+
+/// The tracing subscriber's writer: stderr, each log line written without registered secrets.
+pub fn redacted_stderr() -> RedactedWriter<io::Stderr> {
+    RedactedWriter(io::stderr())
+}
+
+/// Writes each buffer (one formatted log event) with the registered secrets replaced by `***`.
+pub struct RedactedWriter<W>(pub W);
+
+impl<W: Write> Write for RedactedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let registered = REGISTERED.read().unwrap_or_else(|e| e.into_inner());
+        if registered.is_empty() {
+            drop(registered);
+            return self.0.write_all(buf).map(|()| buf.len());
+        }
+        let mut text = String::from_utf8_lossy(buf).into_owned();
+        replace_all(&mut text, &registered);
+        drop(registered);
+        self.0.write_all(text.as_bytes()).map(|()| buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Replaces secret values (credentials in properties, the catalog URI's password, and every
+/// [`register`]ed secret) with `***`.
 #[derive(Clone, Default)]
 pub struct Redactor {
     /// Longest first, so a secret containing another is replaced whole.
@@ -25,36 +123,37 @@ impl Redactor {
 
     /// Hides each of `secrets` (empty ones are ignored).
     pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
-        let mut secrets: Vec<String> = secrets.into_iter().collect();
-        secrets.retain(|s| !s.is_empty());
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
+        let mut secrets: Vec<String> = secrets.into_iter().flat_map(|s| variants(&s)).collect();
+        normalize(&mut secrets);
         Redactor { secrets }
     }
 
+    /// `text` without this redactor's secrets and without any registered one.
     pub fn redact(&self, text: &str) -> String {
-        let mut text = text.to_string();
-        for secret in &self.secrets {
-            if text.contains(secret.as_str()) {
-                text = text.replace(secret.as_str(), "***");
-            }
-        }
+        let mut text = redact_registered(text);
+        replace_all(&mut text, &self.secrets);
         text
     }
 }
 
-/// Whether a property holds a secret: credentials, tokens, an `Authorization` header
-/// (`header.authorization`), and keys such as `s3.sse.key` (SSE-C) or `adls.account-key`.
+/// Whether a key holds a secret: credentials, tokens, passwords, an `Authorization` header
+/// (`header.authorization`), keys such as `s3.sse.key` (SSE-C), `adls.account-key` or
+/// `ssl.key.pem`. A key naming where a secret is (`*file`, `*path`, `*location`, `*dir`) is not
+/// one: `tokens_file`, `ssl.keystore.location`.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
+    if ["file", "path", "location", "dir"].iter().any(|s| key.ends_with(s)) {
+        return false;
+    }
     key.ends_with("key")
-        || ["secret", "password", "token", "access-key", "credential", "authorization"]
+        || key.ends_with("key.pem")
+        || ["secret", "password", "token", "access-key", "credential", "authorization", "private"]
             .iter()
             .any(|s| key.contains(s))
 }
 
 /// The password in `scheme://user:password@host/…` and secret-looking query parameters.
-fn uri_secrets(uri: &str) -> Vec<String> {
+pub fn uri_secrets(uri: &str) -> Vec<String> {
     let mut secrets = Vec::new();
     if let Some((_, rest)) = uri.split_once("://") {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -115,5 +214,37 @@ mod tests {
             redacted.contains("postgres://lake:***@db:5432") && redacted.contains("eu-west-1"),
             "{redacted}"
         );
+    }
+
+    #[test]
+    fn registered_secrets_leave_every_redactor_and_log_line_in_any_escaping() {
+        register(["reg-Secret\"quoted\\x".to_string(), "reg-Plain-Token".to_string(), String::new()]);
+        let shown = Redactor::default().redact("a reg-Plain-Token b reg-Secret\"quoted\\x c");
+        assert_eq!(shown, "a *** b *** c");
+
+        let mut out = RedactedWriter(Vec::new());
+        // One log event as the JSON formatter writes it, and as Debug shows the value.
+        let line = format!(
+            "{{\"token\":{},\"dbg\":{:?},\"plain\":\"reg-Plain-Token\"}}\n",
+            serde_json::to_string("reg-Secret\"quoted\\x").unwrap(),
+            "reg-Secret\"quoted\\x"
+        );
+        out.write_all(line.as_bytes()).unwrap();
+        let written = String::from_utf8(out.0).unwrap();
+        assert_eq!(written, "{\"token\":\"***\",\"dbg\":\"***\",\"plain\":\"***\"}\n");
+    }
+
+    #[test]
+    fn keys_naming_where_a_secret_is_are_not_secrets() {
+        for key in
+            ["s3.secret-access-key", "token", "credential", "sasl.password", "ssl.key.pem", "s3.sse.key"]
+        {
+            assert!(is_secret_key(key), "{key}");
+        }
+        for key in
+            ["tokens_file", "key_file", "ssl.keystore.location", "s3.region", "oauth2-server-uri", "scope"]
+        {
+            assert!(!is_secret_key(key), "{key}");
+        }
     }
 }

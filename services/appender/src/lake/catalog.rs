@@ -14,7 +14,7 @@ use std::time::Duration;
 use iceberg::io::{
     S3_ACCESS_KEY_ID, S3_ASSUME_ROLE_ARN, S3_SECRET_ACCESS_KEY, S3_SESSION_TOKEN, StorageFactory,
 };
-use iceberg::{Catalog, CatalogBuilder};
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent};
 use iceberg_catalog_rest::{REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE, RestCatalogBuilder};
 use iceberg_catalog_sql::{
     SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlBindStyle,
@@ -40,8 +40,11 @@ pub fn label(iceberg: &IcebergSettings, redactor: &Redactor) -> String {
     format!("{} ({})", iceberg.catalog_name, redactor.redact(&iceberg.catalog_uri))
 }
 
-/// Connects the configured catalog. A catalog database refusing the credentials is not
-/// retryable; a catalog that cannot be reached is.
+/// Connects the configured catalog. A catalog database or REST catalog refusing the credentials
+/// is not retryable; a catalog that cannot be reached is. A REST catalog is asked once here
+/// (whether the namespace exists), with `iceberg.properties` `token` (a static bearer token) or
+/// `credential` (`client_id:client_secret`, traded for a token at `oauth2-server-uri`, by default
+/// the catalog's `/v1/oauth/tokens`, with `scope`, by default `catalog`).
 pub async fn connect(iceberg: &IcebergSettings, redactor: &Redactor) -> Result<Arc<dyn Catalog>, LakeError> {
     let catalog_label = label(iceberg, redactor);
     let storage: Arc<dyn StorageFactory> = Arc::new(storage_factory(&iceberg.properties));
@@ -86,6 +89,23 @@ pub async fn connect(iceberg: &IcebergSettings, redactor: &Redactor) -> Result<A
                 .load(iceberg.catalog_name.clone(), props)
                 .await
                 .map_err(connect_error)?;
+            // iceberg-rust asks the server (and trades OAuth2 credentials for a token) on first
+            // use: ask now, so that refused credentials stop start-up here, said plainly.
+            let namespace = NamespaceIdent::from_strs(&iceberg.namespace).map_err(connect_error)?;
+            catalog.namespace_exists(&namespace).await.map_err(|e| match refused_by_rest(&e) {
+                Some(status) => LakeError::Catalog {
+                    catalog: catalog_label.clone(),
+                    action: "authenticate",
+                    message: format!(
+                        "the rest catalog refused the credentials ({status}): check iceberg.properties \
+                         token, or credential (client_id:client_secret), oauth2-server-uri and scope; \
+                         {}",
+                        redactor.redact(&e.to_string())
+                    ),
+                    retryable: false,
+                },
+                None => connect_error(e),
+            })?;
             return Ok(Arc::new(catalog));
         }
     };
@@ -121,6 +141,17 @@ fn refused_credentials(err: &iceberg::Error) -> bool {
         cause = e.source();
     }
     false
+}
+
+/// The HTTP status with which a REST catalog (or its OAuth2 token endpoint) refused the
+/// credentials: 401 or 403. iceberg-rust keeps the status only in the error's text (`status: 401
+/// Unauthorized` from the catalog, `code: 401 Unauthorized` from the token endpoint).
+fn refused_by_rest(err: &iceberg::Error) -> Option<&'static str> {
+    let text = err.to_string();
+    [("401", "HTTP 401 Unauthorized"), ("403", "HTTP 403 Forbidden")].into_iter().find_map(|(code, shown)| {
+        (text.contains(&format!("status: {code}")) || text.contains(&format!("code: {code}")))
+            .then_some(shown)
+    })
 }
 
 /// The FileIO's storage: by each path's scheme. Static S3 keys from `iceberg.properties` go to
@@ -198,6 +229,27 @@ mod tests {
         for secret in ["AKIDVALUE1234", "AKsecretVALUE", "TOKENvalue99"] {
             assert!(!shown.contains(secret), "{secret} shown: {shown}");
         }
+    }
+
+    #[test]
+    fn a_rest_catalog_refusing_credentials_is_told_apart() {
+        let catalog = |status: &str| {
+            iceberg::Error::new(
+                iceberg::ErrorKind::Unexpected,
+                "Received response with unexpected status code",
+            )
+            .with_context("status", status.to_string())
+        };
+        let token_endpoint = |code: &str| {
+            iceberg::Error::new(iceberg::ErrorKind::Unexpected, "Received unexpected response")
+                .with_context("code", code.to_string())
+                .with_context("operation", "auth")
+        };
+        assert_eq!(refused_by_rest(&catalog("401 Unauthorized")), Some("HTTP 401 Unauthorized"));
+        assert_eq!(refused_by_rest(&token_endpoint("401 Unauthorized")), Some("HTTP 401 Unauthorized"));
+        assert_eq!(refused_by_rest(&catalog("403 Forbidden")), Some("HTTP 403 Forbidden"));
+        assert_eq!(refused_by_rest(&catalog("503 Service Unavailable")), None);
+        assert_eq!(refused_by_rest(&token_endpoint("500 Internal Server Error")), None);
     }
 
     #[test]
