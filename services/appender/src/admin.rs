@@ -78,6 +78,8 @@ impl AdminHandler for AppenderAdmin {
             last_flush: Some(last_flush),
             serving: self.health.is_serving(),
             not_serving_reasons: self.health.reasons().await.into_iter().map(String::from).collect(),
+            // The listeners' refusals, added by the common admin plane.
+            refusals: Vec::new(),
             service: Some(Service::Appender(AppenderStats {
                 records_received: get(&self.totals.received),
                 records_accepted: get(&self.totals.accepted),

@@ -18,7 +18,7 @@ use telemetry_lake_admin_proto::v1::{
 };
 use tonic::{Request, Status};
 
-use crate::{health::Health, otlp::ExportError};
+use crate::{health::Health, otlp::ExportError, refusals::Refusals};
 
 /// What set off a flush; reported in `Stats.last_flush.trigger`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +56,7 @@ pub trait AdminHandler: Send + Sync + 'static {
 
 struct AdminGrpc<H> {
     handler: Arc<H>,
+    refusals: Arc<Refusals>,
 }
 
 #[tonic::async_trait]
@@ -68,31 +69,42 @@ impl<H: AdminHandler> Admin for AdminGrpc<H> {
     }
 
     async fn stats(&self, _: Request<StatsRequest>) -> Result<tonic::Response<StatsResponse>, Status> {
-        Ok(tonic::Response::new(self.handler.stats().await))
+        Ok(tonic::Response::new(stats(&*self.handler, &self.refusals).await))
     }
 }
 
-/// The gRPC Admin service for `handler`.
-pub fn grpc_service<H: AdminHandler>(handler: Arc<H>) -> AdminServer<impl Admin> {
-    AdminServer::new(AdminGrpc { handler })
+/// The service's stats plus what the shared listeners counted.
+async fn stats<H: AdminHandler>(handler: &H, refusals: &Refusals) -> StatsResponse {
+    let mut stats = handler.stats().await;
+    stats.refusals = refusals.to_proto();
+    stats
+}
+
+/// The gRPC Admin service for `handler`; `Stats` adds the listeners' `refusals`.
+pub fn grpc_service<H: AdminHandler>(handler: Arc<H>, refusals: Arc<Refusals>) -> AdminServer<impl Admin> {
+    AdminServer::new(AdminGrpc { handler, refusals })
 }
 
 struct HttpState<H> {
     handler: Arc<H>,
-    health: Health,
+    refusals: Arc<Refusals>,
     registry: Arc<Registry>,
 }
 
 /// The admin HTTP router.
-pub fn http_router<H: AdminHandler>(handler: Arc<H>, health: Health, registry: Arc<Registry>) -> Router {
-    let state = Arc::new(HttpState { handler, health, registry });
+pub fn http_router<H: AdminHandler>(
+    handler: Arc<H>,
+    health: Health,
+    registry: Arc<Registry>,
+    refusals: Arc<Refusals>,
+) -> Router {
+    let state = Arc::new(HttpState { handler, refusals, registry });
     Router::new()
         .route("/flush", post(http_flush::<H>))
         .route("/stats", get(http_stats::<H>))
         .route("/metrics", get(http_metrics::<H>))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(http_ready::<H>))
         .with_state(state)
+        .merge(health.http_routes())
 }
 
 async fn http_flush<H: AdminHandler>(State(state): State<Arc<HttpState<H>>>) -> Response {
@@ -110,7 +122,7 @@ async fn http_flush<H: AdminHandler>(State(state): State<Arc<HttpState<H>>>) -> 
 }
 
 async fn http_stats<H: AdminHandler>(State(state): State<Arc<HttpState<H>>>) -> Json<StatsResponse> {
-    Json(state.handler.stats().await)
+    Json(stats(&*state.handler, &state.refusals).await)
 }
 
 async fn http_metrics<H: AdminHandler>(State(state): State<Arc<HttpState<H>>>) -> Response {
@@ -123,13 +135,5 @@ async fn http_metrics<H: AdminHandler>(State(state): State<Arc<HttpState<H>>>) -
         Err(err) => {
             (StatusCode::INTERNAL_SERVER_ERROR, format!("metrics encoding failed: {err}\n")).into_response()
         }
-    }
-}
-
-async fn http_ready<H: AdminHandler>(State(state): State<Arc<HttpState<H>>>) -> Response {
-    if state.health.is_serving() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
 }

@@ -4,7 +4,12 @@
 //! section is known to both and unknown keys are an error naming the key. The services never
 //! use a `Config` directly: [`crate::settings::Settings::load`] checks it once into types.
 
-use std::{collections::BTreeMap, net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use bytesize::ByteSize;
 use figment::{
@@ -39,6 +44,12 @@ pub struct OtlpConfig {
     pub http_endpoint: SocketAddr,
     /// Largest request accepted, checked after decompression.
     pub max_recv_msg_size: ByteSize,
+    /// TLS on both OTLP ports; plain text when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Bearer tokens required on both OTLP ports; none when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
 }
 
 impl Default for OtlpConfig {
@@ -47,6 +58,8 @@ impl Default for OtlpConfig {
             grpc_endpoint: ([0, 0, 0, 0], 4317).into(),
             http_endpoint: ([0, 0, 0, 0], 4318).into(),
             max_recv_msg_size: ByteSize::mib(16),
+            tls: None,
+            auth: None,
         }
     }
 }
@@ -58,12 +71,69 @@ pub struct AdminConfig {
     pub grpc_endpoint: SocketAddr,
     /// `POST /flush`, `GET /stats`, `GET /metrics`, `GET /healthz`, `GET /readyz`.
     pub http_endpoint: SocketAddr,
+    /// TLS on both admin ports; plain text when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Bearer tokens required on both admin ports; none when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
+    /// A plain-text port serving only `grpc.health.v1` and `GET /healthz`, `/readyz`, with no
+    /// TLS and no token, for Kubernetes probes; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_endpoint: Option<SocketAddr>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        Self { grpc_endpoint: ([0, 0, 0, 0], 4320).into(), http_endpoint: ([0, 0, 0, 0], 8080).into() }
+        Self {
+            grpc_endpoint: ([0, 0, 0, 0], 4320).into(),
+            http_endpoint: ([0, 0, 0, 0], 8080).into(),
+            tls: None,
+            auth: None,
+            health_endpoint: None,
+        }
     }
+}
+
+/// `otlp.tls` / `admin.tls`: the server certificate, and client certificates (mTLS) when
+/// `client_ca_file` is set. The files are read again when they change on disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM: the server certificate, then any intermediates (cert-manager's `tls.crt`).
+    pub cert_file: PathBuf,
+    /// PEM: its private key, PKCS#8, PKCS#1 or SEC1 (`tls.key`).
+    pub key_file: PathBuf,
+    /// PEM: the CAs a client certificate must chain to (`ca.crt`); set, a client without
+    /// such a certificate is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<PathBuf>,
+    /// The oldest TLS version accepted.
+    #[serde(default)]
+    pub min_version: TlsVersion,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// `otlp.auth` / `admin.auth`: the bearer tokens a client may send (`authorization: Bearer
+/// <token>`), from a file, an environment variable or both (every token of either is valid).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// One token a line (blank lines and `#` comments skipped); read again when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_file: Option<PathBuf>,
+    /// The name of an environment variable holding tokens separated by commas or whitespace;
+    /// read once at start-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_env: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -309,6 +379,60 @@ mod tests {
     }
 
     #[test]
+        });
+    }
+
+    #[test]
+    fn security_keys_per_listener_group() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "lake.toml",
+                r#"
+                [otlp.tls]
+                cert_file = "/tls/tls.crt"
+                key_file = "/tls/tls.key"
+                client_ca_file = "/tls/ca.crt"
+                [otlp.auth]
+                tokens_file = "/tokens/otlp"
+                [admin]
+                health_endpoint = "0.0.0.0:8081"
+                [admin.tls]
+                cert_file = "/admin-tls/tls.crt"
+                key_file = "/admin-tls/tls.key"
+                min_version = "1.3"
+                "#,
+            )?;
+            jail.set_env("TELEMETRY_LAKE_ADMIN__AUTH__TOKENS_ENV", "ADMIN_TOKENS");
+            let c = Config::load(Some(Path::new("lake.toml"))).expect("valid config");
+            let otlp_tls = c.otlp.tls.expect("otlp.tls");
+            assert_eq!(otlp_tls.client_ca_file.as_deref(), Some(Path::new("/tls/ca.crt")));
+            assert_eq!(otlp_tls.min_version, TlsVersion::Tls12, "1.2 unless set");
+            assert_eq!(c.otlp.auth.unwrap().tokens_file.as_deref(), Some(Path::new("/tokens/otlp")));
+            let admin_tls = c.admin.tls.expect("admin.tls");
+            assert_eq!((admin_tls.min_version, admin_tls.client_ca_file), (TlsVersion::Tls13, None));
+            assert_eq!(c.admin.auth.unwrap().tokens_env.as_deref(), Some("ADMIN_TOKENS"));
+            assert_eq!(c.admin.health_endpoint.map(|a| a.to_string()).as_deref(), Some("0.0.0.0:8081"));
+
+            let plain = Config::default();
+            assert!(
+                plain.otlp.tls.is_none()
+                    && plain.otlp.auth.is_none()
+                    && plain.admin.health_endpoint.is_none()
+            );
+
+            jail.create_file(
+                "lake.toml",
+                "[otlp.tls]\ncert_file = \"a\"\nkey_file = \"b\"\nmin_version = \"1.1\"\n",
+            )?;
+            let err = Config::load(Some(Path::new("lake.toml"))).unwrap_err().to_string();
+            assert!(err.contains("min_version") || err.contains("1.1"), "{err}");
+            jail.create_file("lake.toml", "[otlp.tls]\ncert_file = \"a\"\n")?;
+            let err = Config::load(Some(Path::new("lake.toml"))).unwrap_err().to_string();
+            assert!(err.contains("key_file"), "{err}");
+            jail.create_file("lake.toml", "[admin.auth]\ntoken_file = \"a\"\n")?;
+            let err = Config::load(Some(Path::new("lake.toml"))).unwrap_err().to_string();
+            assert!(err.contains("token_file"), "{err}");
+            Ok(())
     fn unknown_keys_are_named() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("lake.toml", "[flush]\nintervall = \"10s\"\n")?;

@@ -1,5 +1,5 @@
 //! Whether a service can take traffic, reported through `grpc.health.v1` on every gRPC port and
-//! `GET /readyz`.
+//! `GET /readyz` (admin HTTP port, and the probe port `admin.health_endpoint` when set).
 //!
 //! Health is a set of named reasons not to serve ([`Reason`]): the service is SERVING exactly
 //! when the set is empty. Each writer adds and removes only its own reason (the committer
@@ -80,6 +80,31 @@ impl Health {
         tonic_health::pb::health_server::HealthServer::new(HealthService::from_health_reporter(
             self.reporter.clone(),
         ))
+    }
+
+    /// `GET /healthz` (200 while the process answers) and `GET /readyz` (200 when SERVING, else
+    /// 503), for the admin HTTP port and the probe port.
+    pub fn http_routes(&self) -> axum::Router {
+        let health = self.clone();
+        axum::Router::new().route("/healthz", axum::routing::get(|| async { "ok\n" })).route(
+            "/readyz",
+            axum::routing::get(move || {
+                let serving = health.is_serving();
+                async move {
+                    if serving {
+                        (http::StatusCode::OK, "ready\n")
+                    } else {
+                        (http::StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
+    }
+
+    /// The router of `admin.health_endpoint`: [`Self::http_routes`] and `grpc.health.v1`, nothing
+    /// else, for probes that speak plain text and send no token.
+    pub fn probe_router(&self) -> axum::Router {
+        self.http_routes().merge(tonic::service::Routes::new(self.grpc_service()).into_axum_router())
     }
 
     /// Reports [`LIVENESS_SERVICE`] SERVING and every other name as it stands; called once the

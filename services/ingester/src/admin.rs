@@ -119,6 +119,8 @@ impl AdminHandler for IngesterAdmin {
             last_flush: Some(last_flush),
             serving: self.health.is_serving(),
             not_serving_reasons,
+            // The listeners' refusals, added by the common admin plane.
+            refusals: Vec::new(),
             service: Some(Service::Ingester(IngesterStats {
                 records_received: get(&c.records_received),
                 records_accepted: get(&c.records_accepted),
