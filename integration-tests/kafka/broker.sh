@@ -9,6 +9,14 @@
 # Clients connect to 127.0.0.1:PORT; the controller listens on 127.0.0.1:PORT+1. The jars come
 # from fetch.sh (cached). Logs go to DIR/logs (server.log) and DIR/broker.out. Restarting with
 # the same DIR keeps the data: only an unformatted DIR is formatted.
+#
+# Secured listeners, besides the PLAINTEXT one (which the tests' own Java client keeps using):
+#   KAFKA_TLS_DIR=D          certificates from certs.sh (D/broker.pem, D/ca.crt)
+#   KAFKA_SASL_SSL_PORT=P    a SASL_SSL listener on 127.0.0.1:P, mechanism SCRAM-SHA-512
+#   KAFKA_SSL_PORT=P         an SSL listener on 127.0.0.1:P that requires a client certificate
+#                            signed by D/ca.crt (mTLS)
+#   KAFKA_SCRAM_USERS_FILE=F SCRAM-SHA-512 users, one "NAME PASSWORD" a line, created when DIR
+#                            is formatted (StorageTool format --add-scram)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,15 +37,33 @@ java_cmd() {
 
 write_config() {
     mkdir -p "$dir/data" "$dir/logs"
+    local listeners="PLAINTEXT://127.0.0.1:$port" secured=""
+    if [[ -n "${KAFKA_SASL_SSL_PORT:-}" ]]; then
+        listeners+=",SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT"
+    fi
+    if [[ -n "${KAFKA_SSL_PORT:-}" ]]; then
+        listeners+=",SSL://127.0.0.1:$KAFKA_SSL_PORT"
+    fi
+    if [[ -n "${KAFKA_SASL_SSL_PORT:-}${KAFKA_SSL_PORT:-}" ]]; then
+        local tls="${KAFKA_TLS_DIR:?KAFKA_TLS_DIR (certs.sh output) is needed for TLS listeners}"
+        secured="ssl.keystore.type=PEM
+ssl.keystore.location=$tls/broker.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$tls/ca.crt
+listener.name.ssl.ssl.client.auth=required
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    fi
     cat >"$dir/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$controller_port
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller_port
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$listeners,CONTROLLER://127.0.0.1:$controller_port
+advertised.listeners=$listeners
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+$secured
 log.dirs=$dir/data
 num.partitions=1
 auto.create.topics.enable=false
@@ -81,9 +107,15 @@ start)
         mv "$dir/logs/server.log" "$dir/logs/server.log.$(date +%s%N)"
     fi
     if [[ ! -f "$dir/data/meta.properties" ]]; then
+        scram=()
+        if [[ -n "${KAFKA_SCRAM_USERS_FILE:-}" ]]; then
+            while read -r name password; do
+                [[ -n "$name" ]] && scram+=(--add-scram "SCRAM-SHA-512=[name=$name,password=$password]")
+            done <"$KAFKA_SCRAM_USERS_FILE"
+        fi
         "${JAVA_CMD[@]}" kafka.tools.StorageTool format --standalone --ignore-formatted \
             -t "$(tr -d - </proc/sys/kernel/random/uuid | head -c 22)" \
-            -c "$dir/server.properties" >>"$dir/broker.out" 2>&1 || {
+            "${scram[@]}" -c "$dir/server.properties" >>"$dir/broker.out" 2>&1 || {
             echo "broker.sh: storage format failed; see $dir/broker.out" >&2
             tail -20 "$dir/broker.out" >&2
             exit 1

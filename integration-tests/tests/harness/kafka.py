@@ -7,6 +7,11 @@ Kafka's own Java client (`kafka/KafkaProbe.java`, run from source by `java`), so
 no Python Kafka package: `partitions`, `records` (every record with partition, offset, key,
 headers and value), `produce`, `topic_id` and `recreate_topic` (delete, then create again).
 
+`SecureBroker` is the same node with two more listeners, for the security tests: SASL_SSL with
+SCRAM-SHA-512 (one user, a random password) and SSL requiring a client certificate (mTLS), on
+certificates `kafka/certs.sh` makes in its directory; its PLAINTEXT listener stays for the tests'
+own Java client.
+
 `Ingester` is the `ingester` binary booted like the appender (`harness.lake.Appender`: a temp
 dir, free loopback ports, a TOML config, a log file, the same admin helpers), pointed at a
 broker and a topic.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import secrets
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +34,7 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from harness.config import ConfigOverrides, merge_config
 from harness.lake import Appender
 from harness.paths import REPO_DIR, bin_dir
-from harness.ports import free_port_pair
+from harness.ports import free_port_pair, free_ports
 from harness.process import ScriptService, fetched_dir
 
 KAFKA_DIR = REPO_DIR / "integration-tests" / "kafka"
@@ -137,6 +143,76 @@ class Broker(ScriptService):
     def recreate_topic(self, topic: str, partitions: int) -> str:
         """Deletes `topic` and creates it again (offsets start at 0 again); its new id."""
         return self._probe("recreate", self.bootstrap, topic, str(partitions)).strip()
+
+
+class SecureBroker(Broker):
+    """A `Broker` with a SASL_SSL listener (SCRAM-SHA-512, user `user` with `password`) on
+    `sasl_port` and an SSL listener requiring a client certificate on `ssl_port`. The
+    certificates are in `tls_dir` (see `kafka/certs.sh`); the client key is encrypted with
+    `key_password`."""
+
+    user = "telemetry-lake"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        taken = {self.port, self.port + 1}
+        self.sasl_port, self.ssl_port = [p for p in free_ports(4) if p not in taken][:2]
+        self.password = "scram-" + secrets.token_urlsafe(18)
+        self.key_password = "key-" + secrets.token_urlsafe(18)
+        self.tls_dir = workdir / "tls"
+        self.users_file = workdir / "scram-users"
+
+    def prepare(self) -> None:
+        super().prepare()
+        if not (self.tls_dir / "ca.crt").exists():
+            subprocess.run(
+                ["bash", str(KAFKA_DIR / "certs.sh"), str(self.tls_dir), self.key_password],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        self.users_file.write_text(f"{self.user} {self.password}\n")
+
+    def env(self) -> dict[str, str]:
+        return {
+            **super().env(),
+            "KAFKA_TLS_DIR": str(self.tls_dir),
+            "KAFKA_SASL_SSL_PORT": str(self.sasl_port),
+            "KAFKA_SSL_PORT": str(self.ssl_port),
+            "KAFKA_SCRAM_USERS_FILE": str(self.users_file),
+        }
+
+    def sasl_client(self, password: str) -> dict[str, str]:
+        """`[kafka.client]` for the SASL_SSL listener, with `password` as given (a value or a
+        `${file:…}` / `${env:…}` reference)."""
+        return {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": self.user,
+            "sasl.password": password,
+            "ssl.ca.location": str(self.tls_dir / "ca.crt"),
+        }
+
+    def mtls_client(self, key_password: str, name: str = "client") -> dict[str, str]:
+        """`[kafka.client]` for the SSL listener with certificate `name` (`client`: signed by the
+        broker's CA; `rogue`: by another CA, unencrypted key)."""
+        client = {
+            "security.protocol": "SSL",
+            "ssl.ca.location": str(self.tls_dir / "ca.crt"),
+            "ssl.certificate.location": str(self.tls_dir / f"{name}.crt"),
+            "ssl.key.location": str(self.tls_dir / f"{name}.key"),
+        }
+        if name == "client":
+            client["ssl.key.password"] = key_password
+        return client
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.ssl_port}"
 
 
 class Ingester(Appender):

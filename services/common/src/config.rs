@@ -174,6 +174,9 @@ pub struct KafkaConfig {
     /// Topic for records the appender cannot stage; unset means `{topic}-dlq`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<String>,
+    /// Passed through to every librdkafka client (producers, the consumer, admin and metadata
+    /// clients) before the role's table: security (`security.protocol`, `sasl.*`, `ssl.*`).
+    pub client: BTreeMap<String, String>,
     /// Passed through to librdkafka's producer (e.g. `compression.type`, `linger.ms`).
     pub producer: BTreeMap<String, String>,
     /// Passed through to librdkafka's consumer.
@@ -190,6 +193,7 @@ impl Default for KafkaConfig {
             group_id: "telemetry-lake-appender".into(),
             dead_letters: true,
             dead_letter_topic: None,
+            client: BTreeMap::new(),
             producer: BTreeMap::new(),
             consumer: BTreeMap::new(),
         }

@@ -63,6 +63,8 @@ pub struct KafkaSettings {
     /// Where the appender sends records it cannot stage; `None` when `kafka.dead_letters =
     /// false` (they are then counted and skipped).
     pub dead_letter_topic: Option<String>,
+    /// `[kafka.client]`, passed to every librdkafka client before the role's table.
+    pub client: BTreeMap<String, String>,
     /// `[kafka.producer]`, passed to librdkafka (see `crate::kafka` for what it may not change).
     pub producer: BTreeMap<String, String>,
     /// `[kafka.consumer]`, likewise.
@@ -255,6 +257,7 @@ fn kafka_settings(kafka: KafkaConfig) -> Result<KafkaSettings, ConfigError> {
         }
         (true, Some(name)) => Some(name),
     };
+    crate::kafka::check_user_settings("kafka.client", &kafka.client)?;
     crate::kafka::check_user_settings("kafka.producer", &kafka.producer)?;
     crate::kafka::check_user_settings("kafka.consumer", &kafka.consumer)?;
     Ok(KafkaSettings {
@@ -264,6 +267,7 @@ fn kafka_settings(kafka: KafkaConfig) -> Result<KafkaSettings, ConfigError> {
         replication_factor: kafka.replication_factor,
         group_id: kafka.group_id,
         dead_letter_topic,
+        client: kafka.client,
         producer: kafka.producer,
         consumer: kafka.consumer,
     })

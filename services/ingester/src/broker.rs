@@ -1,8 +1,10 @@
 //! Kafka reachability: creates the topic, then keeps health in step with the brokers.
 //!
 //! ```text
-//!  start-up: create kafka.topic with kafka.partitions partitions (common's ensure_topics;
-//!            an existing topic is fine), retried every probe interval until it succeeds
+//!  start-up: check access (common's check_access), then create kafka.topic with
+//!            kafka.partitions partitions (common's ensure_topics; an existing topic is fine),
+//!            retried every probe interval until it succeeds; a failed authentication (a wrong
+//!            SASL password) is not retried: watch returns it and stops the ingester
 //!  then:     metadata probe of the topic every 2 s, or at once when librdkafka reports every
 //!            broker down --> BrokerState::ready + health SERVING / NOT_SERVING
 //! ```
@@ -25,7 +27,7 @@ use rdkafka::{
 };
 use telemetry_lake_common::{
     health::{Health, Reason},
-    kafka::{self, Side, TopicSpec},
+    kafka::{self, AccessError, Side, TopicSpec},
     settings::KafkaSettings,
 };
 use tokio_util::sync::CancellationToken;
@@ -80,11 +82,18 @@ impl Prober {
     }
 }
 
-/// Creates the topic unless it exists; returns the partition count it has.
-pub async fn ensure_topic(kafka: &KafkaSettings, prober: &mut Prober) -> Result<usize, String> {
+/// Checks that the brokers let us in, creates the topic unless it exists, and returns the
+/// partition count it has. `AccessError::Authentication` is for good; anything else may pass.
+pub async fn ensure_topic(kafka: &KafkaSettings, prober: &mut Prober) -> Result<usize, AccessError> {
+    let settings = kafka.clone();
+    tokio::task::spawn_blocking(move || kafka::check_access(&settings, Side::Producer, PROBE_TIMEOUT))
+        .await
+        .map_err(|e| AccessError::Unreachable(format!("the kafka access check stopped: {e}")))??;
     let topic = TopicSpec { name: kafka.topic.clone(), partitions: kafka.partitions };
-    kafka::ensure_topics(kafka, Side::Producer, &[topic], PROBE_TIMEOUT).await?;
-    let partitions = prober.probe(&kafka.topic).await?;
+    kafka::ensure_topics(kafka, Side::Producer, &[topic], PROBE_TIMEOUT)
+        .await
+        .map_err(AccessError::Unreachable)?;
+    let partitions = prober.probe(&kafka.topic).await.map_err(AccessError::Unreachable)?;
     if partitions != kafka.partitions as usize {
         tracing::warn!(
             topic = %kafka.topic,
@@ -115,13 +124,15 @@ async fn probe(client: Arc<BaseProducer>, topic: &str) -> Result<usize, String> 
     metadata.map_err(|e| format!("no kafka broker answered for topic {topic}: {e}"))
 }
 
-/// Keeps `state` and `health` in step with Kafka until `shutdown`.
+/// Keeps `state` and `health` in step with Kafka until `shutdown`. When the brokers refuse our
+/// credentials before the topic was ever ready, cancels `shutdown` and returns why: start-up
+/// failed, and the same credentials would fail again.
 pub async fn watch(
     kafka: KafkaSettings,
     state: Arc<BrokerState>,
     health: Health,
     shutdown: CancellationToken,
-) {
+) -> Result<(), String> {
     let mut prober = Prober::new(&kafka);
     let mut topic_ready = false;
     let mut last_error = String::new();
@@ -129,12 +140,21 @@ pub async fn watch(
         let outcome = if topic_ready {
             prober.probe(&kafka.topic).await.map(|_| ())
         } else {
-            ensure_topic(&kafka, &mut prober).await.map(|_| {
-                topic_ready = true;
-            })
+            match ensure_topic(&kafka, &mut prober).await {
+                Ok(_) => {
+                    topic_ready = true;
+                    Ok(())
+                }
+                Err(AccessError::Authentication(error)) => {
+                    tracing::error!(%error, "kafka refused the ingester's credentials; stopping");
+                    shutdown.cancel();
+                    return Err(error);
+                }
+                Err(AccessError::Unreachable(error)) => Err(error),
+            }
         };
         if shutdown.is_cancelled() {
-            return;
+            return Ok(());
         }
         match outcome {
             Ok(()) => {
@@ -152,7 +172,7 @@ pub async fn watch(
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(PROBE_INTERVAL) => {}
             _ = state.changed.notified() => tokio::time::sleep(MIN_PROBE_GAP).await,
         }

@@ -106,7 +106,10 @@ pub async fn run(
     )
     .await;
     signal_task.abort();
-    let _ = watcher.await;
+    // A failed Kafka authentication at start-up stopped the server: the ingester failed to start.
+    if let Ok(Err(error)) = watcher.await {
+        return Err(anyhow::Error::msg(error));
+    }
 
     // Drained: every answered export is delivered; wait for what abandoned exports queued.
     if let Err(err) = admin.flush_producer(FlushTrigger::Shutdown).await {

@@ -36,7 +36,7 @@ use rdkafka::{
 };
 use telemetry_lake_admin_proto::v1::PartitionStats;
 use telemetry_lake_common::{
-    kafka::{self, Side, TopicSpec},
+    kafka::{self, AccessError, Side, TopicSpec},
     kafka_ids::{IdLookup, TopicIdentity},
     settings::KafkaSettings,
 };
@@ -52,6 +52,9 @@ use crate::{commit::summary::PartitionOffsets, lake::Lake, staging::Staging};
 
 /// How long one look-up of the topic id and cluster id may take.
 const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long start-up waits for a broker to answer the access check before going on (the
+/// consumer keeps trying); a refused authentication ends the wait at once.
+const ACCESS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the consumer counts, for Stats.
 #[derive(Debug, Default)]
@@ -96,13 +99,33 @@ async fn ensure_topics(config: &KafkaSettings) -> Result<(), KafkaError> {
     Ok(())
 }
 
+/// Fails when the brokers refuse our credentials (a wrong SASL password: retrying cannot help);
+/// a cluster that does not answer yet only gets a warning, as the consumer keeps trying.
+async fn check_access(config: &KafkaSettings) -> anyhow::Result<()> {
+    let settings = config.clone();
+    let checked =
+        tokio::task::spawn_blocking(move || kafka::check_access(&settings, Side::Consumer, ACCESS_TIMEOUT))
+            .await?;
+    match checked {
+        Ok(()) => Ok(()),
+        Err(AccessError::Authentication(message)) => Err(anyhow::Error::msg(message)),
+        Err(AccessError::Unreachable(error)) => {
+            tracing::warn!(%error, "kafka does not answer yet; the consumer keeps trying");
+            Ok(())
+        }
+    }
+}
+
 impl KafkaSource {
+    /// Checks access (a refused authentication is an error), creates the topics and starts
+    /// consuming.
     pub async fn start(
         config: &KafkaSettings,
         staging: Staging,
         lake: Arc<Lake>,
         stop: CancellationToken,
-    ) -> Result<Self, KafkaError> {
+    ) -> anyhow::Result<Self> {
+        check_access(config).await?;
         let counters = Arc::new(SourceCounters::default());
         let ids = Arc::new(IdLookup::new(config, Side::Consumer).map_err(KafkaError::ClientCreation)?);
         let context = LakeContext {
