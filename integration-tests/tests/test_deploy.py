@@ -198,6 +198,19 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "ingester": {"autoscaling": {"enabled": False}, "podDisruptionBudget": {"enabled": False}},
         "prometheusScrape": False,
     },
+    "secrets-from-files-and-env": {
+        "secrets": {
+            "files": [{"secretName": "catalog-oauth", "services": ["appender"]}, {"secretName": "otlp-tls"}],
+            "env": [{"name": "KAFKA_SASL_PASSWORD", "secretName": "kafka-user", "key": "password"}],
+        },
+        "config": {
+            "kafka": {"producer": {"sasl.password": "${env:KAFKA_SASL_PASSWORD}"}},
+            "iceberg": {
+                "properties": {"credential": "${file:/var/run/secrets/telemetry-lake/catalog-oauth/credential}"}
+            },
+        },
+        "appender": {"extraEnv": [{"name": "RUST_LOG", "value": "info"}]},
+    },
     "one-kafka-node-existing-secret": {
         "kafka": {"replicas": 1},
         "config": {"kafka": {"replication_factor": 1}, "iceberg": {"properties": {"s3.endpoint": "http://s3:9000"}}},
@@ -286,6 +299,11 @@ def test_optional_objects_follow_their_switches(helm: Path, tmp_path: Path) -> N
         ({"kafka": {"clusterId": "not-a-cluster-id"}}, "clusterId"),
         ({"config": {"kafka": {"replication_factor": 4}}}, "replication_factor (4) is larger than kafka.replicas (3)"),
         ({"kafka": {"enabled": False}}, "kafka.externalBrokers is required"),
+        # A secret written into config would land in the ConfigMap: refused, naming the key only.
+        ({"config": {"iceberg": {"properties": {"credential": "id:Plain-S3cret"}}}}, "config.iceberg.properties"),
+        ({"config": {"kafka": {"consumer": {"sasl.password": "Plain-S3cret"}}}}, "config.kafka.consumer.sasl"),
+        ({"config": {"iceberg": {"catalog_uri": "postgres://lake:Plain-S3cret@db/c"}}}, "config.iceberg.catalog_uri"),
+        ({"secrets": {"env": [{"name": "X", "secretName": "s"}]}}, "key"),
     ],
 )
 @helm_timeout
@@ -295,6 +313,40 @@ def test_bad_values_are_refused_at_install_time(
     out = helm_template(helm, tmp_path, values)
     assert out.returncode != 0, f"helm template accepted {values}"
     assert message in out.stderr, out.stderr
+    assert "Plain-S3cret" not in out.stderr, "the refusal names the key, never the secret"
+
+
+@helm_timeout
+def test_secrets_reach_the_pods_from_kubernetes_secrets_never_the_configmap(helm: Path, tmp_path: Path) -> None:
+    """secrets.files are mounted read-only under /var/run/secrets/telemetry-lake/<name>, secrets.env
+    become secretKeyRef variables, each for the services it names; the ConfigMap holds only the
+    ${file:...} / ${env:...} references that the services expand at start-up."""
+    docs = render(helm, tmp_path, VALUE_SETS["secrets-from-files-and-env"])
+    text, config = rendered_config(docs)
+    assert config["iceberg"]["properties"]["credential"] == (
+        "${file:/var/run/secrets/telemetry-lake/catalog-oauth/credential}"
+    )
+    assert config["kafka"]["producer"]["sasl.password"] == "${env:KAFKA_SASL_PASSWORD}"
+    expected_env = {
+        "name": "KAFKA_SASL_PASSWORD",
+        "valueFrom": {"secretKeyRef": {"name": "kafka-user", "key": "password"}},
+    }
+    mounted = {"appender": {"catalog-oauth", "otlp-tls"}, "ingester": {"otlp-tls"}}
+    for name, kind in (("ingester", "Deployment"), ("appender", "StatefulSet")):
+        workload = find(docs, kind, f"-{name}")
+        c = container(workload, name)
+        assert expected_env in c["env"], f"{name}: {c['env']}"
+        volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+        secret_mounts = {
+            volumes[m["name"]]["secret"]["secretName"]: m
+            for m in c["volumeMounts"]
+            if "secret" in volumes.get(m["name"], {})  # staging is a volumeClaimTemplate
+        }
+        assert set(secret_mounts) == mounted[name], f"{name} mounts {sorted(secret_mounts)}"
+        for secret_name, mount in secret_mounts.items():
+            assert mount["mountPath"] == f"/var/run/secrets/telemetry-lake/{secret_name}" and mount["readOnly"]
+    assert {"name": "RUST_LOG", "value": "info"} in container(find(docs, "StatefulSet", "-appender"), "appender")["env"]
+    assert not any(d["kind"] == "Secret" for d in docs), "existing Secrets are referenced, not made"
 
 
 # ---- the chart against the code: keys, ports, probes ------------------------------------------

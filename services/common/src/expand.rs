@@ -199,6 +199,10 @@ fn collect_secrets(name: &str, value: &Value, secret_parent: bool, found: &mut V
         Value::String(_, text) => {
             if is_secret {
                 found.push(text.clone());
+                // `credential = "client_id:client_secret"`: the secret travels alone too.
+                if let Some((_, secret)) = text.split_once(':').filter(|_| name.contains("credential")) {
+                    found.push(secret.to_string());
+                }
             }
             found.extend(secrets::uri_secrets(text));
         }
@@ -370,7 +374,8 @@ mod tests {
         let mut found = Vec::new();
         let config: Dict =
             figment::Figment::from(figment::providers::Serialized::defaults(serde_json::json!({
-                "iceberg": {"properties": {"s3.secret-access-key": "A", "s3.region": "B", "token": "C"}},
+                "iceberg": {"properties": {"s3.secret-access-key": "A", "s3.region": "B", "token": "C",
+                                       "credential": "id:I"}},
                 "kafka": {"consumer": {"sasl.password": "D", "sasl.username": "E", "ssl.key.pem": "H",
                                        "ssl.key.location": "/k.pem"}},
                 "otlp": {"auth": {"tokens_file": "/run/tokens", "tokens": ["F", "G"]}},
@@ -379,6 +384,10 @@ mod tests {
             .unwrap();
         collect_secrets("", &Value::from(config), false, &mut found);
         found.sort();
-        assert_eq!(found, ["A", "C", "D", "F", "G", "H"], "paths of files holding secrets are no secrets");
+        assert_eq!(
+            found,
+            ["A", "C", "D", "F", "G", "H", "I", "id:I"],
+            "paths of files holding secrets are no secrets"
+        );
     }
 }

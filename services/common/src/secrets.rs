@@ -40,18 +40,36 @@ pub fn register_environment() {
     register(SECRET_ENV_VARS.iter().filter_map(|name| std::env::var(name).ok()));
 }
 
-/// A secret as given and as JSON and Rust's `Debug` escape it (when that differs).
+/// A secret as given and as JSON, Rust's `Debug` and a URL form (an OAuth2 token request's
+/// body) escape it, when that differs.
 fn variants(secret: &str) -> Vec<String> {
     if secret.is_empty() {
         return Vec::new();
     }
     let mut out = vec![secret.to_string()];
+    let form = form_encoded(secret);
+    if form != secret {
+        out.push(form);
+    }
     let json = serde_json::to_string(secret).unwrap_or_default();
     let debug = format!("{secret:?}");
     for quoted in [json, debug] {
         let inner = quoted.get(1..quoted.len().saturating_sub(1)).unwrap_or_default();
         if !inner.is_empty() && inner != secret {
             out.push(inner.to_string());
+        }
+    }
+    out
+}
+
+/// `application/x-www-form-urlencoded`, as reqwest's `form` writes it.
+fn form_encoded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => out.push(byte as char),
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{byte:02X}")),
         }
     }
     out
@@ -232,6 +250,12 @@ mod tests {
         out.write_all(line.as_bytes()).unwrap();
         let written = String::from_utf8(out.0).unwrap();
         assert_eq!(written, "{\"token\":\"***\",\"dbg\":\"***\",\"plain\":\"***\"}\n");
+        // As an OAuth2 token request's form body carries it.
+        register(["form/Secret+1 x".to_string()]);
+        assert_eq!(
+            redact_registered("client_secret=form%2FSecret%2B1+x&scope=catalog"),
+            "client_secret=***&scope=catalog"
+        );
     }
 
     #[test]

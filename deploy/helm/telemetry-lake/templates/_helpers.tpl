@@ -209,3 +209,84 @@ share.coordinator.state.topic.replication.factor={{ min 3 $replicas }}
 share.coordinator.state.topic.min.isr={{ min 2 $replicas }}
 group.initial.rebalance.delay.ms=3000
 {{- end -}}
+
+{{/* Secrets (secrets.files, secrets.env) reach the pods as files and environment variables,
+     never through config.toml (a ConfigMap): the config refers to them as ${file:...} and
+     ${env:...}, which the services expand at start-up. */}}
+{{- define "telemetry-lake.secretDir" -}}/var/run/secrets/telemetry-lake{{- end -}}
+
+{{/* Whether secrets entry . (with its optional services list) is for service $service:
+     include with (list $entry "appender"); yields "true" or "". */}}
+{{- define "telemetry-lake.secretFor" -}}
+{{- if has (index . 1) (default (list "ingester" "appender") (index . 0).services) -}}true{{- end -}}
+{{- end -}}
+
+{{/* Environment variables from Secret keys for one service: include with (list $ "appender"). */}}
+{{- define "telemetry-lake.secretEnv" -}}
+{{- $service := index . 1 -}}
+{{- range (index . 0).Values.secrets.env }}
+{{- if include "telemetry-lake.secretFor" (list . $service) }}
+- name: {{ .name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .secretName }}
+      key: {{ .key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Mounts of secrets.files for one service: include with (list $ "appender"). */}}
+{{- define "telemetry-lake.secretVolumeMounts" -}}
+{{- $root := index . 0 -}}
+{{- $service := index . 1 -}}
+{{- range $i, $s := $root.Values.secrets.files }}
+{{- if include "telemetry-lake.secretFor" (list $s $service) }}
+- name: secret-{{ $i }}
+  mountPath: {{ include "telemetry-lake.secretDir" $root }}/{{ $s.secretName }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Volumes of secrets.files for one service: include with (list $ "appender"). */}}
+{{- define "telemetry-lake.secretVolumes" -}}
+{{- $service := index . 1 -}}
+{{- range $i, $s := (index . 0).Values.secrets.files }}
+{{- if include "telemetry-lake.secretFor" (list $s $service) }}
+- name: secret-{{ $i }}
+  secret:
+    secretName: {{ $s.secretName }}
+    defaultMode: 288  # 0440: the pod's user and group (fsGroup) only
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Refuses a secret written out in config: a secret-looking key (as the services'
+     secrets::is_secret_key decides) or a URI with a password, whose value is not a ${env:...}
+     or ${file:...} reference. The message names the key, never the value. */}}
+{{- define "telemetry-lake.checkNoPlainSecrets" -}}
+{{- range $section, $keys := .Values.config }}
+{{- if kindIs "map" $keys }}
+{{- range $key, $value := $keys }}
+{{- if kindIs "map" $value }}
+{{- range $name, $v := $value }}
+{{- include "telemetry-lake.checkSecret" (list (printf "config.%s.%s.%s" $section $key $name) $name $v) }}
+{{- end }}
+{{- else }}
+{{- include "telemetry-lake.checkSecret" (list (printf "config.%s.%s" $section $key) $key $value) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "telemetry-lake.checkSecret" -}}
+{{- $path := index . 0 -}}
+{{- $key := lower (index . 1) -}}
+{{- $value := toString (index . 2) -}}
+{{- $secretKey := and (regexMatch "(secret|password|token|access-key|credential|authorization|private|key$|key\\.pem$)" $key) (not (regexMatch "(file|path|location|dir)$" $key)) -}}
+{{- $uriPassword := regexMatch "://[^/@]*:[^/@]*@" $value -}}
+{{- if and (or $secretKey $uriPassword) (ne $value "") (not (regexMatch "\\$\\{(env|file):" $value)) -}}
+{{- fail (printf "%s holds a secret written out, and config.toml is a ConfigMap: keep it in a Kubernetes Secret (secrets.files or secrets.env) and write \"${file:/var/run/secrets/telemetry-lake/SECRET/KEY}\" or \"${env:NAME}\" instead" $path) -}}
+{{- end -}}
+{{- end -}}
