@@ -1,11 +1,12 @@
 """Kafka with SASL_SSL (SCRAM-SHA-512) and mTLS, against a real broker configured that way.
 
 One `SecureBroker` per module: a SASL_SSL listener, an SSL listener that requires a client
-certificate, and certificates `kafka/certs.sh` made for this run. The ingester and the appender
-reach it only through `[kafka.client]` (topic creation, the ingester's producer and probe, the
-appender's id lookups, consumer and dead-letter producer), with the secrets coming from a file
-(`${file:…}`) or an environment variable (`${env:…}`). The tests' own Java client reads the
-topics over the broker's PLAINTEXT listener.
+certificate, and certificates `kafka/certs.sh` made for this run. The services reach it only
+through the secured listeners, configured with `[kafka.tls]` / `[kafka.sasl]` (the ingester) or
+librdkafka's keys in `[kafka.client]` (the appender), for every client: topic creation, the
+ingester's producer and probe, the appender's id lookups, consumer and dead-letter producer. The
+secrets come from a file (`${file:…}`) or an environment variable (`${env:…}`). The tests' own
+Java client reads the topics over the broker's PLAINTEXT listener.
 
 Every output of a run (logs at debug level, `/stats`, `/metrics`, gRPC `Stats`, errors) is
 searched for the secrets it used.
@@ -38,9 +39,15 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
     node.close()
 
 
-def secured(bootstrap: str, client: dict[str, str], log_level: str = "debug") -> dict[str, dict[str, Any]]:
+def secured(bootstrap: str, client: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Config overrides pointing a service at a secured listener with `[kafka.client]`."""
-    return {"kafka": {"brokers": bootstrap, "client": client}, "log": {"level": log_level}}
+    return {"kafka": {"brokers": bootstrap, "client": client}, "log": {"level": "debug"}}
+
+
+def sections(bootstrap: str, tables: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """Config overrides pointing a service at a secured listener with `[kafka.tls]` and
+    `[kafka.sasl]`."""
+    return {"kafka": {"brokers": bootstrap, **tables}, "log": {"level": "debug"}}
 
 
 def start_ingester(
@@ -104,7 +111,7 @@ def test_sasl_ssl_scram_carries_records_and_dead_letters(
         tmp_path / "ingester",
         secure_broker,
         topic,
-        secured(secure_broker.sasl_bootstrap, secure_broker.sasl_client(f"${{file:{password_file}}}")),
+        sections(secure_broker.sasl_bootstrap, secure_broker.sasl_sections(f"${{file:{password_file}}}")),
     )
     ingester.start_and_wait(timeout=60)
     appender = make_appender(
@@ -129,12 +136,17 @@ def test_mtls_carries_records_and_dead_letters(
 ) -> None:
     key_password_file = tmp_path / "key-password"
     key_password_file.write_text(secure_broker.key_password + "\n")
-    client = secure_broker.mtls_client(f"${{file:{key_password_file}}}")
+    key_password = f"${{file:{key_password_file}}}"
     ingester = start_ingester(
-        request, tmp_path / "ingester", secure_broker, topic, secured(secure_broker.ssl_bootstrap, client)
+        request,
+        tmp_path / "ingester",
+        secure_broker,
+        topic,
+        sections(secure_broker.ssl_bootstrap, secure_broker.mtls_sections(key_password)),
     )
     ingester.start_and_wait(timeout=60)
     lake = kafka_config(secure_broker, topic, tmp_path / "lake")
+    client = secure_broker.mtls_client(key_password)
     appender = make_appender(merge_config(lake, secured(secure_broker.ssl_bootstrap, client)))
     flow(ingester, appender, secure_broker, topic, "mtls")
     assert_no_secret(outputs(ingester, appender), secure_broker.key_password)
@@ -181,15 +193,15 @@ def test_a_wrong_password_stops_start_up_with_a_clear_message(
     tmp_path: Path,
 ) -> None:
     wrong = "wrong-" + secure_broker.password[::-1]
-    client = secure_broker.sasl_client("${env:KAFKA_PASSWORD}")
     ingester = start_ingester(
         request,
         tmp_path / "ingester",
         secure_broker,
         topic,
-        secured(secure_broker.sasl_bootstrap, client),
+        sections(secure_broker.sasl_bootstrap, secure_broker.sasl_sections("${env:KAFKA_PASSWORD}")),
         env={"KAFKA_PASSWORD": wrong},
     )
+    client = secure_broker.sasl_client("${env:KAFKA_PASSWORD}")
     lake = kafka_config(secure_broker, topic, tmp_path / "lake")
     appender = make_appender(
         merge_config(lake, secured(secure_broker.sasl_bootstrap, client)),
@@ -203,7 +215,7 @@ def test_a_wrong_password_stops_start_up_with_a_clear_message(
         code = wait_exit(service, FAIL_FAST_SECONDS)
         assert code != 0, f"{service.name} exited with 0 after a failed authentication"
         log = service.log_text()
-        for part in ("kafka authentication failed", secure_broker.sasl_bootstrap, "SCRAM-SHA-512", "sasl.password"):
+        for part in ("kafka authentication failed", secure_broker.sasl_bootstrap, "SCRAM-SHA-512", "[kafka.sasl]"):
             assert part in log, f"{service.name}'s message lacks {part!r}:\n{service.log_tail()}"
         assert_no_secret(log, wrong, secure_broker.password)
     assert time.monotonic() - started < FAIL_FAST_SECONDS

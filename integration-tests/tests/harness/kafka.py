@@ -206,6 +206,25 @@ class SecureBroker(Broker):
             client["ssl.key.password"] = key_password
         return client
 
+    def sasl_sections(self, password: str) -> dict[str, dict[str, str]]:
+        """The same as `sasl_client`, written as `[kafka.tls]` and `[kafka.sasl]`."""
+        return {
+            "tls": {"ca_file": str(self.tls_dir / "ca.crt")},
+            "sasl": {"mechanism": "SCRAM-SHA-512", "username": self.user, "password": password},
+        }
+
+    def mtls_sections(self, key_password: str) -> dict[str, dict[str, str]]:
+        """The same as `mtls_client`, written as `[kafka.tls]`."""
+        tls = self.tls_dir
+        return {
+            "tls": {
+                "ca_file": str(tls / "ca.crt"),
+                "cert_file": str(tls / "client.crt"),
+                "key_file": str(tls / "client.key"),
+                "key_password": key_password,
+            }
+        }
+
     @property
     def sasl_bootstrap(self) -> str:
         return f"127.0.0.1:{self.sasl_port}"

@@ -174,6 +174,12 @@ pub struct KafkaConfig {
     /// Topic for records the appender cannot stage; unset means `{topic}-dlq`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dead_letter_topic: Option<String>,
+    /// TLS to the brokers, for every client (see `crate::kafka`); plain text when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::kafka::KafkaTlsConfig>,
+    /// SASL authentication, for every client; none when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<crate::kafka::KafkaSaslConfig>,
     /// Passed through to every librdkafka client (producers, the consumer, admin and metadata
     /// clients) before the role's table: security (`security.protocol`, `sasl.*`, `ssl.*`).
     pub client: BTreeMap<String, String>,
@@ -193,6 +199,8 @@ impl Default for KafkaConfig {
             group_id: "telemetry-lake-appender".into(),
             dead_letters: true,
             dead_letter_topic: None,
+            tls: None,
+            sasl: None,
             client: BTreeMap::new(),
             producer: BTreeMap::new(),
             consumer: BTreeMap::new(),

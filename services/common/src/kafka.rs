@@ -9,10 +9,15 @@
 //!          metadata probes, topic ids
 //! ```
 //!
-//! `[kafka.client]` is for what every client needs alike: security (`security.protocol`,
-//! `sasl.*`, `ssl.*`), timeouts, `client.rack`. A role's table applies after it and wins.
-//! Secrets in them (`sasl.password`, `ssl.key.password`) can come from `${file:…}` or
-//! `${env:…}` and are hidden from every log line and error (see `crate::secrets`).
+//! Security reaches every client alike, written as the Collector's and Vector's Kafka
+//! components write it, `[kafka.tls]` (`ca_file`, `cert_file` + `key_file` for mTLS,
+//! `key_password`) and `[kafka.sasl]` (`mechanism`, `username`, `password`), which
+//! [`security_settings`] turns into librdkafka's `security.protocol`, `ssl.*` and `sasl.*`; or
+//! as those librdkafka keys in `[kafka.client]`, the table for whatever every client needs alike
+//! (timeouts, `client.rack`, other mechanisms). A role's table applies after it and wins; one
+//! setting given both ways is refused. Secrets (`password`, `key_password`, `sasl.password`,
+//! `ssl.key.password`) can come from `${file:…}` or `${env:…}` and are hidden from every log
+//! line and error (see `crate::secrets`).
 //!
 //! [`check_access`] runs at start-up before anything else talks to Kafka: a failed
 //! authentication (a wrong SASL password) is an error naming the brokers and the mechanism,
@@ -38,7 +43,195 @@ use rdkafka::{
     producer::{BaseProducer, DeliveryResult, Producer, ProducerContext},
 };
 
+use serde::{Deserialize, Serialize};
+
 use crate::{config::ConfigError, settings::KafkaSettings};
+
+/// `[kafka.tls]`: TLS to the brokers (`security.protocol` SSL, or SASL_SSL with `[kafka.sasl]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaTlsConfig {
+    /// PEM: the CAs the brokers' certificates must chain to; the system's CAs when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// PEM: our client certificate, for brokers that require one (mTLS); with `key_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// PEM: the client certificate's private key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// The password of an encrypted `key_file` (a secret: `${file:…}` or `${env:…}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_password: Option<String>,
+}
+
+/// `[kafka.sasl]`: SASL authentication (`security.protocol` SASL_SSL with `[kafka.tls]`,
+/// SASL_PLAINTEXT without).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaSaslConfig {
+    pub mechanism: SaslMechanism,
+    pub username: String,
+    /// A secret: `${file:…}` or `${env:…}`.
+    pub password: String,
+}
+
+impl std::fmt::Debug for KafkaSaslConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSaslConfig")
+            .field("mechanism", &self.mechanism)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// The SASL mechanisms librdkafka has built in with OpenSSL (GSSAPI and OAUTHBEARER need more
+/// settings: give them in `[kafka.client]`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[default]
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Plain => "PLAIN",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
+}
+
+/// The librdkafka settings `[kafka.tls]` and `[kafka.sasl]` stand for: key, value, and the
+/// config key that gave it.
+pub fn security_settings(
+    tls: Option<&KafkaTlsConfig>,
+    sasl: Option<&KafkaSaslConfig>,
+) -> Vec<(&'static str, String, &'static str)> {
+    let mut out = Vec::new();
+    let protocol = match (tls.is_some(), sasl.is_some()) {
+        (true, true) => "SASL_SSL",
+        (true, false) => "SSL",
+        (false, true) => "SASL_PLAINTEXT",
+        (false, false) => return out,
+    };
+    let from = if sasl.is_some() { "kafka.sasl" } else { "kafka.tls" };
+    out.push(("security.protocol", protocol.to_string(), from));
+    if let Some(tls) = tls {
+        let files = [
+            ("ssl.ca.location", &tls.ca_file, "kafka.tls.ca_file"),
+            ("ssl.certificate.location", &tls.cert_file, "kafka.tls.cert_file"),
+            ("ssl.key.location", &tls.key_file, "kafka.tls.key_file"),
+            ("ssl.key.password", &tls.key_password, "kafka.tls.key_password"),
+        ];
+        for (key, value, from) in files {
+            if let Some(value) = value {
+                out.push((key, value.clone(), from));
+            }
+        }
+    }
+    if let Some(sasl) = sasl {
+        out.push(("sasl.mechanism", sasl.mechanism.as_str().to_string(), "kafka.sasl.mechanism"));
+        out.push(("sasl.username", sasl.username.clone(), "kafka.sasl.username"));
+        out.push(("sasl.password", sasl.password.clone(), "kafka.sasl.password"));
+    }
+    out
+}
+
+/// Keys `[kafka.tls]` / `[kafka.sasl]` set once given: a table may not set them as well.
+const SECURITY_KEYS: [&str; 9] = [
+    "security.protocol",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.key.password",
+    "sasl.mechanism",
+    "sasl.mechanisms",
+    "sasl.username",
+    "sasl.password",
+];
+
+/// Checks `[kafka.tls]` and `[kafka.sasl]` (without touching the files) and refuses a security
+/// key in `[kafka.client]`, `[kafka.producer]` or `[kafka.consumer]` when they are given.
+pub fn check_security(
+    tls: Option<&KafkaTlsConfig>,
+    sasl: Option<&KafkaSaslConfig>,
+    tables: &[(&str, &BTreeMap<String, String>)],
+) -> Result<(), ConfigError> {
+    let invalid = |key: &str, value: &str, reason: &str| ConfigError::Invalid {
+        key: key.to_string(),
+        value: format!("{value:?}"),
+        reason: reason.to_string(),
+    };
+    if let Some(tls) = tls {
+        for (key, value) in [
+            ("kafka.tls.ca_file", &tls.ca_file),
+            ("kafka.tls.cert_file", &tls.cert_file),
+            ("kafka.tls.key_file", &tls.key_file),
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(invalid(key, "", "must name a PEM file (or be left out)"));
+            }
+        }
+        match (&tls.cert_file, &tls.key_file) {
+            (Some(cert), None) => {
+                return Err(invalid(
+                    "kafka.tls.cert_file",
+                    cert,
+                    "needs kafka.tls.key_file, the certificate's key",
+                ));
+            }
+            (None, Some(key)) => {
+                return Err(invalid(
+                    "kafka.tls.key_file",
+                    key,
+                    "needs kafka.tls.cert_file, the key's certificate",
+                ));
+            }
+            _ => {}
+        }
+        if tls.key_password.is_some() && tls.key_file.is_none() {
+            return Err(invalid(
+                "kafka.tls.key_password",
+                "***",
+                "is for an encrypted kafka.tls.key_file, which is not set",
+            ));
+        }
+    }
+    if let Some(sasl) = sasl {
+        if sasl.username.trim().is_empty() {
+            return Err(invalid("kafka.sasl.username", &sasl.username, "must not be empty"));
+        }
+        if sasl.password.is_empty() {
+            return Err(invalid(
+                "kafka.sasl.password",
+                "",
+                "must not be empty (write \"${file:/path}\" or \"${env:NAME}\" to keep it out of the file)",
+            ));
+        }
+    }
+    if tls.is_none() && sasl.is_none() {
+        return Ok(());
+    }
+    for (table, settings) in tables {
+        if let Some(key) = settings.keys().find(|k| SECURITY_KEYS.contains(&k.as_str())) {
+            let value = if crate::secrets::is_secret_key(key) { "***" } else { settings[key].as_str() };
+            return Err(invalid(
+                &format!("{table}.{key}"),
+                value,
+                "is set by [kafka.tls] / [kafka.sasl]: give it in one place only",
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Producer settings chosen unless `[kafka.producer]` says otherwise.
 const PRODUCER_DEFAULTS: [(&str, &str); 7] = [
@@ -111,7 +304,8 @@ pub fn check_user_settings(table: &str, settings: &BTreeMap<String, String>) -> 
     Ok(())
 }
 
-/// `config` plus the brokers, the client id, `[kafka.client]` and then the role's `table`.
+/// `config` plus the brokers, the client id, `[kafka.tls]` / `[kafka.sasl]`, `[kafka.client]`
+/// and then the role's `table`.
 fn apply(
     mut config: ClientConfig,
     kafka: &KafkaSettings,
@@ -119,6 +313,9 @@ fn apply(
     table: &BTreeMap<String, String>,
 ) -> ClientConfig {
     config.set("bootstrap.servers", &kafka.brokers).set("client.id", client_id);
+    for (key, value, _) in security_settings(kafka.tls.as_ref(), kafka.sasl.as_ref()) {
+        config.set(key, value);
+    }
     for (key, value) in kafka.client.iter().chain(table) {
         config.set(key, value);
     }
@@ -233,8 +430,9 @@ pub fn check_access(kafka: &KafkaSettings, side: Side, timeout: Duration) -> Res
         if let Some(reason) = client.context().failure.lock().unwrap_or_else(|e| e.into_inner()).clone() {
             return Err(AccessError::Authentication(format!(
                 "kafka authentication failed at {} (security.protocol {protocol}, SASL mechanism \
-                 {mechanism}{user}): {reason}. Check sasl.username and sasl.password in \
-                 [kafka.client]; not retrying with the same credentials",
+                 {mechanism}{user}): {reason}. Check the SASL username and password ([kafka.sasl], or \
+                 sasl.username and sasl.password in [kafka.client]); not retrying with the same \
+                 credentials",
                 kafka.brokers
             )));
         }
@@ -302,6 +500,8 @@ mod tests {
             replication_factor: 1,
             group_id: "g".into(),
             dead_letter_topic: Some("otel-logs-dlq".into()),
+            tls: None,
+            sasl: None,
             client: [
                 ("sasl.mechanism", "SCRAM-SHA-512"),
                 ("sasl.username", "lake"),
@@ -404,5 +604,149 @@ mod tests {
         assert!(err.to_string().contains("kafka.consumer.auto.offset.reset = \"latest\""), "{err}");
         let err = check_user_settings("kafka.consumer", &table("group.id", "x")).unwrap_err();
         assert!(err.to_string().contains("kafka.group_id"), "{err}");
+    }
+    fn security(tls: Option<KafkaTlsConfig>, sasl: Option<KafkaSaslConfig>) -> KafkaSettings {
+        KafkaSettings {
+            tls,
+            sasl,
+            client: BTreeMap::new(),
+            producer: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            ..kafka()
+        }
+    }
+
+    fn scram() -> KafkaSaslConfig {
+        KafkaSaslConfig {
+            mechanism: SaslMechanism::ScramSha512,
+            username: "lake".into(),
+            password: "pw-S3cret".into(),
+        }
+    }
+
+    #[test]
+    fn tls_and_sasl_sections_reach_every_client_as_librdkafka_keys() {
+        let tls = KafkaTlsConfig {
+            ca_file: Some("/etc/kafka/ca.crt".into()),
+            cert_file: Some("/etc/kafka/tls.crt".into()),
+            key_file: Some("/etc/kafka/tls.key".into()),
+            key_password: Some("key-S3cret".into()),
+        };
+        let settings = security(Some(tls), Some(scram()));
+        for config in [
+            producer_config(&settings, "p"),
+            consumer_config(&settings, "c"),
+            admin_config(&settings, Side::Producer, "a"),
+            admin_config(&settings, Side::Consumer, "a"),
+        ] {
+            assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+            assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+            assert_eq!(config.get("sasl.username"), Some("lake"));
+            assert_eq!(config.get("sasl.password"), Some("pw-S3cret"));
+            assert_eq!(config.get("ssl.ca.location"), Some("/etc/kafka/ca.crt"));
+            assert_eq!(config.get("ssl.certificate.location"), Some("/etc/kafka/tls.crt"));
+            assert_eq!(config.get("ssl.key.location"), Some("/etc/kafka/tls.key"));
+            assert_eq!(config.get("ssl.key.password"), Some("key-S3cret"));
+        }
+        let protocol = |tls: bool, sasl: bool| {
+            let settings = security(tls.then(KafkaTlsConfig::default), sasl.then(scram));
+            producer_config(&settings, "p").get("security.protocol").map(str::to_string)
+        };
+        assert_eq!(protocol(true, false).as_deref(), Some("SSL"));
+        assert_eq!(protocol(false, true).as_deref(), Some("SASL_PLAINTEXT"));
+        assert_eq!(protocol(false, false), None, "librdkafka's default (plaintext) stays");
+    }
+
+    #[test]
+    fn tls_and_sasl_sections_are_checked_and_not_doubled_by_a_table() {
+        let check = |tls: Option<KafkaTlsConfig>, sasl: Option<KafkaSaslConfig>, table: &[(&str, &str)]| {
+            let table: BTreeMap<String, String> =
+                table.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            check_security(tls.as_ref(), sasl.as_ref(), &[("kafka.client", &table)])
+                .map_err(|e| e.to_string())
+        };
+        assert!(
+            check(Some(KafkaTlsConfig::default()), Some(scram()), &[("socket.timeout.ms", "9000")]).is_ok()
+        );
+        // Without the sections, the librdkafka keys are the way to say it.
+        assert!(check(None, None, &[("security.protocol", "SASL_SSL"), ("sasl.password", "x")]).is_ok());
+        let err = check(None, Some(scram()), &[("sasl.password", "other-S3cret")]).unwrap_err();
+        assert!(err.contains("kafka.client.sasl.password") && err.contains("one place"), "{err}");
+        assert!(!err.contains("other-S3cret"), "{err}");
+        let err = check(Some(KafkaTlsConfig::default()), None, &[("security.protocol", "SSL")]).unwrap_err();
+        assert!(err.contains("kafka.client.security.protocol = \"SSL\""), "{err}");
+        let cert_only = KafkaTlsConfig { cert_file: Some("c.pem".into()), ..Default::default() };
+        let err = check(Some(cert_only), None, &[]).unwrap_err();
+        assert!(err.contains("kafka.tls.cert_file") && err.contains("key_file"), "{err}");
+        let password_only = KafkaTlsConfig { key_password: Some("k-S3cret".into()), ..Default::default() };
+        let err = check(Some(password_only), None, &[]).unwrap_err();
+        assert!(err.contains("kafka.tls.key_password") && !err.contains("k-S3cret"), "{err}");
+        let err = check(None, Some(KafkaSaslConfig { password: String::new(), ..scram() }), &[]).unwrap_err();
+        assert!(err.contains("kafka.sasl.password") && err.contains("${file:"), "{err}");
+        let err = check(None, Some(KafkaSaslConfig { username: " ".into(), ..scram() }), &[]).unwrap_err();
+        assert!(err.contains("kafka.sasl.username"), "{err}");
+    }
+
+    #[test]
+    fn the_sasl_password_is_not_in_debug_output() {
+        let settings = security(None, Some(scram()));
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("pw-S3cret") && debug.contains("lake"), "{debug}");
+    }
+
+    #[test]
+    fn kafka_secrets_are_secret_keys_and_file_names_are_not() {
+        // What expand.rs registers for redaction: every value under a secret-looking key.
+        for key in [
+            "password",
+            "key_password",
+            "sasl.password",
+            "ssl.key.password",
+            "ssl.keystore.password",
+            "ssl.key.pem",
+            "sasl.oauthbearer.client.secret",
+        ] {
+            assert!(crate::secrets::is_secret_key(key), "{key}");
+        }
+        for key in [
+            "username",
+            "ca_file",
+            "key_file",
+            "sasl.username",
+            "ssl.key.location",
+            "ssl.ca.location",
+            "mechanism",
+        ] {
+            assert!(!crate::secrets::is_secret_key(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn sections_load_from_toml_with_the_password_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "lake.toml",
+                "[kafka]\nbrokers = \"k:9093\"\n[kafka.tls]\nca_file = \"/ca.crt\"\n\
+                 [kafka.sasl]\nmechanism = \"SCRAM-SHA-256\"\nusername = \"lake\"\n",
+            )?;
+            jail.set_env("TELEMETRY_LAKE_KAFKA__SASL__PASSWORD", "env-S3cret");
+            let settings =
+                crate::settings::Settings::load(Some(std::path::Path::new("lake.toml"))).expect("settings");
+            let config = producer_config(settings.mode.kafka().expect("kafka mode"), "p");
+            assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
+            assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
+            assert_eq!(config.get("sasl.password"), Some("env-S3cret"));
+            assert_eq!(config.get("ssl.ca.location"), Some("/ca.crt"));
+            assert_eq!(crate::secrets::redact_registered("pw env-S3cret"), "pw ***");
+            jail.create_file(
+                "bad.toml",
+                "[kafka]\nbrokers = \"k:9093\"\n[kafka.sasl]\nmechanism = \"GSSAPI\"\n",
+            )?;
+            let err = crate::settings::Settings::load(Some(std::path::Path::new("bad.toml")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("mechanism") && err.contains("SCRAM-SHA-512"), "{err}");
+            Ok(())
+        });
     }
 }

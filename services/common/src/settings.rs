@@ -63,6 +63,9 @@ pub struct KafkaSettings {
     /// Where the appender sends records it cannot stage; `None` when `kafka.dead_letters =
     /// false` (they are then counted and skipped).
     pub dead_letter_topic: Option<String>,
+    /// `[kafka.tls]` and `[kafka.sasl]`, for every client (see `crate::kafka`).
+    pub tls: Option<crate::kafka::KafkaTlsConfig>,
+    pub sasl: Option<crate::kafka::KafkaSaslConfig>,
     /// `[kafka.client]`, passed to every librdkafka client before the role's table.
     pub client: BTreeMap<String, String>,
     /// `[kafka.producer]`, passed to librdkafka (see `crate::kafka` for what it may not change).
@@ -258,6 +261,15 @@ fn kafka_settings(kafka: KafkaConfig) -> Result<KafkaSettings, ConfigError> {
         (true, Some(name)) => Some(name),
     };
     crate::kafka::check_user_settings("kafka.client", &kafka.client)?;
+    crate::kafka::check_security(
+        kafka.tls.as_ref(),
+        kafka.sasl.as_ref(),
+        &[
+            ("kafka.client", &kafka.client),
+            ("kafka.producer", &kafka.producer),
+            ("kafka.consumer", &kafka.consumer),
+        ],
+    )?;
     crate::kafka::check_user_settings("kafka.producer", &kafka.producer)?;
     crate::kafka::check_user_settings("kafka.consumer", &kafka.consumer)?;
     Ok(KafkaSettings {
@@ -267,6 +279,8 @@ fn kafka_settings(kafka: KafkaConfig) -> Result<KafkaSettings, ConfigError> {
         replication_factor: kafka.replication_factor,
         group_id: kafka.group_id,
         dead_letter_topic,
+        tls: kafka.tls,
+        sasl: kafka.sasl,
         client: kafka.client,
         producer: kafka.producer,
         consumer: kafka.consumer,
