@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import grpc
 import jsonschema
 import kubernetes_validate
 import pyarrow as pa
@@ -43,7 +44,7 @@ import pytest
 import yaml
 from pyiceberg.catalog.sql import SqlCatalog
 
-from harness.clients import http_session
+from harness.clients import GRPC_CHANNEL_OPTIONS, admin_proto, http_session
 from harness.config import ENV_PREFIX
 from harness.kafka import Broker, kafka_home
 from harness.lake import APPENDERS, Appender, read_table
@@ -72,6 +73,17 @@ CHART_COMPUTED_KEYS = {
     ("admin", "http_endpoint"),
     ("kafka", "brokers"),
     ("staging", "path"),
+    ("admin", "health_endpoint"),
+}
+# Keys of optional tables (off when absent), rendered only when values set them.
+OPTIONAL_KEYS = {
+    ("otlp", "tls"),
+    ("otlp", "auth"),
+    ("admin", "tls"),
+    ("admin", "auth"),
+    ("admin", "health_endpoint"),
+    ("kafka", "tls"),
+    ("kafka", "sasl"),
 }
 SERVICES = ("ingester", "appender")
 
@@ -210,6 +222,37 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             },
         },
         "appender": {"extraEnv": [{"name": "RUST_LOG", "value": "info"}]},
+    },
+    "tls-and-tokens-from-secrets": {
+        # cert-manager's Certificate Secret (tls.crt, tls.key, ca.crt), a Secret of tokens and
+        # a Kafka user's password.
+        "secrets": {
+            "files": [{"secretName": "lake-tls"}, {"secretName": "lake-tokens"}],
+            "env": [{"name": "KAFKA_SASL_PASSWORD", "secretName": "kafka-user", "key": "password"}],
+        },
+        "config": {
+            "otlp": {
+                "tls": {
+                    "cert_file": "/var/run/secrets/telemetry-lake/lake-tls/tls.crt",
+                    "key_file": "/var/run/secrets/telemetry-lake/lake-tls/tls.key",
+                    "client_ca_file": "/var/run/secrets/telemetry-lake/lake-tls/ca.crt",
+                    "min_version": "1.3",
+                },
+                "auth": {"tokens_file": "/var/run/secrets/telemetry-lake/lake-tokens/otlp"},
+            },
+            "admin": {
+                "tls": {
+                    "cert_file": "/var/run/secrets/telemetry-lake/lake-tls/tls.crt",
+                    "key_file": "/var/run/secrets/telemetry-lake/lake-tls/tls.key",
+                },
+                "auth": {"tokens_file": "/var/run/secrets/telemetry-lake/lake-tokens/admin"},
+            },
+            "kafka": {
+                "tls": {"ca_file": "/var/run/secrets/telemetry-lake/lake-tls/ca.crt"},
+                "sasl": {"mechanism": "SCRAM-SHA-512", "username": "lake", "password": "${env:KAFKA_SASL_PASSWORD}"},
+                "client": {"socket.keepalive.enable": "true"},
+            },
+        },
     },
     "one-kafka-node-existing-secret": {
         "kafka": {"replicas": 1},
@@ -378,9 +421,12 @@ def schema_config_keys() -> set[tuple[str, str]]:
 def test_chart_config_keys_are_the_services_config_keys(helm: Path, tmp_path: Path) -> None:
     code = code_config_keys()
     _, config = rendered_config(render(helm, tmp_path))
-    assert toml_keys(config) == code, (
-        f"rendered config lacks {sorted(code - toml_keys(config))}, has unknown {sorted(toml_keys(config) - code)}"
+    assert toml_keys(config) <= code and code - toml_keys(config) <= OPTIONAL_KEYS, (
+        f"rendered config lacks {sorted(code - toml_keys(config) - OPTIONAL_KEYS)}, "
+        f"has unknown {sorted(toml_keys(config) - code)}"
     )
+    _, config = rendered_config(render(helm, tmp_path, VALUE_SETS["tls-and-tokens-from-secrets"]))
+    assert toml_keys(config) == code, f"with every option set, the rendered config lacks {code - toml_keys(config)}"
     settable = schema_config_keys()
     assert settable | CHART_COMPUTED_KEYS == code, (
         f"values.schema.json lacks {sorted(code - settable - CHART_COMPUTED_KEYS)}, "
@@ -564,6 +610,92 @@ def test_services_load_the_rendered_config_and_serve_on_the_rendered_ports(
     assert table_mismatches(read_table(appender), grpc_specs + http_specs, from_kafka=True) == []
     for name in ("ingester", "appender"):
         assert started[name].stop() == 0, f"{name} exit code on SIGTERM"
+
+
+def make_certificates(directory: Path) -> None:
+    """cert-manager's Secret layout in `directory`: ca.crt, and tls.crt / tls.key for 127.0.0.1
+    signed by it (openssl, EC P-256)."""
+    directory.mkdir(parents=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    steps = [
+        ["req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=lake-ca",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", *ec, "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=lake"],
+        ["x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+         "tls.crt", "-days", "2", "-extfile", "ext.cnf"],
+    ]  # fmt: skip
+    (directory / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    for args in steps:
+        out = subprocess.run(["openssl", *args], cwd=directory, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"openssl {args[0]}: {out.stderr}"
+
+
+@helm_timeout
+def test_tls_and_tokens_from_secrets_run_with_probes_on_the_plain_health_port(
+    helm: Path, tmp_path: Path, services: list[Appender]
+) -> None:
+    """With TLS and tokens on the admin ports (files from mounted Secrets), the chart renders
+    admin.health_endpoint and points every probe at it: the appender runs with the rendered
+    config, answers the probes there in plain text with no token, and the admin port itself
+    takes only TLS with a token."""
+    grpc_port, http_port, admin_grpc, admin_http, health = free_ports(5)
+    values = deep_merge(
+        VALUE_SETS["tls-and-tokens-from-secrets"],
+        {
+            "ports": {
+                "otlpGrpc": grpc_port, "otlpHttp": http_port, "adminGrpc": admin_grpc, "adminHttp": admin_http,
+                "health": health,
+            },
+            "config": {"iceberg": {"catalog_type": "sql", "catalog_uri": f"sqlite://{tmp_path}/catalog.db",
+                                   "warehouse": str(tmp_path / "warehouse")}, "log": {"format": "text"}},
+        },
+    )  # fmt: skip
+    docs = render(helm, tmp_path, values)
+    text, config = rendered_config(docs)
+    assert config["admin"]["health_endpoint"] == f"0.0.0.0:{health}"
+    spec = container(find(docs, "StatefulSet", "-appender"), "appender")
+    assert container_ports(spec)["health"] == health
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert spec[probe]["grpc"]["port"] == health, f"{probe}: {spec[probe]}"
+
+    # The Secrets as the kubelet mounts them, here under tmp_path.
+    secrets_dir = tmp_path / "secrets"
+    make_certificates(secrets_dir / "lake-tls")
+    (secrets_dir / "lake-tokens").mkdir()
+    admin_token = "admin-" + os.urandom(12).hex()
+    (secrets_dir / "lake-tokens" / "admin").write_text(admin_token + "\n")
+    (secrets_dir / "lake-tokens" / "otlp").write_text("otlp-" + os.urandom(12).hex() + "\n")
+    text = text.replace("/var/run/secrets/telemetry-lake", str(secrets_dir)).replace('"0.0.0.0:', '"127.0.0.1:')
+    env = {
+        f"{ENV_PREFIX}STAGING__PATH": str(tmp_path / "staging.duckdb"),
+        f"{ENV_PREFIX}KAFKA__BROKERS": "",  # embedded: no Kafka needed to check the listeners
+        "KAFKA_SASL_PASSWORD": "sasl-" + os.urandom(12).hex(),
+    }
+    appender = RenderedService(tmp_path / "appender", "appender", text, Ports(grpc_port, http_port, 0, 0), env)
+    services.append(appender)
+    appender.start()
+
+    def probe_serving() -> bool:
+        appender.assert_alive()
+        try:
+            return appender.health(health) == "SERVING"
+        except grpc.RpcError:
+            return False
+
+    wait_until(probe_serving, timeout=90, what="SERVING on the health port")
+    assert appender.health(health, LIVENESS_SERVICE) == "SERVING"
+    with pytest.raises(grpc.RpcError):
+        appender.health(admin_grpc)  # plain text to the TLS admin port
+    pb2, pb2_grpc = admin_proto()
+    credentials = grpc.ssl_channel_credentials(root_certificates=(secrets_dir / "lake-tls" / "ca.crt").read_bytes())
+    with grpc.secure_channel(f"127.0.0.1:{admin_grpc}", credentials, options=GRPC_CHANNEL_OPTIONS) as channel:
+        stub = pb2_grpc.AdminStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Stats(pb2.StatsRequest(), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        stats = stub.Stats(pb2.StatsRequest(), timeout=10, metadata=[("authorization", f"Bearer {admin_token}")])
+        assert stats.mode == "embedded"
+    assert appender.stop() == 0
 
 
 class S3Recorder(http.server.BaseHTTPRequestHandler):

@@ -81,7 +81,11 @@ app.kubernetes.io/instance: {{ $root.Release.Name }}
 {{- fail (printf "config.kafka.replication_factor (%d) is larger than kafka.replicas (%d)" (int $config.kafka.replication_factor) (int .Values.kafka.replicas)) -}}
 {{- end -}}
 {{- $_ := set $config "otlp" (merge (dict "grpc_endpoint" (printf "0.0.0.0:%d" (int .Values.ports.otlpGrpc)) "http_endpoint" (printf "0.0.0.0:%d" (int .Values.ports.otlpHttp))) $config.otlp) -}}
-{{- $_ := set $config "admin" (dict "grpc_endpoint" (printf "0.0.0.0:%d" (int .Values.ports.adminGrpc)) "http_endpoint" (printf "0.0.0.0:%d" (int .Values.ports.adminHttp))) -}}
+{{- $admin := merge (dict "grpc_endpoint" (printf "0.0.0.0:%d" (int .Values.ports.adminGrpc)) "http_endpoint" (printf "0.0.0.0:%d" (int .Values.ports.adminHttp))) (default dict $config.admin) -}}
+{{- if include "telemetry-lake.healthPort" . -}}
+{{- $_ := set $admin "health_endpoint" (printf "0.0.0.0:%d" (int .Values.ports.health)) -}}
+{{- end -}}
+{{- $_ := set $config "admin" $admin -}}
 {{- $_ := set $config.kafka "brokers" (include "telemetry-lake.brokers" .) -}}
 {{- $_ := set $config.staging "path" (printf "%s/staging.duckdb" (include "telemetry-lake.stagingDir" .)) -}}
 {{- range $section := keys $config | sortAlpha }}
@@ -144,29 +148,47 @@ capabilities:
 - name: admin-http
   containerPort: {{ .Values.ports.adminHttp }}
   protocol: TCP
+{{- if include "telemetry-lake.healthPort" . }}
+- name: health
+  containerPort: {{ .Values.ports.health }}
+  protocol: TCP
+{{- end }}
 {{- end -}}
 
-{{/* Kubernetes' native gRPC probes on the admin port (grpc.health.v1). Readiness asks for the
+{{/* "true" when the admin ports need TLS or a token, which Kubernetes' gRPC probes cannot give:
+     then admin.health_endpoint (ports.health) serves them in plain text. */}}
+{{- define "telemetry-lake.healthPort" -}}
+{{- $admin := default dict .Values.config.admin -}}
+{{- if or $admin.tls $admin.auth -}}true{{- end -}}
+{{- end -}}
+
+{{/* The port the probes ask: the plain-text health port when there is one, else admin gRPC. */}}
+{{- define "telemetry-lake.probePort" -}}
+{{- if include "telemetry-lake.healthPort" . -}}{{ .Values.ports.health }}{{- else -}}{{ .Values.ports.adminGrpc }}{{- end -}}
+{{- end -}}
+
+{{/* Kubernetes' native gRPC probes on the admin port (grpc.health.v1), or on the health port
+     when the admin ports want TLS or a token. Readiness asks for the
      server ("" service): NOT_SERVING while Kafka, the catalog or storage is down and during
      shutdown. Liveness and start-up ask for "telemetry_lake.liveness", which stays SERVING while
      the process runs: a dependency outage takes a pod out of the Service, it does not restart it. */}}
 {{- define "telemetry-lake.probes" -}}
 startupProbe:
   grpc:
-    port: {{ .Values.ports.adminGrpc }}
+    port: {{ include "telemetry-lake.probePort" . }}
     service: telemetry_lake.liveness
   periodSeconds: 2
   failureThreshold: 90
 livenessProbe:
   grpc:
-    port: {{ .Values.ports.adminGrpc }}
+    port: {{ include "telemetry-lake.probePort" . }}
     service: telemetry_lake.liveness
   periodSeconds: 10
   timeoutSeconds: 5
   failureThreshold: 6
 readinessProbe:
   grpc:
-    port: {{ .Values.ports.adminGrpc }}
+    port: {{ include "telemetry-lake.probePort" . }}
   periodSeconds: 5
   timeoutSeconds: 3
   failureThreshold: 2
@@ -179,6 +201,9 @@ checksum/config: {{ include "telemetry-lake.config" $root | sha256sum }}
 prometheus.io/scrape: "true"
 prometheus.io/port: {{ $root.Values.ports.adminHttp | quote }}
 prometheus.io/path: /metrics
+{{- if (default dict $root.Values.config.admin).tls }}
+prometheus.io/scheme: https
+{{- end }}
 {{- end }}
 {{- with index . 1 }}
 {{ toYaml . }}
