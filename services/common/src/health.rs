@@ -22,6 +22,7 @@ use std::{
 
 use tonic_health::{
     ServingStatus,
+    pb::health_server::HealthServer,
     server::{HealthReporter, HealthService},
 };
 
@@ -104,7 +105,12 @@ impl Health {
     /// The router of `admin.health_endpoint`: [`Self::http_routes`] and `grpc.health.v1`, nothing
     /// else, for probes that speak plain text and send no token.
     pub fn probe_router(&self) -> axum::Router {
-        self.http_routes().merge(tonic::service::Routes::new(self.grpc_service()).into_axum_router())
+        // Not tonic's `Routes`: its fallback answers every other path with HTTP 200 (gRPC
+        // UNIMPLEMENTED), so `GET /stats` would look served.
+        use tonic::server::NamedService;
+        let service = self.grpc_service();
+        let path = format!("/{}/{{*method}}", <HealthServer<HealthService> as NamedService>::NAME);
+        self.http_routes().route_service(&path, service)
     }
 
     /// Reports [`LIVENESS_SERVICE`] SERVING and every other name as it stands; called once the

@@ -10,12 +10,13 @@
 //!
 //! A slow or failing handshake never holds up other connections: each runs in its own task and
 //! only finished connections reach the server. Refused connections are counted in
-//! [`Refusals`] by reason, and the client gets an answer it can understand: HTTP/1.1 plain text
-//! on a TLS port gets `400` saying TLS is required; an HTTP/2 (gRPC) client gets a `GOAWAY`
-//! with `INADEQUATE_SECURITY` and the same words; a TLS client on a plain-text port gets a plain
+//! [`Refusals`] by reason (once per connection), and the client gets an answer it can
+//! understand: plain text on a TLS port gets, for each request, HTTP `400` or gRPC
+//! `UNAUTHENTICATED` saying that TLS is required; a TLS client on a plain-text port gets a plain
 //! HTTP answer, which TLS clients report as "wrong version number" (OpenSSL) or "first record
 //! does not look like a TLS handshake" (Go); a failed handshake gets rustls' alert (unknown CA,
-//! certificate required, protocol version).
+//! certificate required, certificate expired, protocol version), and the connection is closed
+//! only once the client has read it.
 
 use std::{
     convert::Infallible,
@@ -46,9 +47,6 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The first byte of a TLS record carrying a handshake (a ClientHello).
 const TLS_HANDSHAKE: u8 = 0x16;
-
-/// The HTTP/2 connection preface, as gRPC clients open a connection.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 /// An accepted connection, past its TLS handshake if the port uses TLS.
 pub enum Conn {
@@ -226,10 +224,14 @@ async fn admit(
         }
         (Some(tls), true) => {
             let acceptor = TlsAcceptor::from(tls.current());
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream).into_fallible()).await {
                 Ok(Ok(stream)) => Some(Conn::Tls(Box::new(stream))),
-                Ok(Err(error)) => {
+                Ok(Err((error, stream))) => {
                     refuse(classify(&error), &error.to_string());
+                    // rustls has sent its alert; closing at once could reset the connection
+                    // before the client reads it (with TLS 1.3 a client sends its request
+                    // before it learns that its certificate was refused).
+                    answer_and_close(stream, &[]).await;
                     None
                 }
                 Err(_) => {
@@ -250,37 +252,39 @@ fn classify(error: &io::Error) -> Reason {
     }
 }
 
-/// What a TLS port says to a plain-text client: HTTP/2 `GOAWAY` (gRPC) or HTTP/1.1 `400`.
+/// What a TLS port tells a plain-text client: every request on the connection (HTTP/1.1 or
+/// HTTP/2, for at most [`HANDSHAKE_TIMEOUT`]) is answered that TLS is required: gRPC
+/// `UNAUTHENTICATED` (not retryable: resending in plain text cannot succeed), else HTTP `400`.
+/// A real answer rather than a closed connection, so the client's error says what to fix.
 async fn answer_plaintext(stream: TcpStream) {
     const MESSAGE: &str =
         "this port requires TLS: connect with TLS (https://, or a gRPC client without -plaintext / insecure)";
-    let mut head = [0u8; H2_PREFACE.len()];
-    let n = match tokio::time::timeout(Duration::from_secs(1), stream.peek(&mut head)).await {
-        Ok(Ok(n)) => n,
-        _ => return,
-    };
-    if head[..n] == H2_PREFACE[..n] && n > 3 {
-        // An empty SETTINGS frame (the server preface), then GOAWAY(last stream 0,
-        // INADEQUATE_SECURITY) with the message as debug data.
-        let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
-        let length = 8 + MESSAGE.len();
-        frames.extend_from_slice(&[
-            (length >> 16) as u8,
-            (length >> 8) as u8,
-            length as u8,
-            0x7,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ]);
-        frames.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0xc]);
-        frames.extend_from_slice(MESSAGE.as_bytes());
-        answer_and_close(stream, &frames).await;
-    } else {
-        answer_and_close(stream, &http1_answer(MESSAGE)).await;
-    }
+    let service = hyper::service::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+        let grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let response = if grpc {
+            tonic::Status::unauthenticated(MESSAGE).into_http::<axum::body::Body>()
+        } else {
+            let mut response = http::Response::new(axum::body::Body::from(format!("{MESSAGE}\n")));
+            *response.status_mut() = http::StatusCode::BAD_REQUEST;
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            if request.version() <= http::Version::HTTP_11 {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            response
+        };
+        Ok::<_, Infallible>(response)
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(HANDSHAKE_TIMEOUT, connection).await;
 }
 
 fn http1_answer(message: &str) -> Vec<u8> {
@@ -413,11 +417,20 @@ mod tests {
         let answer = String::from_utf8(answer).unwrap();
         assert!(answer.starts_with("HTTP/1.1 400") && answer.contains("this port requires TLS"), "{answer}");
 
-        let answer = plain_exchange(port.addr, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
-        assert_eq!(answer[3], 0x4, "a SETTINGS frame first");
-        assert_eq!(answer[9 + 3], 0x7, "then GOAWAY");
-        assert_eq!(&answer[9 + 9 + 4..9 + 9 + 8], &[0, 0, 0, 0xc], "INADEQUATE_SECURITY");
-        assert!(String::from_utf8_lossy(&answer).contains("this port requires TLS"));
+        // A gRPC client in plain text: its call fails with a status saying what to do.
+        let addr = port.addr;
+        let call = tokio::spawn(async move {
+            let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+            client.check(tonic_health::pb::HealthCheckRequest::default()).await.unwrap_err()
+        });
+        let status = tokio::time::timeout(Duration::from_secs(10), call).await.unwrap().unwrap();
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains("this port requires TLS"), "{status:?}");
         assert_eq!(port.refusals.get(Listener::OtlpHttp, Reason::PlaintextToTlsPort), 2);
 
         tls_roundtrip(&mut port, &client(dir.path(), None)).await.expect("and it still serves TLS clients");
