@@ -722,6 +722,8 @@ mod tests {
     }
 
     #[test]
+    // figment's Jail returns its own large error type.
+    #[allow(clippy::result_large_err)]
     fn sections_load_from_toml_with_the_password_from_the_environment() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

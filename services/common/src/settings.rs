@@ -35,6 +35,8 @@ pub struct Settings {
 }
 
 /// Where records come from (appender) or go to (ingester).
+// Made once at start-up: the size of the Kafka variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
     /// No Kafka: the appender takes OTLP straight into staging.

@@ -54,7 +54,7 @@ use crate::{commit::summary::PartitionOffsets, lake::Lake, staging::Staging};
 const IDENTIFY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long start-up waits for a broker to answer the access check before going on (the
 /// consumer keeps trying); a refused authentication ends the wait at once.
-const ACCESS_TIMEOUT: Duration = Duration::from_secs(10);
+const ACCESS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the consumer counts, for Stats.
 #[derive(Debug, Default)]
