@@ -6,6 +6,9 @@
 //! `telemetry_lake_common::otlp::records::check_record` (a trace or span id of the wrong
 //! length), the check the ingester and the embedded export path apply before anything is
 //! staged; everything else is kept.
+//!
+//! Two ways there: [`to_rows`] from the prost-decoded request (the reference), and [`wire`]
+//! straight from the encoded bytes, which the flush uses (same rows, checked by the tests).
 
 use std::{
     borrow::Cow,
@@ -26,6 +29,10 @@ use opentelemetry_proto::tonic::{
 };
 use telemetry_lake_common::otlp::records;
 use telemetry_lake_proto::{MAP_ENTRIES, UTC, columns};
+
+pub mod wire;
+#[cfg(test)]
+mod wire_tests;
 
 /// Where a request came from in Kafka; `None` in embedded mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
