@@ -156,11 +156,11 @@ impl Redactor {
 
 /// Whether a key holds a secret: credentials, tokens, passwords, an `Authorization` header
 /// (`header.authorization`), keys such as `s3.sse.key` (SSE-C), `adls.account-key` or
-/// `ssl.key.pem`. A key naming where a secret is (`*file`, `*path`, `*location`, `*dir`) is not
-/// one: `tokens_file`, `ssl.keystore.location`.
+/// `ssl.key.pem`. A key naming where a secret is (`*file`, `*path`, `*location`, `*dir`, `*_env`)
+/// is not one: `tokens_file`, `tokens_env`, `ssl.keystore.location`.
 pub fn is_secret_key(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    if ["file", "path", "location", "dir"].iter().any(|s| key.ends_with(s)) {
+    if ["file", "path", "location", "dir", "_env"].iter().any(|s| key.ends_with(s)) {
         return false;
     }
     key.ends_with("key")
@@ -265,9 +265,15 @@ mod tests {
         {
             assert!(is_secret_key(key), "{key}");
         }
-        for key in
-            ["tokens_file", "key_file", "ssl.keystore.location", "s3.region", "oauth2-server-uri", "scope"]
-        {
+        for key in [
+            "tokens_file",
+            "tokens_env",
+            "key_file",
+            "ssl.keystore.location",
+            "s3.region",
+            "oauth2-server-uri",
+            "scope",
+        ] {
             assert!(!is_secret_key(key), "{key}");
         }
     }
