@@ -114,12 +114,14 @@ def test_sasl_ssl_scram_carries_records_and_dead_letters(
         sections(secure_broker.sasl_bootstrap, secure_broker.sasl_sections(f"${{file:{password_file}}}")),
     )
     ingester.start_and_wait(timeout=60)
+    # The appender has no ssl.ca.location: OpenSSL's default CAs, here the test CA through
+    # SSL_CERT_FILE, as the system's CAs would be in production.
+    client = secure_broker.sasl_client("${env:KAFKA_PASSWORD}")
+    del client["ssl.ca.location"]
+    lake = tmp_path / "lake"
     appender = make_appender(
-        merge_config(
-            kafka_config(secure_broker, topic, tmp_path / "lake"),
-            secured(secure_broker.sasl_bootstrap, secure_broker.sasl_client("${env:KAFKA_PASSWORD}")),
-        ),
-        env={"KAFKA_PASSWORD": secure_broker.password},
+        merge_config(kafka_config(secure_broker, topic, lake), secured(secure_broker.sasl_bootstrap, client)),
+        env={"KAFKA_PASSWORD": secure_broker.password, "SSL_CERT_FILE": str(secure_broker.tls_dir / "ca.crt")},
     )
     flow(ingester, appender, secure_broker, topic, "sasl")
     assert_no_secret(outputs(ingester, appender), secure_broker.password)
@@ -152,30 +154,38 @@ def test_mtls_carries_records_and_dead_letters(
     assert_no_secret(outputs(ingester, appender), secure_broker.key_password)
 
 
-def test_mtls_listener_refuses_clients_without_a_trusted_certificate(
+def test_untrusted_certificates_are_refused_both_ways(
     request: pytest.FixtureRequest, secure_broker: SecureBroker, topic: str, tmp_path: Path
 ) -> None:
-    """Without a certificate, or with one from another CA, the broker lets the ingester in for
-    nothing: it stays not ready (and keeps trying, as for an unreachable broker)."""
+    """The mTLS listener lets in no client without a certificate, or with one from another CA;
+    and a client that does not trust the broker's CA (no `ca_file`, and the system's CAs do not
+    hold the test CA) does not talk to it, right password or not. Each ingester stays not
+    ready and keeps trying, as for an unreachable broker."""
+    ssl = secure_broker.ssl_bootstrap
     no_cert = {"security.protocol": "SSL", "ssl.ca.location": str(secure_broker.tls_dir / "ca.crt")}
-    rogue = secure_broker.mtls_client("", name="rogue")
-    ingesters = [
-        start_ingester(request, tmp_path / name, secure_broker, topic, secured(secure_broker.ssl_bootstrap, client))
-        for name, client in (("no-cert", no_cert), ("rogue", rogue))
-    ]
-    for ingester in ingesters:
-        ingester.start()
+    untrusted_broker = secure_broker.sasl_sections(secure_broker.password)
+    untrusted_broker["tls"] = {}
+    overrides = {
+        "no-cert": (secured(ssl, no_cert), "certificate"),
+        "rogue": (secured(ssl, secure_broker.mtls_client("", name="rogue")), "certificate"),
+        "untrusted-broker": (sections(secure_broker.sasl_bootstrap, untrusted_broker), "certificate verify failed"),
+    }
+    ingesters = {
+        name: start_ingester(request, tmp_path / name, secure_broker, topic, config).start()
+        for name, (config, _) in overrides.items()
+    }
     wait_until(
-        lambda: all("kafka unreachable" in i.log_text() for i in ingesters),
+        lambda: all("kafka unreachable" in i.log_text() for i in ingesters.values()),
         timeout=30,
-        what="both ingesters to report kafka unreachable",
+        what="every ingester to report kafka unreachable",
     )
     time.sleep(3)
-    for ingester in ingesters:
+    for name, ingester in ingesters.items():
         ingester.assert_alive()
         assert not ingester.ready(), ingester.log_tail()
-        assert "certificate" in ingester.log_text(), ingester.log_tail()
-    assert secure_broker.partitions(topic) == -1, "the topic was created without a trusted certificate"
+        assert overrides[name][1] in ingester.log_text(), f"{name}:\n{ingester.log_tail()}"
+    assert secure_broker.partitions(topic) == -1, "the topic was created without trusted certificates"
+    assert_no_secret(outputs(*ingesters.values()), secure_broker.password)
 
 
 def wait_exit(service: Appender, timeout: float) -> int:
