@@ -214,6 +214,8 @@ def test_tls_and_tokens_on_every_port_with_the_collector_grpcurl_curl_and_the_pr
                     "tls": {"cert_file": admin_pair.cert, "key_file": admin_pair.key},
                     "auth": {"tokens_env": "LAKE_ADMIN_TOKENS"},
                 },
+                # Every library's debug output too, for the check that no token is logged.
+                "log": {"level": "debug"},
             },
             env={"LAKE_ADMIN_TOKENS": f"{ADMIN_TOKEN},another-admin-token"},
         )
