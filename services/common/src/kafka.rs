@@ -1,12 +1,12 @@
 //! Kafka client settings and topic creation, built once for every client both services make.
 //!
 //! ```text
-//!  [kafka] brokers + [kafka.client] + [kafka.producer] --> producer_config: the ingester's
-//!          producer, the appender's dead-letter producer (idempotent, acks=all)
-//!  [kafka] brokers + [kafka.client] + [kafka.consumer] --> consumer_config: the appender's
-//!          group consumer
-//!  [kafka] brokers + [kafka.client] + the role's table --> admin_config: topic creation,
-//!          metadata probes, topic ids
+//!  [kafka] brokers, [kafka.tls], [kafka.sasl], [kafka.client], then the role's table:
+//!    + [kafka.producer] --> producer_config: the ingester's producer, the appender's
+//!                           dead-letter producer (idempotent, acks=all)
+//!    + [kafka.consumer] --> consumer_config: the appender's group consumer
+//!    + either, by side  --> admin_config: topic creation, metadata probes, topic ids,
+//!                           the start-up access check
 //! ```
 //!
 //! Security reaches every client alike, written as the Collector's and Vector's Kafka
@@ -19,9 +19,10 @@
 //! `ssl.key.password`) can come from `${file:…}` or `${env:…}` and are hidden from every log
 //! line and error (see `crate::secrets`).
 //!
-//! [`check_access`] runs at start-up before anything else talks to Kafka: a failed
-//! authentication (a wrong SASL password) is an error naming the brokers and the mechanism,
-//! which stops the service instead of being retried for ever.
+//! [`check_access`] runs at start-up before the topics are created and before the ingester is
+//! ready or the appender consumes: a failed authentication (a wrong SASL password) is an error
+//! naming the brokers and the mechanism, which stops the service instead of being retried for
+//! ever.
 //!
 //! What the guarantees rest on cannot be changed from the tables: producers are idempotent with
 //! `acks=all` (no acknowledged record lost), and the consumer never commits or resets offsets
