@@ -39,7 +39,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::{
     refusals::{Listener, Reason, Refusals},
-    tls::TlsReloader,
+    tls::TlsPort,
 };
 
 /// How long a new connection may take to send its first bytes and finish a TLS handshake.
@@ -156,7 +156,7 @@ impl axum::serve::Listener for Incoming {
 pub fn accept(
     tcp: TcpListener,
     listener: Listener,
-    tls: Option<Arc<TlsReloader>>,
+    tls: Option<TlsPort>,
     refusals: Arc<Refusals>,
     stop: CancellationToken,
 ) -> io::Result<Incoming> {
@@ -178,7 +178,7 @@ pub fn accept(
             };
             let (tls, refusals, tx) = (tls.clone(), Arc::clone(&refusals), tx.clone());
             tokio::spawn(async move {
-                if let Some(conn) = admit(stream, remote, listener, tls.as_deref(), &refusals).await {
+                if let Some(conn) = admit(stream, remote, listener, tls.as_ref(), &refusals).await {
                     // The server may have stopped meanwhile; the connection is then dropped.
                     let _ = tx.send((conn, remote)).await;
                 }
@@ -193,7 +193,7 @@ async fn admit(
     stream: TcpStream,
     remote: SocketAddr,
     listener: Listener,
-    tls: Option<&TlsReloader>,
+    tls: Option<&TlsPort>,
     refusals: &Refusals,
 ) -> Option<Conn> {
     let mut first = [0u8; 1];
@@ -323,7 +323,7 @@ mod tests {
     use super::*;
     use crate::{
         config::{TlsConfig, TlsVersion},
-        tls::{ALPN_HTTP, test_certs},
+        tls::{Alpn, TlsReloader, test_certs},
     };
 
     /// A port whose admitted connections are answered by an echo task: one byte in, `y` out.
@@ -337,7 +337,10 @@ mod tests {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = tcp.local_addr().unwrap();
         let refusals = Arc::new(Refusals::unregistered());
-        let tls = tls.map(|c| Arc::new(TlsReloader::load("otlp.tls", c, ALPN_HTTP).unwrap()));
+        let tls = tls.map(|c| TlsPort {
+            reloader: Arc::new(TlsReloader::load("otlp.tls", c).unwrap()),
+            alpn: Alpn::Http,
+        });
         let stop = CancellationToken::new();
         let mut incoming = accept(tcp, Listener::OtlpHttp, tls, Arc::clone(&refusals), stop.clone()).unwrap();
         tokio::spawn(async move {

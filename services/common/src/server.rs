@@ -35,7 +35,7 @@ use crate::{
     otlp::{self, LogsExporter, ReceiverMetrics},
     refusals::{Listener, Refusals},
     settings::Settings,
-    tls::{ALPN_GRPC, ALPN_HTTP, TlsReloader},
+    tls::{Alpn, TlsPort, TlsReloader},
 };
 
 /// What a service hands to [`serve`].
@@ -59,8 +59,7 @@ pub struct BoundAddrs {
 
 /// TLS and tokens of one listener group (OTLP or admin), loaded at start-up.
 struct Group {
-    /// gRPC port, HTTP port.
-    tls: [Option<Arc<TlsReloader>>; 2],
+    tls: Option<Arc<TlsReloader>>,
     tokens: Option<Arc<Tokens>>,
 }
 
@@ -70,16 +69,14 @@ impl Group {
             "otlp" => ("otlp.tls", "otlp.auth"),
             _ => ("admin.tls", "admin.auth"),
         };
-        let tls = match tls {
-            None => [None, None],
-            // The same files, two configs: gRPC clients need ALPN h2 only.
-            Some(tls) => [
-                Some(Arc::new(TlsReloader::load(tls_key, tls.clone(), ALPN_GRPC)?)),
-                Some(Arc::new(TlsReloader::load(tls_key, tls.clone(), ALPN_HTTP)?)),
-            ],
-        };
+        let tls = tls.as_ref().map(|tls| TlsReloader::load(tls_key, tls.clone())).transpose()?.map(Arc::new);
         let tokens = auth.as_ref().map(|auth| Tokens::load(auth_key, auth)).transpose()?.map(Arc::new);
         Ok(Self { tls, tokens })
+    }
+
+    /// The group's TLS as one of its ports offers it.
+    fn tls(&self, alpn: Alpn) -> Option<TlsPort> {
+        self.tls.as_ref().map(|reloader| TlsPort { reloader: Arc::clone(reloader), alpn })
     }
 
     fn guard(&self, listener: Listener, refusals: &Arc<Refusals>) -> RequireTokenLayer {
@@ -139,10 +136,9 @@ pub async fn serve<E: LogsExporter, A: AdminHandler>(
 
     // Servers stop on `stop`, which fires only after health has turned NOT_SERVING.
     let stop = CancellationToken::new();
-    let incoming =
-        |tcp: TcpListener, listener: Listener, tls: &Option<Arc<TlsReloader>>| -> anyhow::Result<Incoming> {
-            Ok(listener::accept(tcp, listener, tls.clone(), Arc::clone(&refusals), stop.clone())?)
-        };
+    let incoming = |tcp: TcpListener, listener: Listener, tls: Option<TlsPort>| -> anyhow::Result<Incoming> {
+        Ok(listener::accept(tcp, listener, tls, Arc::clone(&refusals), stop.clone())?)
+    };
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(telemetry_lake_admin_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -157,7 +153,7 @@ pub async fn serve<E: LogsExporter, A: AdminHandler>(
         .add_service(health.grpc_service())
         .add_service(otlp::grpc::logs_service(exporter.clone(), &config.otlp, receiver_metrics.clone()))
         .serve_with_incoming_shutdown(
-            incoming(otlp_grpc, Listener::OtlpGrpc, &otlp_group.tls[0])?,
+            incoming(otlp_grpc, Listener::OtlpGrpc, otlp_group.tls(Alpn::Grpc))?,
             stop.clone().cancelled_owned(),
         );
     let admin_grpc_server = tonic::transport::Server::builder()
@@ -167,24 +163,24 @@ pub async fn serve<E: LogsExporter, A: AdminHandler>(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(
-            incoming(admin_grpc, Listener::AdminGrpc, &admin_group.tls[0])?,
+            incoming(admin_grpc, Listener::AdminGrpc, admin_group.tls(Alpn::Grpc))?,
             stop.clone().cancelled_owned(),
         );
     let otlp_http_server = axum::serve(
-        incoming(otlp_http, Listener::OtlpHttp, &otlp_group.tls[1])?,
+        incoming(otlp_http, Listener::OtlpHttp, otlp_group.tls(Alpn::Http))?,
         otlp::http::router(exporter, &config.otlp, receiver_metrics)
             .layer(otlp_group.guard(Listener::OtlpHttp, &refusals)),
     )
     .with_graceful_shutdown(stop.clone().cancelled_owned());
     let admin_http_server = axum::serve(
-        incoming(admin_http, Listener::AdminHttp, &admin_group.tls[1])?,
+        incoming(admin_http, Listener::AdminHttp, admin_group.tls(Alpn::Http))?,
         admin::http_router(admin, health.clone(), registry, Arc::clone(&refusals))
             .layer(admin_group.guard(Listener::AdminHttp, &refusals)),
     )
     .with_graceful_shutdown(stop.clone().cancelled_owned());
     let probe_server = match probe {
         Some(probe) => Some(
-            axum::serve(incoming(probe, Listener::Health, &None)?, health.probe_router())
+            axum::serve(incoming(probe, Listener::Health, None)?, health.probe_router())
                 .with_graceful_shutdown(stop.clone().cancelled_owned()),
         ),
         None => None,

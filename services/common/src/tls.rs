@@ -30,10 +30,37 @@ use rustls::{
 
 use crate::config::{TlsConfig, TlsVersion};
 
-/// ALPN of the gRPC ports: gRPC clients (grpc-go since 1.67) insist on `h2`.
-pub const ALPN_GRPC: &[&[u8]] = &[b"h2"];
-/// ALPN of the HTTP ports, which speak both.
-pub const ALPN_HTTP: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// What a port offers in ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// `h2` only: gRPC clients (grpc-go since 1.67) insist on it.
+    Grpc = 0,
+    /// `h2` and `http/1.1`: the HTTP ports speak both.
+    Http = 1,
+}
+
+impl Alpn {
+    fn protocols(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::Grpc => vec![b"h2".to_vec()],
+            Alpn::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
+}
+
+/// One port's view of a group's [`TlsReloader`].
+#[derive(Clone)]
+pub struct TlsPort {
+    pub reloader: Arc<TlsReloader>,
+    pub alpn: Alpn,
+}
+
+impl TlsPort {
+    /// The config for the port's next handshake (see [`TlsReloader::current`]).
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.reloader.current(self.alpn)
+    }
+}
 
 /// A TLS configuration that could not be loaded; names the key and file.
 #[derive(Debug, thiserror::Error)]
@@ -52,39 +79,41 @@ fn fingerprint(path: &Path) -> Fingerprint {
     Some((meta.modified().ok()?, meta.len(), meta.ino()))
 }
 
+/// The configs of a group's two ports (indexed by [`Alpn`]), from the same files.
+type Configs = [Arc<ServerConfig>; 2];
+
 struct State {
     /// The files as last looked at (loaded, or failed to load).
     seen: Vec<Fingerprint>,
-    current: Arc<ServerConfig>,
+    current: Configs,
 }
 
-/// The server TLS config of one listener group, with its files watched.
+/// The server TLS config of one listener group (both its ports), with its files watched.
 pub struct TlsReloader {
     /// `otlp.tls` or `admin.tls`, for messages.
     key: &'static str,
     config: TlsConfig,
-    alpn: Vec<Vec<u8>>,
     state: Mutex<State>,
 }
 
 impl TlsReloader {
     /// Loads the files of `config` (`key` names it in errors); fails if they are unusable.
-    pub fn load(key: &'static str, config: TlsConfig, alpn: &[&[u8]]) -> Result<Self, TlsError> {
-        let alpn: Vec<Vec<u8>> = alpn.iter().map(|p| p.to_vec()).collect();
+    pub fn load(key: &'static str, config: TlsConfig) -> Result<Self, TlsError> {
         let seen = files(&config).iter().map(|p| fingerprint(p)).collect();
-        let current = Arc::new(build(key, &config, &alpn)?);
-        Ok(Self { key, config, alpn, state: Mutex::new(State { seen, current }) })
+        let current = build_both(key, &config)?;
+        Ok(Self { key, config, state: Mutex::new(State { seen, current }) })
     }
 
-    /// The config for the next handshake: reloaded first if a file changed since last looked at.
-    pub fn current(&self) -> Arc<ServerConfig> {
+    /// The config for the next handshake on a port offering `alpn`: reloaded first if a file
+    /// changed since last looked at.
+    pub fn current(&self, alpn: Alpn) -> Arc<ServerConfig> {
         let now: Vec<Fingerprint> = files(&self.config).iter().map(|p| fingerprint(p)).collect();
         let mut state = self.state.lock().expect("tls state lock");
         if now != state.seen {
             state.seen = now;
-            match build(self.key, &self.config, &self.alpn) {
-                Ok(config) => {
-                    state.current = Arc::new(config);
+            match build_both(self.key, &self.config) {
+                Ok(configs) => {
+                    state.current = configs;
                     tracing::info!(key = self.key, "tls: certificate files changed, reloaded");
                 }
                 Err(error) => tracing::error!(
@@ -94,7 +123,7 @@ impl TlsReloader {
                 ),
             }
         }
-        Arc::clone(&state.current)
+        Arc::clone(&state.current[alpn as usize])
     }
 }
 
@@ -108,7 +137,17 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn build(key: &str, config: &TlsConfig, alpn: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
+fn build_both(key: &str, config: &TlsConfig) -> Result<Configs, TlsError> {
+    let base = build(key, config)?;
+    let with = |alpn: Alpn| {
+        let mut config = base.clone();
+        config.alpn_protocols = alpn.protocols();
+        Arc::new(config)
+    };
+    Ok([with(Alpn::Grpc), with(Alpn::Http)])
+}
+
+fn build(key: &str, config: &TlsConfig) -> Result<ServerConfig, TlsError> {
     let err = |field: &str, path: &Path, reason: String| TlsError {
         key: format!("{key}.{field}"),
         path: path.to_path_buf(),
@@ -141,11 +180,9 @@ fn build(key: &str, config: &TlsConfig, alpn: &[Vec<u8>]) -> Result<ServerConfig
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut server = builder
+    builder
         .with_single_cert(chain, private_key)
-        .map_err(|e| err("key_file", &config.key_file, format!("does not go with {key}.cert_file: {e}")))?;
-    server.alpn_protocols = alpn.to_vec();
-    Ok(server)
+        .map_err(|e| err("key_file", &config.key_file, format!("does not go with {key}.cert_file: {e}")))
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
@@ -242,22 +279,28 @@ mod tests {
     #[test]
     fn start_up_errors_name_the_key_and_file() {
         let dir = tempfile::tempdir().unwrap();
-        let err = TlsReloader::load("otlp.tls", config(dir.path()), ALPN_GRPC).err().unwrap().to_string();
+        let err = TlsReloader::load("otlp.tls", config(dir.path())).err().unwrap().to_string();
         assert!(err.starts_with("otlp.tls.cert_file = ") && err.contains("cannot read"), "{err}");
 
         ca(dir.path(), "ca");
         leaf(dir.path(), "ca", "server", true);
         leaf(dir.path(), "ca", "other", true);
         let mismatched = TlsConfig { key_file: dir.path().join("other.key"), ..config(dir.path()) };
-        let err = TlsReloader::load("admin.tls", mismatched, ALPN_HTTP).err().unwrap().to_string();
+        let err = TlsReloader::load("admin.tls", mismatched).err().unwrap().to_string();
         assert!(err.starts_with("admin.tls.key_file = ") && err.contains("does not go with"), "{err}");
 
         std::fs::write(dir.path().join("empty.pem"), "not pem\n").unwrap();
         let no_ca = TlsConfig { client_ca_file: Some(dir.path().join("empty.pem")), ..config(dir.path()) };
-        let err = TlsReloader::load("otlp.tls", no_ca, ALPN_GRPC).err().unwrap().to_string();
+        let err = TlsReloader::load("otlp.tls", no_ca).err().unwrap().to_string();
         assert!(err.starts_with("otlp.tls.client_ca_file = ") && err.contains("no PEM CERTIFICATE"), "{err}");
 
-        TlsReloader::load("otlp.tls", config(dir.path()), ALPN_GRPC).expect("a matching pair loads");
+        let reloader = TlsReloader::load("otlp.tls", config(dir.path())).expect("a matching pair loads");
+        assert_eq!(
+            reloader.current(Alpn::Grpc).alpn_protocols,
+            vec![b"h2".to_vec()],
+            "gRPC clients insist on h2"
+        );
+        assert_eq!(reloader.current(Alpn::Http).alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
     }
 
     #[test]
@@ -266,24 +309,27 @@ mod tests {
         let d = dir.path();
         ca(d, "ca");
         leaf(d, "ca", "server", true);
-        let reloader = TlsReloader::load("otlp.tls", config(d), ALPN_GRPC).unwrap();
-        let first = Arc::as_ptr(&reloader.current());
-        assert_eq!(Arc::as_ptr(&reloader.current()), first, "unchanged files are not read again");
+        let reloader = TlsReloader::load("otlp.tls", config(d)).unwrap();
+        let first = Arc::as_ptr(&reloader.current(Alpn::Grpc));
+        assert_eq!(Arc::as_ptr(&reloader.current(Alpn::Grpc)), first, "unchanged files are not read again");
 
         // A new pair, written the way cert-manager's volume update lands: a new file per name.
         leaf(d, "ca", "next", true);
         std::fs::rename(d.join("next.crt"), d.join("server.crt")).unwrap();
         std::fs::rename(d.join("next.key"), d.join("server.key")).unwrap();
-        let second = reloader.current();
+        let second = reloader.current(Alpn::Grpc);
         assert_ne!(Arc::as_ptr(&second), first, "a replaced pair is loaded");
 
         // Half a rotation: a new certificate beside the old key does not load; the pair stays.
         leaf(d, "ca", "third", true);
         std::fs::rename(d.join("third.crt"), d.join("server.crt")).unwrap();
-        assert!(Arc::ptr_eq(&reloader.current(), &second), "a broken replacement keeps the old pair");
-        assert!(Arc::ptr_eq(&reloader.current(), &second));
+        assert!(
+            Arc::ptr_eq(&reloader.current(Alpn::Grpc), &second),
+            "a broken replacement keeps the old pair"
+        );
+        assert!(Arc::ptr_eq(&reloader.current(Alpn::Grpc), &second));
         // The rotation completes: the key arrives and the new pair loads.
         std::fs::rename(d.join("third.key"), d.join("server.key")).unwrap();
-        assert!(!Arc::ptr_eq(&reloader.current(), &second), "the completed pair is loaded");
+        assert!(!Arc::ptr_eq(&reloader.current(Alpn::Grpc), &second), "the completed pair is loaded");
     }
 }
