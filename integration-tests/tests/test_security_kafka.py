@@ -230,3 +230,35 @@ def test_a_wrong_password_stops_start_up_with_a_clear_message(
         assert_no_secret(log, wrong, secure_broker.password)
     assert time.monotonic() - started < FAIL_FAST_SECONDS
     assert secure_broker.partitions(topic) == -1, "a topic was created with a wrong password"
+
+
+def test_a_wrong_key_password_stops_start_up(
+    request: pytest.FixtureRequest,
+    make_appender: AppenderFactory,
+    secure_broker: SecureBroker,
+    topic: str,
+    tmp_path: Path,
+) -> None:
+    """librdkafka cannot decrypt the client key: both services stop at once, naming the key
+    file setting, not retrying."""
+    wrong = "wrong-" + secure_broker.key_password[::-1]
+    ingester = start_ingester(
+        request,
+        tmp_path / "ingester",
+        secure_broker,
+        topic,
+        sections(secure_broker.ssl_bootstrap, secure_broker.mtls_sections("${env:KEY_PASSWORD}")),
+        env={"KEY_PASSWORD": wrong},
+    )
+    lake = kafka_config(secure_broker, topic, tmp_path / "lake")
+    client = secure_broker.mtls_client("${env:KEY_PASSWORD}")
+    appender = make_appender(
+        merge_config(lake, secured(secure_broker.ssl_bootstrap, client)), env={"KEY_PASSWORD": wrong}, start=False
+    )
+    ingester.start()
+    appender.start()
+    for service in (ingester, appender):
+        assert wait_exit(service, FAIL_FAST_SECONDS) != 0, f"{service.name} exited with 0"
+        assert "ssl.key.location failed" in service.log_text(), service.log_tail()
+        assert_no_secret(service.log_text(), wrong, secure_broker.key_password)
+    assert secure_broker.partitions(topic) == -1

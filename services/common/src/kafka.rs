@@ -253,6 +253,17 @@ const PRODUCER_DEFAULTS: [(&str, &str); 7] = [
     ("queue.buffering.max.messages", "100000"),
 ];
 
+/// Consumer settings chosen unless `[kafka.consumer]` says otherwise: librdkafka's defaults
+/// let the consumer hold 64 MiB of prefetched messages (decompressed) and fetch 50 MB
+/// responses, most of the appender's 256 MiB; bounded here so that its peak RSS on a backlog
+/// stays within it (guarantee 3). A full queue postpones a partition's next fetch by
+/// `fetch.queue.backoff.ms` (1 s by default, longer than 16 MiB lasts at the appender's rate).
+const CONSUMER_DEFAULTS: [(&str, &str); 3] = [
+    ("queued.max.messages.kbytes", "16384"),
+    ("fetch.max.bytes", "16777216"),
+    ("fetch.queue.backoff.ms", "20"),
+];
+
 /// Producer settings guarantee 1 rests on: the table may repeat them, not change them.
 const PRODUCER_REQUIRED: [(&str, &[&str]); 2] = [("enable.idempotence", &["true"]), ("acks", &["all", "-1"])];
 
@@ -338,10 +349,14 @@ pub fn producer_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
     config
 }
 
-/// The appender's group consumer: `[kafka.client]`, `[kafka.consumer]`, then the settings
-/// exactly-once needs.
+/// The appender's group consumer: our defaults, then `[kafka.client]`, `[kafka.consumer]`,
+/// then the settings exactly-once needs.
 pub fn consumer_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
-    let mut config = apply(ClientConfig::new(), kafka, client_id, &kafka.consumer);
+    let mut defaults = ClientConfig::new();
+    for (key, value) in CONSUMER_DEFAULTS {
+        defaults.set(key, value);
+    }
+    let mut config = apply(defaults, kafka, client_id, &kafka.consumer);
     config.set("group.id", &kafka.group_id);
     for (key, allowed) in CONSUMER_REQUIRED {
         config.set(key, allowed[0]);
@@ -372,14 +387,27 @@ pub fn admin_config(kafka: &KafkaSettings, side: Side, client_id: &str) -> Clien
 pub enum AccessError {
     /// The brokers refused our credentials: retrying cannot help, the service should stop.
     Authentication(String),
-    /// No broker answered in time (down, unreachable, still starting): worth retrying.
+    /// librdkafka refused the settings themselves (a key file it cannot read or decrypt, an
+    /// unknown key): the service should stop.
+    Settings(String),
+    /// No broker answered in time (down, unreachable, still starting, a TLS handshake that
+    /// failed): worth retrying.
     Unreachable(String),
+}
+
+impl AccessError {
+    /// Whether the same settings would fail again: stop instead of retrying.
+    pub fn is_fatal(&self) -> bool {
+        !matches!(self, AccessError::Unreachable(_))
+    }
 }
 
 impl std::fmt::Display for AccessError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            AccessError::Authentication(message) | AccessError::Unreachable(message) => f.write_str(message),
+            AccessError::Authentication(message)
+            | AccessError::Settings(message)
+            | AccessError::Unreachable(message) => f.write_str(message),
         }
     }
 }
@@ -411,8 +439,8 @@ impl ProducerContext for AuthWatch {
 ///
 /// A failed authentication comes back as [`AccessError::Authentication`] as soon as librdkafka
 /// reports it, with a message naming the brokers, the security protocol and the SASL mechanism
-/// (never a secret); anything else that keeps the cluster from answering is
-/// [`AccessError::Unreachable`].
+/// (never a secret); settings librdkafka refuses outright as [`AccessError::Settings`];
+/// anything else that keeps the cluster from answering is [`AccessError::Unreachable`].
 pub fn check_access(kafka: &KafkaSettings, side: Side, timeout: Duration) -> Result<(), AccessError> {
     let config = admin_config(kafka, side, "telemetry-lake-access-check");
     let setting = |key: &str| config.get(key).map(str::to_string);
@@ -422,7 +450,15 @@ pub fn check_access(kafka: &KafkaSettings, side: Side, timeout: Duration) -> Res
     let user = setting("sasl.username").map(|u| format!(" as user {u:?}")).unwrap_or_default();
     let client: BaseProducer<AuthWatch> =
         config.clone().set("enable.idempotence", "false").create_with_context(AuthWatch::default()).map_err(
-            |e| AccessError::Unreachable(format!("cannot create a kafka client for {}: {e}", kafka.brokers)),
+            |e| {
+                AccessError::Settings(format!(
+                    "cannot create a kafka client for {} with these settings: {e} (check [kafka.tls], \
+                     [kafka.sasl] and [kafka.client]: a key_file / ssl.key.location that cannot be \
+                     read, or a wrong key_password / ssl.key.password, shows as \"ssl.key.location \
+                     failed\")",
+                    kafka.brokers
+                ))
+            },
         )?;
     let deadline = Instant::now() + timeout;
     loop {
@@ -545,6 +581,18 @@ mod tests {
     }
 
     #[test]
+    fn the_consumer_prefetches_a_bounded_amount_unless_the_table_says_otherwise() {
+        let config = consumer_config(&kafka(), "appender");
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("16384"));
+        assert_eq!(config.get("fetch.queue.backoff.ms"), Some("20"));
+        assert_eq!(config.get("fetch.max.bytes"), Some("1000"), "the table overrides a default");
+        let mut plain = kafka();
+        plain.consumer.clear();
+        assert_eq!(consumer_config(&plain, "appender").get("fetch.max.bytes"), Some("16777216"));
+        assert_eq!(producer_config(&plain, "p").get("queued.max.messages.kbytes"), None, "consumers only");
+    }
+
+    #[test]
     fn admin_clients_reach_the_cluster_like_their_side() {
         assert_eq!(admin_config(&kafka(), Side::Consumer, "a").get("security.protocol"), Some("SSL"));
         assert_eq!(admin_config(&kafka(), Side::Producer, "a").get("security.protocol"), Some("SASL_SSL"));
@@ -590,7 +638,7 @@ mod tests {
         settings.client.clear();
         let started = Instant::now();
         let err = check_access(&settings, Side::Producer, Duration::from_millis(800)).unwrap_err();
-        assert!(matches!(err, AccessError::Unreachable(_)), "{err:?}");
+        assert!(matches!(err, AccessError::Unreachable(_)) && !err.is_fatal(), "{err:?}");
         assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
     }
@@ -623,6 +671,22 @@ mod tests {
             username: "lake".into(),
             password: "pw-S3cret".into(),
         }
+    }
+
+    #[test]
+    fn a_key_file_librdkafka_cannot_read_is_fatal_and_named() {
+        let tls = KafkaTlsConfig {
+            cert_file: Some("/nonexistent/tls.crt".into()),
+            key_file: Some("/nonexistent/tls.key".into()),
+            ..Default::default()
+        };
+        let settings = KafkaSettings { brokers: "127.0.0.1:1".into(), ..security(Some(tls), None) };
+        let err = check_access(&settings, Side::Consumer, Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(err, AccessError::Settings(_)) && err.is_fatal(), "{err:?}");
+        assert!(
+            err.to_string().contains("ssl.key.location") && err.to_string().contains("key_file"),
+            "{err}"
+        );
     }
 
     #[test]

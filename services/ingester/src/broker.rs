@@ -4,7 +4,8 @@
 //!  start-up: check access (common's check_access), then create kafka.topic with
 //!            kafka.partitions partitions (common's ensure_topics; an existing topic is fine),
 //!            retried every probe interval until it succeeds; a failed authentication (a wrong
-//!            SASL password) is not retried: watch returns it and stops the ingester
+//!            SASL password) or settings librdkafka refuses are not retried: watch returns the
+//!            error and stops the ingester
 //!  then:     metadata probe of the topic every 2 s, or at once when librdkafka reports every
 //!            broker down --> BrokerState::ready + health SERVING / NOT_SERVING
 //! ```
@@ -83,7 +84,7 @@ impl Prober {
 }
 
 /// Checks that the brokers let us in, creates the topic unless it exists, and returns the
-/// partition count it has. `AccessError::Authentication` is for good; anything else may pass.
+/// partition count it has. A fatal [`AccessError`] is for good; `Unreachable` may pass.
 pub async fn ensure_topic(kafka: &KafkaSettings, prober: &mut Prober) -> Result<usize, AccessError> {
     let settings = kafka.clone();
     tokio::task::spawn_blocking(move || kafka::check_access(&settings, Side::Producer, PROBE_TIMEOUT))
@@ -125,8 +126,8 @@ async fn probe(client: Arc<BaseProducer>, topic: &str) -> Result<usize, String> 
 }
 
 /// Keeps `state` and `health` in step with Kafka until `shutdown`. When the brokers refuse our
-/// credentials before the topic was ever ready, cancels `shutdown` and returns why: start-up
-/// failed, and the same credentials would fail again.
+/// credentials (or librdkafka our settings) before the topic was ever ready, cancels `shutdown`
+/// and returns why: start-up failed, and the same settings would fail again.
 pub async fn watch(
     kafka: KafkaSettings,
     state: Arc<BrokerState>,
@@ -145,12 +146,12 @@ pub async fn watch(
                     topic_ready = true;
                     Ok(())
                 }
-                Err(AccessError::Authentication(error)) => {
-                    tracing::error!(%error, "kafka refused the ingester's credentials; stopping");
+                Err(error) if error.is_fatal() => {
+                    tracing::error!(%error, "kafka refused the ingester's settings; stopping");
                     shutdown.cancel();
-                    return Err(error);
+                    return Err(error.to_string());
                 }
-                Err(AccessError::Unreachable(error)) => Err(error),
+                Err(error) => Err(error.to_string()),
             }
         };
         if shutdown.is_cancelled() {

@@ -36,7 +36,7 @@ use rdkafka::{
 };
 use telemetry_lake_admin_proto::v1::PartitionStats;
 use telemetry_lake_common::{
-    kafka::{self, AccessError, Side, TopicSpec},
+    kafka::{self, Side, TopicSpec},
     kafka_ids::{IdLookup, TopicIdentity},
     settings::KafkaSettings,
 };
@@ -99,8 +99,9 @@ async fn ensure_topics(config: &KafkaSettings) -> Result<(), KafkaError> {
     Ok(())
 }
 
-/// Fails when the brokers refuse our credentials (a wrong SASL password: retrying cannot help);
-/// a cluster that does not answer yet only gets a warning, as the consumer keeps trying.
+/// Fails when the brokers refuse our credentials (a wrong SASL password) or librdkafka our
+/// settings (a key it cannot read): retrying cannot help. A cluster that does not answer yet
+/// only gets a warning, as the consumer keeps trying.
 async fn check_access(config: &KafkaSettings) -> anyhow::Result<()> {
     let settings = config.clone();
     let checked =
@@ -108,8 +109,8 @@ async fn check_access(config: &KafkaSettings) -> anyhow::Result<()> {
             .await?;
     match checked {
         Ok(()) => Ok(()),
-        Err(AccessError::Authentication(message)) => Err(anyhow::Error::msg(message)),
-        Err(AccessError::Unreachable(error)) => {
+        Err(error) if error.is_fatal() => Err(anyhow::Error::msg(error.to_string())),
+        Err(error) => {
             tracing::warn!(%error, "kafka does not answer yet; the consumer keeps trying");
             Ok(())
         }
