@@ -166,7 +166,43 @@ impl Health {
 
 #[cfg(test)]
 mod tests {
+    use tower::ServiceExt;
+
     use super::*;
+
+    #[tokio::test]
+    async fn the_probe_router_serves_health_and_nothing_else() {
+        let health = Health::default();
+        health.report_started().await;
+        let get = |path: &str| http::Request::get(path).body(axum::body::Body::empty()).unwrap();
+        let router = health.probe_router();
+        assert_eq!(router.clone().oneshot(get("/healthz")).await.unwrap().status(), http::StatusCode::OK);
+        assert_eq!(router.clone().oneshot(get("/readyz")).await.unwrap().status(), http::StatusCode::OK);
+        for path in ["/stats", "/metrics", "/flush", "/telemetry_lake.admin.v1.Admin/Stats"] {
+            assert_eq!(
+                router.clone().oneshot(get(path)).await.unwrap().status(),
+                http::StatusCode::NOT_FOUND,
+                "{path}"
+            );
+        }
+        // grpc.health.v1.Health/Check with an empty request: one frame, no bytes.
+        let check = http::Request::post("/grpc.health.v1.Health/Check")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(axum::body::Body::from(vec![0u8, 0, 0, 0, 0]))
+            .unwrap();
+        let response = router.clone().oneshot(check).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        // HealthCheckResponse { status: SERVING (1) } framed: 0, length 2, field 1 varint 1.
+        assert_eq!(&body[..], &[0, 0, 0, 0, 2, 0x08, 0x01]);
+
+        health.add(Reason::ShuttingDown).await;
+        assert_eq!(
+            router.oneshot(get("/readyz")).await.unwrap().status(),
+            http::StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
 
     #[tokio::test]
     async fn no_writer_undoes_another_writers_reason() {
