@@ -533,13 +533,21 @@ def test_ingester_with_tls_tokens_and_the_collector(
 
     out = grpcurl("-cacert", str(server.ca), *token_flag("wrong"), ingester.ports.otlp_grpc_target, HEALTH_SERVICE)
     assert "Unauthenticated" in out.stderr, out.stderr
+    body = tmp_path / "refused.pb"
+    body.write_bytes(otlp_protobuf(loghub_records("Apache", 5, tag="refused")))
+    status, _, _ = curl(
+        "--cacert", str(server.ca), "-H", "content-type: application/x-protobuf", "--data-binary", f"@{body}",
+        f"https://127.0.0.1:{ingester.ports.otlp_http}/v1/logs",
+    )  # fmt: skip
+    assert status == 401
     out = grpcurl(
         "-cacert", str(server.ca), *token_flag(OTLP_TOKEN), ingester.ports.admin_grpc_target, f"{ADMIN}/Stats"
     )
     assert out.returncode == 0, out.stderr
     stats = json.loads(out.stdout)
+    assert int(stats["ingester"]["recordsReceived"]) == len(specs), "the refused export produced nothing"
     assert int(stats["ingester"]["recordsDelivered"]) == len(specs), stats
-    assert refusals(stats) == {("otlp_grpc", "wrong_token"): 1}, stats
+    assert refusals(stats) == {("otlp_grpc", "wrong_token"): 1, ("otlp_http", "missing_token"): 1}, stats
     assert OTLP_TOKEN not in ingester.log_text()
 
 
