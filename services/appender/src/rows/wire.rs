@@ -29,7 +29,7 @@ use super::{
 };
 
 /// What the records of one `(ResourceLogs, ScopeLogs)` pair share, as their rows show it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Context {
     pub service_name: Option<String>,
     pub deployment_environment: Option<String>,

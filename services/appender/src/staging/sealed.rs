@@ -4,8 +4,8 @@
 //! ```text
 //!  DuckDB batches (seq <= the set's last) --dump, in ranges of ~4 MiB--> batches.bin beside the
 //!      staging file (+ an index of (seq, part) -> offset in memory)        DuckDB is done here
-//!  batches.bin --each batch's parts, in arrival order--> decode OTLP --> rows --> SortedRuns
-//!      --> Arrow batches in order
+//!  batches.bin --each batch's parts, in arrival order--> SortedRuns (sorted runs of encoded
+//!      records) --> rows (decoded once, from the bytes) --> Arrow batches in order
 //! ```
 //!
 //! DuckDB is queried only briefly: while a query runs the checkpointer waits (DuckDB 1.5.5
@@ -30,11 +30,9 @@ use std::{
 
 use arrow_array::RecordBatch;
 use duckdb::Connection;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use prost::Message as _;
 
 use super::{db::SEALED as BATCHES, sort::SortedRuns};
-use crate::rows::{self, KafkaPosition};
+use crate::rows::KafkaPosition;
 
 /// About how many payload bytes (before compression: about a quarter of that is read) one
 /// query of the dump fetches from DuckDB.
@@ -182,9 +180,8 @@ impl SealedReader {
             }
             let decoded = zstd::stream::decode_all(payload.as_slice())
                 .map_err(|e| format!("staged batch {} does not decompress: {e}", part.seq))?;
-            let request = ExportLogsServiceRequest::decode(decoded.as_slice())
-                .map_err(|e| format!("staged batch {} does not decode: {e}", part.seq))?;
-            runs.push(rows::to_rows(&request, part.source, part.received_at).batch)?;
+            runs.push_request(decoded, part.source, part.received_at)
+                .map_err(|e| format!("staged batch {}: {e}", part.seq))?;
             payload.clear();
         }
         drop(dump);
