@@ -391,10 +391,6 @@ mod tests {
     }
 
     #[test]
-        });
-    }
-
-    #[test]
     fn security_keys_per_listener_group() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(
@@ -445,6 +441,10 @@ mod tests {
             let err = Config::load(Some(Path::new("lake.toml"))).unwrap_err().to_string();
             assert!(err.contains("token_file"), "{err}");
             Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("lake.toml", "[flush]\nintervall = \"10s\"\n")?;
