@@ -242,7 +242,7 @@ pub trait RefusalBody: Sized {
 const DRAIN_LIMIT: usize = 1 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(2);
 
-async fn drain<B: http_body::Body>(body: B) {
+pub(crate) async fn drain<B: http_body::Body>(body: B) {
     use http_body_util::BodyExt;
     let _ = tokio::time::timeout(DRAIN_TIME, async {
         let mut body = std::pin::pin!(body);

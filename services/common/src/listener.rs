@@ -260,6 +260,7 @@ async fn answer_plaintext(stream: TcpStream) {
     const MESSAGE: &str =
         "this port requires TLS: connect with TLS (https://, or a gRPC client without -plaintext / insecure)";
     let service = hyper::service::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+        let version = request.version();
         let grpc = request
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -267,13 +268,15 @@ async fn answer_plaintext(stream: TcpStream) {
         let response = if grpc {
             tonic::Status::unauthenticated(MESSAGE).into_http::<axum::body::Body>()
         } else {
+            // As for a refused token: read the body first, or the client may see a reset.
+            crate::auth::drain(request.into_body()).await;
             let mut response = http::Response::new(axum::body::Body::from(format!("{MESSAGE}\n")));
             *response.status_mut() = http::StatusCode::BAD_REQUEST;
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static("text/plain; charset=utf-8"),
             );
-            if request.version() <= http::Version::HTTP_11 {
+            if version <= http::Version::HTTP_11 {
                 response
                     .headers_mut()
                     .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
