@@ -2,8 +2,9 @@
 //!
 //! In: every request's `authorization` header. A request passes when it carries exactly one
 //! `authorization: Bearer <token>` whose token is one of [`Tokens`], compared in constant time
-//! (`subtle`), and reaches the service untouched. Any other request is answered here, before
-//! it is read, so nothing is staged or produced: gRPC `UNAUTHENTICATED`; HTTP 401 with
+//! (`subtle`), and reaches the service untouched. Any other request is answered here and never
+//! reaches the service, so nothing is staged or produced (an HTTP body is read and dropped
+//! first, up to 1 MiB): gRPC `UNAUTHENTICATED`; HTTP 401 with
 //! `WWW-Authenticate: Bearer` (OTLP/HTTP: a `google.rpc.Status` body in the request's content
 //! type; admin: `{"error": …}`). Each refusal is counted by reason ([`Reason`]); no token is
 //! ever logged, counted or echoed.
@@ -229,7 +230,7 @@ fn message(reason: Reason) -> &'static str {
 
 /// A refusal in the protocol of the port: answered by [`RequireToken`].
 pub trait RefusalBody: Sized {
-    /// Whether the request body is read (up to [`DRAIN_LIMIT`]) before the refusal is sent.
+    /// Whether the request body is read (up to 1 MiB, 2 s) before the refusal is sent.
     const DRAIN: bool;
     fn refusal(listener: Listener, reason: Reason, request: &HeaderMap) -> http::Response<Self>;
 }
