@@ -258,6 +258,50 @@ struct RowBuilders {
 }
 
 impl RowBuilders {
+    /// Builders for `capacity` rows sized like `previous` (a batch of about as many rows), so
+    /// that filling them needs no reallocation.
+    fn like(capacity: usize, previous: &RecordBatch) -> Self {
+        use arrow_array::{Array, cast::AsArray};
+        let mut b = Self::new(capacity);
+        let room = |bytes: usize| bytes + bytes / 8 + 64;
+        let string = |name: &str| {
+            let bytes = previous.column_by_name(name).map_or(0, |c| c.as_string::<i32>().values().len());
+            StringBuilder::with_capacity(capacity, room(bytes))
+        };
+        let map = |name: &str| {
+            let names = MapFieldNames { entry: MAP_ENTRIES.into(), key: "key".into(), value: "value".into() };
+            let (entries, keys, values) = previous.column_by_name(name).map_or((0, 0, 0), |c| {
+                let map = c.as_map();
+                (
+                    map.keys().len(),
+                    map.keys().as_string::<i32>().values().len(),
+                    map.values().as_string::<i32>().values().len(),
+                )
+            });
+            MapBuilder::with_capacity(
+                Some(names),
+                StringBuilder::with_capacity(room(entries), room(keys)),
+                StringBuilder::with_capacity(room(entries), room(values)),
+                capacity,
+            )
+        };
+        b.severity_text = string("severity_text");
+        b.body = string("body");
+        b.trace_id = string("trace_id");
+        b.span_id = string("span_id");
+        b.event_name = string("event_name");
+        b.service_name = string("service_name");
+        b.deployment_environment = string("deployment_environment");
+        b.resource_attributes = map("resource_attributes");
+        b.scope_attributes = map("scope_attributes");
+        b.log_attributes = map("log_attributes");
+        b.scope_name = string("scope_name");
+        b.scope_version = string("scope_version");
+        b.resource_schema_url = string("resource_schema_url");
+        b.scope_schema_url = string("scope_schema_url");
+        b
+    }
+
     fn new(capacity: usize) -> Self {
         let timestamp = || TimestampMicrosecondBuilder::with_capacity(capacity).with_timezone(UTC);
         let string = || StringBuilder::with_capacity(capacity, capacity * 16);

@@ -243,7 +243,9 @@ impl RowWriter {
     /// The rows appended so far, as one batch; the writer starts over empty.
     pub fn finish(&mut self) -> RecordBatch {
         self.rows = 0;
-        std::mem::replace(&mut self.builders, RowBuilders::new(self.capacity)).finish()
+        let batch = std::mem::replace(&mut self.builders, RowBuilders::new(0)).finish();
+        self.builders = RowBuilders::like(self.capacity, &batch);
+        batch
     }
 
     /// Appends the row of one `LogRecord` (its message bytes) of `context`, with the
