@@ -13,7 +13,9 @@
 //! again when it changed; a replacement that cannot be read, holds no token or a line that is
 //! not a token keeps the previous tokens and logs an error naming the line) and from the
 //! environment variable named by `tokens_env` (read at start-up, separated by commas or
-//! whitespace).
+//! whitespace). Every token loaded, at start-up or from a changed file, is registered with
+//! [`crate::secrets::register`], so no log line or error of this process shows it, whichever
+//! library prints it.
 
 use std::{
     fs,
@@ -74,6 +76,12 @@ fn parse_file(text: &str) -> Result<Vec<Vec<u8>>, String> {
     Ok(tokens)
 }
 
+/// Hides `tokens` in every log line and error of this process from now on.
+fn register(tokens: &[Vec<u8>]) {
+    // Tokens are ASCII (`is_token`).
+    crate::secrets::register(tokens.iter().map(|t| String::from_utf8_lossy(t).into_owned()));
+}
+
 type Fingerprint = Option<(SystemTime, u64, u64)>;
 
 fn fingerprint(path: &Path) -> Fingerprint {
@@ -124,6 +132,7 @@ impl Tokens {
             if from_env.is_empty() {
                 return Err(err("holds no token"));
             }
+            register(&from_env);
         }
         let mut file_tokens = Vec::new();
         let seen = match &config.tokens_file {
@@ -137,6 +146,7 @@ impl Tokens {
                 let seen = fingerprint(path);
                 let text = fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
                 file_tokens = parse_file(&text).map_err(err)?;
+                register(&file_tokens);
                 seen
             }
         };
@@ -171,6 +181,7 @@ impl Tokens {
                     .and_then(|t| parse_file(&t));
                 match loaded {
                     Ok(tokens) => {
+                        register(&tokens);
                         tracing::info!(
                             key = self.key,
                             count = tokens.len(),
@@ -471,6 +482,36 @@ mod tests {
 
         let err = Tokens::load("otlp.auth", &AuthConfig::default()).err().unwrap().to_string();
         assert!(err.contains("set tokens_file or tokens_env"), "{err}");
+    }
+
+    #[test]
+    fn every_loaded_token_is_hidden_in_log_lines_and_errors() {
+        use std::io::Write;
+
+        let name = "LAKE_AUTH_TEST_REDACT_5e0b";
+        // SAFETY: only this test uses this variable.
+        unsafe { std::env::set_var(name, "env-Redact-Tok1, env-Redact-Tok2") };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokens");
+        fs::write(&path, "file-Redact-Tok3\n").unwrap();
+        let config = AuthConfig { tokens_file: Some(path.clone()), tokens_env: Some(name.into()) };
+        let tokens = Tokens::load_with("otlp.auth", &config, Duration::ZERO).unwrap();
+        // A token that only arrives with a rotated file.
+        fs::write(path.with_extension("new"), "file-Redact-Tok4\n").unwrap();
+        fs::rename(path.with_extension("new"), &path).unwrap();
+        assert_eq!(tokens.check(&headers(&["Bearer file-Redact-Tok4"])), Ok(()));
+
+        // What the tracing subscriber writes for a library that logs the header.
+        let mut out = crate::secrets::RedactedWriter(Vec::new());
+        out.write_all(
+            b"authorization: Bearer env-Redact-Tok1 / env-Redact-Tok2 / file-Redact-Tok3 / file-Redact-Tok4\n",
+        )
+        .unwrap();
+        assert_eq!(String::from_utf8(out.0).unwrap(), "authorization: Bearer *** / *** / *** / ***\n");
+        assert_eq!(
+            crate::secrets::Redactor::default().redact("error: token file-Redact-Tok4 refused"),
+            "error: token *** refused"
+        );
     }
 
     /// The layer in front of the real receivers: refused requests never reach the exporter.
