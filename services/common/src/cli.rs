@@ -4,6 +4,11 @@
 //!
 //! Each binary parses its own command line, flattening [`ConfigArg`] into it, and calls
 //! [`run_service`] to run the service (the appender only when no subcommand was given).
+//!
+//! Every start-up error is printed without secrets: through the process-wide redaction (see
+//! [`crate::secrets`]), after registering what a configuration that failed to load holds under
+//! secret-looking keys ([`crate::secrets::register_unloaded_config`]); later errors are log
+//! lines, redacted by the tracing writer.
 
 use std::{
     future::Future,
@@ -16,7 +21,7 @@ use clap::Args;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{settings::Settings, shutdown, telemetry};
+use crate::{secrets, settings::Settings, shutdown, telemetry};
 
 /// `--config FILE`, shared by every binary and subcommand (global, so it may come before or
 /// after a subcommand).
@@ -48,7 +53,7 @@ where
         Err(code) => return code,
     };
     if let Err(err) = check(&settings) {
-        eprintln!("{name}: invalid configuration: {err}");
+        eprintln!("{}", secrets::redact_registered(&format!("{name}: invalid configuration: {err}")));
         return ExitCode::from(2);
     }
     telemetry::init(&settings.log);
@@ -71,10 +76,74 @@ where
 }
 
 /// Loads defaults < `config_file` < environment and checks it; on error prints it, prefixed
-/// with `name`, and gives exit code 2.
+/// with `name` and without secrets, and gives exit code 2.
 pub fn load_settings(name: &str, config_file: Option<&Path>) -> Result<Settings, ExitCode> {
-    Settings::load(config_file).map_err(|err| {
-        eprintln!("{name}: {err}");
+    load_or_message(name, config_file).map_err(|message| {
+        eprintln!("{message}");
         ExitCode::from(2)
     })
+}
+
+/// The settings, or the error message to print: no value of a secret-looking key in it, even
+/// one the configuration could not take (a password written as a number).
+fn load_or_message(name: &str, config_file: Option<&Path>) -> Result<Settings, String> {
+    Settings::load(config_file).map_err(|err| {
+        secrets::register_unloaded_config(config_file);
+        secrets::redact_registered(&format!("{name}: {err}"))
+    })
+}
+
+#[cfg(test)]
+// figment's Jail returns its own large error type.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    fn message(jail: &mut figment::Jail, toml: &str) -> String {
+        jail.create_file("lake.toml", toml).unwrap();
+        load_or_message("ingester", Some(Path::new("lake.toml"))).expect_err("refused")
+    }
+
+    #[test]
+    fn config_errors_show_no_secret_of_any_type() {
+        figment::Jail::expect_with(|jail| {
+            let brokers = "[kafka]\nbrokers = \"localhost:9092\"\n";
+            // A password written as a number: figment's type error quotes it.
+            let shown = message(
+                jail,
+                &format!("{brokers}[kafka.sasl]\nmechanism = \"PLAIN\"\npassword = 918273645\n"),
+            );
+            assert!(shown.starts_with("ingester: ") && shown.contains("kafka.sasl.password"), "{shown}");
+            assert!(!shown.contains("918273645"), "{shown}");
+            let shown = message(jail, &format!("{brokers}[kafka.producer]\n\"sasl.password\" = -7364519\n"));
+            assert!(shown.contains("sasl.password") && !shown.contains("7364519"), "{shown}");
+            let shown = message(jail, &format!("{brokers}[iceberg.properties]\ntoken = 31.415926\n"));
+            assert!(shown.contains("token") && !shown.contains("31.415926"), "{shown}");
+            // Not TOML: the parse error quotes the line.
+            let shown = message(jail, &format!("{brokers}[kafka.sasl]\npassword = \"Broken-Pw-4d2e\n"));
+            assert!(shown.contains("TOML parse error") && !shown.contains("Broken-Pw-4d2e"), "{shown}");
+            let shown = message(
+                jail,
+                &format!("{brokers}sasl = {{ mechanism = \"PLAIN\", password = \"Inline-Pw-9a7c\n"),
+            );
+            assert!(shown.contains("TOML parse error") && !shown.contains("Inline-Pw-9a7c"), "{shown}");
+            // From the environment, where figment reads a number too.
+            jail.set_env("TELEMETRY_LAKE_KAFKA__SASL__PASSWORD", "5647382910");
+            let shown = message(jail, &format!("{brokers}[kafka.sasl]\nmechanism = \"PLAIN\"\n"));
+            assert!(shown.contains("KAFKA.SASL.PASSWORD") && !shown.contains("5647382910"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn other_values_still_show_in_config_errors() {
+        figment::Jail::expect_with(|jail| {
+            let shown = message(
+                jail,
+                "[flush]\nmax_records = \"many\"\n[kafka.sasl]\npassword = \"Other-Pw-1b3c\"\n",
+            );
+            assert!(shown.contains("flush.max_records") && shown.contains("many"), "{shown}");
+            Ok(())
+        });
+    }
 }

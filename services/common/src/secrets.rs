@@ -9,10 +9,20 @@
 //! URIs (`scheme://user:password@host`, secret-looking query parameters), and the S3 keys of
 //! the standard AWS environment variables. Configuration loading [`register`]s them for the
 //! whole process; other code that learns a secret at run time (a token file) registers it too.
+//! A configuration that fails to load registers nothing, so before its error is printed
+//! [`register_unloaded_config`] registers what its file and variables hold under secret-looking
+//! keys, whatever their type (a password written as a bare number shows in the type error).
 //! Each is also hidden in its JSON- and Rust-escaped forms, as JSON logs and `Debug` print it.
 
 use std::io::{self, Write};
+use std::path::Path;
 use std::sync::RwLock;
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Toml},
+    value::{Dict, Value},
+};
 
 use crate::settings::IcebergSettings;
 
@@ -38,6 +48,94 @@ pub fn register(secrets: impl IntoIterator<Item = String>) {
 /// Registers the values of [`SECRET_ENV_VARS`] that are set.
 pub fn register_environment() {
     register(SECRET_ENV_VARS.iter().filter_map(|name| std::env::var(name).ok()));
+}
+
+/// Registers the secrets of a configuration that could not be loaded, so its error can be shown:
+/// every value under a secret-looking key in `file` and in the `TELEMETRY_LAKE_*` variables, as
+/// text and as a number or list of them (figment's type errors quote a number), and URI
+/// passwords. A file that is not valid TOML is read line by line: on each `key = value` line
+/// naming a secret-looking key anywhere, the text after the first `=` (a parse error quotes
+/// the line).
+pub fn register_unloaded_config(file: Option<&Path>) {
+    let mut found = Vec::new();
+    if let Some(file) = file {
+        match Figment::from(Toml::file_exact(file)).extract::<Dict>() {
+            Ok(dict) => collect_values("", &Value::from(dict), false, &mut found),
+            Err(_) => {
+                found.extend(std::fs::read_to_string(file).map(|t| line_secrets(&t)).unwrap_or_default())
+            }
+        }
+    }
+    let env = Env::prefixed(crate::config::ENV_PREFIX).ignore(&["CONFIG"]).split("__").lowercase(true);
+    if let Ok(dict) = Figment::from(env).extract::<Dict>() {
+        collect_values("", &Value::from(dict), false, &mut found);
+    }
+    for (name, value) in std::env::vars() {
+        if let Some(key) = name.strip_prefix(crate::config::ENV_PREFIX)
+            && is_secret_key(key)
+        {
+            found.push(value.trim().to_string());
+            found.push(value);
+        }
+    }
+    register(found);
+}
+
+/// Every scalar but a boolean under a secret-looking key, as figment's errors print it.
+fn collect_values(name: &str, value: &Value, secret_parent: bool, found: &mut Vec<String>) {
+    let secret = secret_parent || (!name.is_empty() && is_secret_key(name));
+    match value {
+        Value::String(_, text) => {
+            if secret {
+                found.push(text.clone());
+            }
+            found.extend(uri_secrets(text));
+        }
+        Value::Char(_, c) if secret => found.push(c.to_string()),
+        Value::Num(_, num) if secret => {
+            let text = num.to_u128().map(|n| n.to_string()).or_else(|| num.to_i128().map(|n| n.to_string()));
+            found.extend(text.or_else(|| num.to_f64().map(|n| n.to_string())));
+        }
+        Value::Dict(_, dict) => {
+            for (k, v) in dict {
+                collect_values(k, v, secret, found);
+            }
+        }
+        Value::Array(_, items) => {
+            for item in items {
+                collect_values(name, item, secret, found);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The values on the lines of a broken TOML file that set a secret-looking key (also inside an
+/// inline table): the text after the first `=`, and without its quotes.
+fn line_secrets(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let Some((_, value)) = line.split_once('=') else { continue };
+        // The word before each `=` is a key (`a = …`, `"a.b" = …`, `t = { a = …, b = … }`).
+        let mut parts: Vec<&str> = line.split('=').collect();
+        parts.pop();
+        let names_secret = parts.iter().any(|part| {
+            let key = part.trim_end().trim_end_matches(['"', '\'']);
+            let word = key.rsplit(|c: char| c.is_whitespace() || "{[,\"'".contains(c)).next().unwrap_or("");
+            !word.is_empty() && is_secret_key(word)
+        });
+        if !names_secret {
+            continue;
+        }
+        let value = value.trim();
+        found.push(value.to_string());
+        if let Some(quote) = value.chars().next().filter(|c| *c == '"' || *c == '\'')
+            && let Some(inner) = value[1..].split(quote).next()
+        {
+            found.push(inner.to_string());
+        }
+    }
+    found
 }
 
 /// A secret as given and as JSON, Rust's `Debug` and a URL form (an OAuth2 token request's
