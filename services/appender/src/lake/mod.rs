@@ -58,7 +58,8 @@ use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
 use iceberg::{Catalog, ErrorKind, NamespaceIdent, TableIdent};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use telemetry_lake_common::secrets::Redactor;
 use telemetry_lake_common::settings::IcebergSettings;
 use tracing::{debug, info};
@@ -73,6 +74,9 @@ use crate::commit::summary::{self, SnapshotSummary};
 pub const PARTITION_FIELD: &str = "timestamp_day";
 /// Upper bound of one Parquet row group; the writer buffers one per open partition.
 pub const MAX_ROW_GROUP_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Parquet columns written without a dictionary and without statistics (see `new_writer`).
+const HIGH_CARDINALITY_COLUMNS: [&str; 2] = ["body", "log_attributes.key_value.value"];
 
 /// How often [`Lake::append`] moves its commit onto a newer table state before giving up.
 const MAX_REBASES: usize = 10;
@@ -487,10 +491,7 @@ impl Lake {
         file_prefix: &str,
     ) -> Result<LakeWriter, LakeError> {
         let row_group_bytes = self.target_file_size.clamp(1, MAX_ROW_GROUP_BYTES);
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
-            .set_max_row_group_bytes(Some(usize::try_from(row_group_bytes).unwrap_or(usize::MAX)))
-            .build();
+        let props = writer_properties(row_group_bytes);
         let locations =
             DefaultLocationGenerator::new(table.metadata()).map_err(|e| self.storage_error(table, e))?;
         let names = DefaultFileNameGenerator::new(file_prefix.to_string(), None, DataFileFormat::Parquet);
@@ -528,6 +529,24 @@ impl Lake {
     fn schema_error(&self, reason: String) -> LakeError {
         LakeError::Schema { table: self.ident.to_string(), reason: self.redactor.redact(&reason) }
     }
+}
+
+/// How data files are written: zstd, row groups of at most `row_group_bytes`, and neither a
+/// dictionary nor statistics for the [`HIGH_CARDINALITY_COLUMNS`].
+fn writer_properties(row_group_bytes: u64) -> WriterProperties {
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .set_max_row_group_bytes(Some(usize::try_from(row_group_bytes).unwrap_or(usize::MAX)));
+    // Log lines and per-record attribute values rarely repeat within a file: a dictionary of
+    // them is mostly hashing that Parquet abandons once it is full, and their min/max statistics
+    // are compared value by value for bounds no query prunes on.
+    for column in HIGH_CARDINALITY_COLUMNS {
+        let path = ColumnPath::from(column.split('.').map(String::from).collect::<Vec<_>>());
+        props = props
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_statistics_enabled(path, EnabledStatistics::None);
+    }
+    props.build()
 }
 
 type LakeWriter = FanoutWriter<
@@ -593,3 +612,23 @@ fn snapshots_since(metadata: &TableMetadata, base: Option<i64>) -> Option<Vec<Sn
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod writer_properties_tests {
+    use super::*;
+
+    #[test]
+    fn high_cardinality_columns_have_no_dictionary_and_no_statistics() {
+        let props = writer_properties(MAX_ROW_GROUP_BYTES);
+        let path = |p: &str| ColumnPath::from(p.split('.').map(String::from).collect::<Vec<_>>());
+        for column in ["body", "log_attributes.key_value.value"] {
+            assert!(!props.dictionary_enabled(&path(column)), "{column}");
+            assert_eq!(props.statistics_enabled(&path(column)), EnabledStatistics::None, "{column}");
+        }
+        // The sort columns keep theirs: readers prune files on them.
+        for column in ["service_name", "timestamp", "resource_attributes.key_value.value"] {
+            assert!(props.dictionary_enabled(&path(column)), "{column}");
+            assert_ne!(props.statistics_enabled(&path(column)), EnabledStatistics::None, "{column}");
+        }
+    }
+}
