@@ -38,6 +38,20 @@ use crate::rows::KafkaPosition;
 /// query of the dump fetches from DuckDB.
 const DUMP_BYTES: u64 = 16 << 20;
 
+/// A staged payload (one zstd frame, written by `Batch::new` with its size in the header)
+/// decompressed with a context reused for every batch of a read.
+pub(super) fn decompress(
+    decompressor: &mut zstd::bulk::Decompressor<'_>,
+    frame: &[u8],
+) -> std::io::Result<Vec<u8>> {
+    match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(size)) if size <= 1 << 30 => decompressor.decompress(frame, size as usize),
+        // A frame without its size (none is written so) or claiming more than any batch: the
+        // streaming decoder allocates as it goes.
+        _ => zstd::stream::decode_all(frame),
+    }
+}
+
 /// A connection to read a sealed set from.
 pub struct SealedReader {
     conn: Connection,
@@ -171,6 +185,8 @@ impl SealedReader {
         let dump = File::open(&dump_path).map_err(file_error)?;
         let mut runs = SortedRuns::new(dir.0.join("runs"), self.run_bytes);
         let mut payload = Vec::new();
+        let mut decompressor =
+            zstd::bulk::Decompressor::new().map_err(|e| format!("cannot make a zstd context: {e}"))?;
         for (i, part) in index.iter().enumerate() {
             let start = payload.len();
             payload.resize(start + part.len, 0);
@@ -178,7 +194,7 @@ impl SealedReader {
             if index.get(i + 1).is_some_and(|next| next.seq == part.seq) {
                 continue;
             }
-            let decoded = zstd::stream::decode_all(payload.as_slice())
+            let decoded = decompress(&mut decompressor, &payload)
                 .map_err(|e| format!("staged batch {} does not decompress: {e}", part.seq))?;
             runs.push_request(decoded, part.source, part.received_at)
                 .map_err(|e| format!("staged batch {}: {e}", part.seq))?;

@@ -275,3 +275,18 @@ async fn a_release_is_checkpointed_by_the_checkpointer_however_small_the_wal() {
     }
     assert_eq!(staging.counters().records.load(Ordering::Relaxed), 0);
 }
+
+#[test]
+fn staged_frames_decompress_with_one_context_with_or_without_their_size() {
+    let payload = request(&["web", "db"], 50, 100).encode_to_vec();
+    let batch = batch(&request(&["web", "db"], 50, 100), None);
+    let mut decompressor = zstd::bulk::Decompressor::new().unwrap();
+    for _ in 0..2 {
+        assert_eq!(sealed::decompress(&mut decompressor, batch.compressed()).unwrap(), payload);
+    }
+    // The streaming encoder writes no size: decoded as it goes.
+    let streamed = zstd::stream::encode_all(payload.as_slice(), 1).unwrap();
+    assert_eq!(zstd::zstd_safe::get_frame_content_size(&streamed).unwrap(), None);
+    assert_eq!(sealed::decompress(&mut decompressor, &streamed).unwrap(), payload);
+    assert!(sealed::decompress(&mut decompressor, b"not zstd").is_err());
+}
