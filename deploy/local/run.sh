@@ -2,7 +2,11 @@
 # The whole pipeline on one machine, without containers: one Kafka node (KRaft), the ingester
 # and the appender in Kafka mode, writing an Iceberg table (SQLite catalog, local warehouse).
 #
-#   deploy/local/run.sh     build, start everything, print the endpoints, run until Ctrl-C/SIGTERM
+#   deploy/local/run.sh         build, start everything, print the endpoints, run until Ctrl-C/SIGTERM
+#   deploy/local/run.sh --tls   the same with TLS and bearer tokens on the OTLP and admin ports
+#                               (certificates and tokens from deploy/tls/certs.sh in
+#                               LOCAL_DATA_DIR/tls), a plain-text probe port for health, and
+#                               the grpcurl / curl commands that reach them printed
 #
 # OTLP goes to the ingester (gRPC :4317, HTTP :4318), through the Kafka topic otel-logs, to the
 # appender, which commits it to the table default.logs under LOCAL_DATA_DIR. Ctrl-C or SIGTERM
@@ -15,6 +19,7 @@
 #   LOCAL_KAFKA_PORT      9092                 Kafka's client port (its controller takes the next)
 #   LOCAL_INGESTER_PORTS  4317,4318,4320,8080  OTLP gRPC, OTLP HTTP, admin gRPC, admin HTTP
 #   LOCAL_APPENDER_PORTS  14317,14318,14320,18080
+#   LOCAL_HEALTH_PORTS    8081,18081           with --tls: the ingester's and the appender's probe port
 #   LOCAL_BUILD           release              release | debug | none (use LAKE_BIN_DIR as is)
 #   LAKE_BIN_DIR                               with LOCAL_BUILD=none: where ingester and appender are
 #   TELEMETRY_LAKE_*      passed to both services: they override the generated config files,
@@ -24,6 +29,21 @@
 # (integration-tests/kafka/fetch.sh fetches Kafka once from Maven Central).
 set -euo pipefail
 
+tls=0
+for arg in "$@"; do
+    case "$arg" in
+    --tls) tls=1 ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "run.sh: unknown argument '$arg' (--tls, --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 kafka_dir="$root/integration-tests/kafka"
 
@@ -32,6 +52,7 @@ bind="${LOCAL_BIND:-127.0.0.1}"
 kafka_port="${LOCAL_KAFKA_PORT:-9092}"
 IFS=, read -r ing_grpc ing_http ing_admin_grpc ing_admin_http <<<"${LOCAL_INGESTER_PORTS:-4317,4318,4320,8080}"
 IFS=, read -r app_grpc app_http app_admin_grpc app_admin_http <<<"${LOCAL_APPENDER_PORTS:-14317,14318,14320,18080}"
+IFS=, read -r ing_health app_health <<<"${LOCAL_HEALTH_PORTS:-8081,18081}"
 build="${LOCAL_BUILD:-release}"
 user_bin_dir="${LAKE_BIN_DIR:-}"
 
@@ -39,7 +60,7 @@ say() { printf '\033[1mlocal:\033[0m %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 
 for port in "$kafka_port" "$ing_grpc" "$ing_http" "$ing_admin_grpc" "$ing_admin_http" \
-    "$app_grpc" "$app_http" "$app_admin_grpc" "$app_admin_http"; do
+    "$app_grpc" "$app_http" "$app_admin_grpc" "$app_admin_http" "$ing_health" "$app_health"; do
     [[ "$port" =~ ^[0-9]+$ ]] || die "port '$port' is not a number (check LOCAL_*_PORT(S))"
 done
 # The address to reach a service at: itself, or loopback when it listens on every address.
@@ -78,10 +99,24 @@ check_free "$kafka_port" LOCAL_KAFKA_PORT
 check_free "$((kafka_port + 1))" "LOCAL_KAFKA_PORT (the controller takes LOCAL_KAFKA_PORT+1)"
 for p in "$ing_grpc" "$ing_http" "$ing_admin_grpc" "$ing_admin_http"; do check_free "$p" LOCAL_INGESTER_PORTS; done
 for p in "$app_grpc" "$app_http" "$app_admin_grpc" "$app_admin_http"; do check_free "$p" LOCAL_APPENDER_PORTS; done
+if ((tls)); then
+    for p in "$ing_health" "$app_health"; do check_free "$p" LOCAL_HEALTH_PORTS; done
+fi
+
+# ---- certificates and tokens (--tls) ------------------------------------------------------------
+tls_dir="$data_dir/tls"
+if ((tls)); then
+    sans=()
+    # A specific address to listen on goes into the certificate too.
+    [[ "$bind" =~ ^[0-9.]+$ && "$bind" != 0.0.0.0 && "$bind" != 127.0.0.1 ]] && sans+=("IP:$bind")
+    bash "$root/deploy/tls/certs.sh" "$tls_dir" "${sans[@]}" >/dev/null 9>&-
+fi
 
 # ---- config --------------------------------------------------------------------------------
 # Both services read the same sections; each gets its own ports.
-write_config() { # FILE GRPC HTTP ADMIN_GRPC ADMIN_HTTP
+write_config() { # FILE GRPC HTTP ADMIN_GRPC ADMIN_HTTP HEALTH
+    local health=""
+    ((tls)) && health="health_endpoint = \"$bind:$6\""
     cat >"$1" <<TOML
 [otlp]
 grpc_endpoint = "$bind:$2"
@@ -90,6 +125,7 @@ http_endpoint = "$bind:$3"
 [admin]
 grpc_endpoint = "$bind:$4"
 http_endpoint = "$bind:$5"
+$health
 
 [kafka]
 brokers = "127.0.0.1:$kafka_port"
@@ -107,10 +143,28 @@ catalog_type = "sql"
 catalog_uri = "sqlite://$data_dir/catalog.db"
 warehouse = "$data_dir/warehouse"
 TOML
+    if ((tls)); then
+        cat >>"$1" <<TOML
+
+[otlp.tls]
+cert_file = "$tls_dir/tls.crt"
+key_file = "$tls_dir/tls.key"
+
+[otlp.auth]
+tokens_file = "$tls_dir/otlp-tokens"
+
+[admin.tls]
+cert_file = "$tls_dir/tls.crt"
+key_file = "$tls_dir/tls.key"
+
+[admin.auth]
+tokens_file = "$tls_dir/admin-tokens"
+TOML
+    fi
 }
 mkdir -p "$data_dir/appender"
-write_config "$data_dir/ingester.toml" "$ing_grpc" "$ing_http" "$ing_admin_grpc" "$ing_admin_http"
-write_config "$data_dir/appender.toml" "$app_grpc" "$app_http" "$app_admin_grpc" "$app_admin_http"
+write_config "$data_dir/ingester.toml" "$ing_grpc" "$ing_http" "$ing_admin_grpc" "$ing_admin_http" "$ing_health"
+write_config "$data_dir/appender.toml" "$app_grpc" "$app_http" "$app_admin_grpc" "$app_admin_http" "$app_health"
 
 # ---- processes ---------------------------------------------------------------------------------
 declare -A pids=()
@@ -207,12 +261,40 @@ setsid bash "$kafka_dir/broker.sh" start "$data_dir/kafka" "$kafka_port" 9>&-
 WAIT_SECONDS=120 bash "$kafka_dir/broker.sh" wait "$data_dir/kafka" "$kafka_port" 9>&-
 
 say "starting the ingester (creates the topic) and the appender"
+# Ready: /readyz on the admin HTTP port, or with --tls on the probe port (plain text, no token).
 start_service ingester
-wait_ready ingester "$ing_admin_http"
+if ((tls)); then wait_ready ingester "$ing_health"; else wait_ready ingester "$ing_admin_http"; fi
 start_service appender
-wait_ready appender "$app_admin_http"
+if ((tls)); then wait_ready appender "$app_health"; else wait_ready appender "$app_admin_http"; fi
 
-cat <<EOF
+if ((tls)); then
+    # Commands that work as printed (each token is read from its file, never printed).
+    ca="$(printf %q "$tls_dir/ca.crt")"
+    otlp_auth="-H \"authorization: Bearer \$(cat $(printf %q "$tls_dir/otlp-tokens"))\""
+    admin_auth="-H \"authorization: Bearer \$(cat $(printf %q "$tls_dir/admin-tokens"))\""
+    log='{"resourceLogs":[{"resource":{"attributes":[{"key":"service.name","value":{"stringValue":"run.sh"}}]},'
+    log+='"scopeLogs":[{"logRecords":[{"timeUnixNano":"1700000000000000000","severityText":"INFO",'
+    log+='"body":{"stringValue":"hello over TLS"}}]}]}]}'
+    cat <<EOF
+telemetry-lake is running with TLS and bearer tokens; Ctrl-C (or SIGTERM to pid $$) stops it.
+  send OTLP logs   gRPC $probe_host:$ing_grpc    HTTP https://$probe_host:$ing_http/v1/logs   (the ingester)
+  kafka            127.0.0.1:$kafka_port, topic otel-logs
+  ingester admin   gRPC $probe_host:$ing_admin_grpc    HTTP https://$probe_host:$ing_admin_http  (/stats /metrics)
+  appender admin   gRPC $probe_host:$app_admin_grpc   HTTP https://$probe_host:$app_admin_http (POST /flush, /stats)
+  probe ports      ingester $probe_host:$ing_health, appender $probe_host:$app_health (plain text, no token, health only)
+  CA and tokens    $tls_dir/ca.crt, otlp-tokens, admin-tokens (one token a line)
+  iceberg table    default.logs: catalog sqlite://$data_dir/catalog.db, warehouse $data_dir/warehouse
+  logs             $data_dir/logs/{ingester,appender}.log, $data_dir/kafka/logs/server.log
+Send a log, commit it, read the stats, probe (grpcurl, grpc-health-probe: integration-tests/tools/build.sh):
+  \$ curl -sS --fail --cacert $ca $otlp_auth -H 'content-type: application/json' -d '$log' https://$probe_host:$ing_http/v1/logs
+  \$ curl -sS --fail --cacert $ca $admin_auth -X POST https://$probe_host:$app_admin_http/flush
+  \$ grpcurl -cacert $ca $admin_auth $probe_host:$ing_admin_grpc telemetry_lake.admin.v1.Admin/Stats
+  \$ curl -sS --fail --cacert $ca $admin_auth https://$probe_host:$app_admin_http/stats
+  \$ grpc-health-probe -addr=$probe_host:$ing_health
+  \$ curl -sS --fail http://$probe_host:$app_health/readyz
+EOF
+else
+    cat <<EOF
 telemetry-lake is running; Ctrl-C (or SIGTERM to pid $$) stops it.
   send OTLP logs   gRPC $probe_host:$ing_grpc    HTTP http://$probe_host:$ing_http/v1/logs   (the ingester)
   kafka            127.0.0.1:$kafka_port, topic otel-logs
@@ -221,6 +303,7 @@ telemetry-lake is running; Ctrl-C (or SIGTERM to pid $$) stops it.
   iceberg table    default.logs: catalog sqlite://$data_dir/catalog.db, warehouse $data_dir/warehouse
   logs             $data_dir/logs/{ingester,appender}.log, $data_dir/kafka/logs/server.log
 EOF
+fi
 
 # Until a signal, or until a service dies on its own.
 while true; do

@@ -45,6 +45,7 @@ import yaml
 from pyiceberg.catalog.sql import SqlCatalog
 
 from harness.clients import GRPC_CHANNEL_OPTIONS, admin_proto, http_session
+from harness.collector import tool
 from harness.config import ENV_PREFIX
 from harness.kafka import Broker, kafka_home
 from harness.lake import APPENDERS, Appender, read_table
@@ -57,6 +58,8 @@ DEPLOY = REPO_DIR / "deploy"
 CHART = DEPLOY / "helm" / "telemetry-lake"
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 COMPOSE = DEPLOY / "compose" / "compose.yaml"
+COMPOSE_TLS = DEPLOY / "compose" / "compose.tls.yaml"
+CERTS = DEPLOY / "tls" / "certs.sh"
 LOCAL_RUN = DEPLOY / "local" / "run.sh"
 TOOLS = REPO_DIR / "integration-tests" / "deploy"
 CONFIG_RS = REPO_DIR / "services" / "common" / "src" / "config.rs"
@@ -1071,12 +1074,19 @@ def compose() -> dict[str, Any]:
     return load_yaml_documents(COMPOSE.read_text())[0]
 
 
-def test_compose_file_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+@pytest.fixture(scope="module")
+def compose_tls() -> dict[str, Any]:
+    return load_yaml_documents(COMPOSE_TLS.read_text())[0]
+
+
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_TLS], ids=["compose.yaml", "compose.tls.yaml"])
+def test_compose_file_matches_the_compose_specification(path: Path) -> None:
     schema = json.loads(
         Path(run_tool(["bash", str(TOOLS / "fetch-compose-schema.sh")], "fetch-compose-schema.sh")).read_text()
     )
     validator = jsonschema.Draft202012Validator(schema)
-    problems = [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(compose)]
+    document = load_yaml_documents(path.read_text())[0]
+    problems = [f"{'.'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(document)]
     assert not problems, "\n".join(problems)
 
 
@@ -1188,6 +1198,174 @@ def test_compose_config_is_accepted_by_both_binaries(
     assert f"warehouse={warehouse}" in log, f"it asked the catalog for the file's warehouse:\n{log[-2000:]}"
 
 
+# The rules of compose-go's override/merge.go and override/uncity.go (what `docker compose -f A
+# -f B` applies) for the keys an override here may use; any other key fails the test.
+COMPOSE_MERGE_KEYS = {"environment", "volumes", "ports", "healthcheck"}
+
+
+def compose_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`override` merged over `base`: mappings key by key (environment too), `healthcheck.test`
+    replaced, `ports` and `volumes` appended, one entry per container target (the later wins)."""
+    merged = json.loads(json.dumps(base))
+    for name, service in override["services"].items():
+        assert set(service) <= COMPOSE_MERGE_KEYS, f"{name}: {sorted(set(service) - COMPOSE_MERGE_KEYS)}"
+        target = merged["services"][name]
+        target.setdefault("environment", {}).update(service.get("environment", {}))
+        target.setdefault("healthcheck", {}).update(service.get("healthcheck", {}))
+        for key, index in (("volumes", 1), ("ports", -1)):
+            entries = {entry.split(":")[index]: entry for entry in target.get(key, [])}
+            entries.update({entry.split(":")[index]: entry for entry in service.get(key, [])})
+            target[key] = list(entries.values())
+    return merged
+
+
+def tls_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """The config keys of TELEMETRY_LAKE_* variables, nested as the services read them."""
+    settings: dict[str, Any] = {}
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIX):
+            *path, key = name.removeprefix(ENV_PREFIX).lower().split("__")
+            table = settings
+            for part in path:
+                table = table.setdefault(part, {})
+            table[key] = value
+    return settings
+
+
+def make_demo_certificates(directory: Path, *sans: str, env: Mapping[str, str] | None = None) -> Path:
+    """deploy/tls/certs.sh DIRECTORY SANS..., as its users run it (`env`: its settings)."""
+    out = subprocess.run(
+        ["bash", str(CERTS), str(directory), *sans], capture_output=True, text=True, timeout=120,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(directory.resolve())
+    return directory
+
+
+def test_demo_certificates_are_valid_and_kept_on_a_second_run(tmp_path: Path) -> None:
+    """certs.sh: a CA and a server certificate for localhost, 127.0.0.1 and the SANs given,
+    cert-manager's file names, a token per port group; run again, it changes nothing, unless a
+    SAN it lacks is asked for."""
+    tls = make_demo_certificates(tmp_path / "tls", "DNS:ingester", "DNS:appender")
+    verify = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(tls / "ca.crt"), str(tls / "tls.crt")], capture_output=True, text=True
+    )
+    assert verify.returncode == 0, verify.stderr
+    sans = subprocess.run(
+        ["openssl", "x509", "-in", str(tls / "tls.crt"), "-noout", "-ext", "subjectAltName"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for san in ("DNS:localhost", "IP Address:127.0.0.1", "DNS:ingester", "DNS:appender"):
+        assert san in sans, sans
+    tokens = {name: (tls / name).read_text() for name in ("otlp-tokens", "admin-tokens")}
+    assert all(re.fullmatch(r"[0-9a-f]{48}\n", t) for t in tokens.values()) and len(set(tokens.values())) == 2
+    assert (tls / "tls.key").stat().st_mode & 0o777 == 0o600
+    before = {p.name: p.read_bytes() for p in tls.iterdir()}
+    make_demo_certificates(tls, "DNS:ingester")
+    assert {p.name: p.read_bytes() for p in tls.iterdir()} == before, "a second run keeps every file"
+    make_demo_certificates(tls, "DNS:lake.example")
+    assert (tls / "tls.crt").read_bytes() != before["tls.crt"], "a new SAN makes a new certificate"
+    assert (tls / "ca.crt").read_bytes() == before["ca.crt"] and tokens["otlp-tokens"] == (tls / "otlp-tokens").read_text()
+
+
+def test_compose_tls_override_gives_both_services_tls_tokens_and_a_probe_port(
+    compose: dict[str, Any], compose_tls: dict[str, Any], tmp_path: Path
+) -> None:
+    """compose.tls.yaml merged over compose.yaml: both services get TLS and tokens on the OTLP
+    and admin ports from files certs.sh writes, mounted where the settings look; the probe port
+    is published and the healthcheck asks it (the admin port takes only TLS with a token)."""
+    merged = compose_merge(compose, compose_tls)
+    _, file_config = compose_config(compose)
+    # The certificates the file's comment tells users to make.
+    (command,) = [line for line in COMPOSE_TLS.read_text().splitlines() if "deploy/tls/certs.sh" in line]
+    words = command.lstrip("# ").split()
+    assert words[:3] == ["CERTS_KEY_MODE=644", "deploy/tls/certs.sh", "deploy/compose/tls"], command
+    made = make_demo_certificates(tmp_path / "tls", *words[3:], env={"CERTS_KEY_MODE": "644"})
+    assert (made / "tls.key").stat().st_mode & 0o777 == 0o644, "readable by the containers' user"
+    for name in SERVICES:
+        service = merged["services"][name]
+        settings = tls_settings(service["environment"])
+        for section in ("otlp", "admin"):
+            assert {(section, key) for key in settings[section]} <= code_config_keys()
+            assert set(settings[section]["tls"]) == {"cert_file", "key_file"}, f"{name} {section}.tls"
+            assert set(settings[section]["auth"]) == {"tokens_file"}, f"{name} {section}.auth"
+            assert settings[section]["auth"]["tokens_file"].endswith(f"/{section}-tokens")
+            assert section not in file_config or "tls" not in file_config[section], "compose.yaml stays plain"
+        mounts = {v.split(":")[1]: v.split(":") for v in service["volumes"] if v.startswith("./")}
+        for path in [*settings["otlp"]["tls"].values(), *settings["otlp"]["auth"].values(),
+                     *settings["admin"]["tls"].values(), *settings["admin"]["auth"].values()]:  # fmt: skip
+            directory, file = path.rsplit("/", 1)
+            assert directory in mounts, f"{name}: {path} is not under a mount: {service['volumes']}"
+            source, _, mode = mounts[directory]
+            assert mode == "ro" and (COMPOSE_TLS.parent / source).resolve() == (COMPOSE_TLS.parent / "tls").resolve()
+            assert (made / file).is_file(), f"{name}: certs.sh writes no {file}"
+        health_port = int(settings["admin"]["health_endpoint"].rsplit(":", 1)[1])
+        published = {int(p.split(":")[1]): int(p.split(":")[0]) for p in service["ports"]}
+        assert health_port in published, f"{name} does not publish its probe port {health_port}"
+        test = " ".join(service["healthcheck"]["test"])
+        assert f"/dev/tcp/127.0.0.1/{health_port}" in test and "/readyz" in test, test
+        assert service["healthcheck"]["interval"], "the rest of the healthcheck is kept"
+        assert service["command"] == compose["services"][name]["command"], "the same config file"
+    assert "/tls/" in (COMPOSE_TLS.parent / ".gitignore").read_text().splitlines(), "certificates are not committed"
+
+
+def test_compose_tls_settings_run_in_the_ingester(
+    compose: dict[str, Any], compose_tls: dict[str, Any], tmp_path: Path, services: list[Appender]
+) -> None:
+    """The compose config with compose.tls.yaml's variables (paths moved to certificates made by
+    certs.sh, ports to loopback), run by the real ingester: the probe port answers in plain text
+    with no token, the admin port only over TLS with the admin token, the OTLP port only over TLS
+    with the OTLP token; curl checks the server certificate against the CA."""
+    text, _ = compose_config(compose)
+    tls = make_demo_certificates(tmp_path / "tls")
+    grpc_port, http_port, admin_grpc, admin_http, health, closed = free_ports(6)
+    env = {
+        name: value.replace("/etc/telemetry-lake/tls", str(tls))
+        for name, value in compose_tls["services"]["ingester"]["environment"].items()
+    }
+    env |= {
+        f"{ENV_PREFIX}KAFKA__BROKERS": f"127.0.0.1:{closed}",
+        f"{ENV_PREFIX}OTLP__GRPC_ENDPOINT": f"127.0.0.1:{grpc_port}",
+        f"{ENV_PREFIX}OTLP__HTTP_ENDPOINT": f"127.0.0.1:{http_port}",
+        f"{ENV_PREFIX}ADMIN__GRPC_ENDPOINT": f"127.0.0.1:{admin_grpc}",
+        f"{ENV_PREFIX}ADMIN__HTTP_ENDPOINT": f"127.0.0.1:{admin_http}",
+        f"{ENV_PREFIX}ADMIN__HEALTH_ENDPOINT": f"127.0.0.1:{health}",
+    }
+    ingester = RenderedService(tmp_path / "ingester", "ingester", text, Ports(grpc_port, http_port, 0, 0), env)
+    services.append(ingester)
+    ingester.start()
+    session = http_session()
+
+    def alive() -> bool:
+        ingester.assert_alive()
+        try:
+            return session.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200
+        except Exception:  # noqa: BLE001 - not listening yet
+            return False
+
+    wait_until(alive, timeout=60, what="the ingester's probe port to answer /healthz")
+    assert ingester.health(health) == "NOT_SERVING", "no broker: not ready, said on the probe port"
+
+    def curl(*args: str) -> str:
+        out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *args],
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+        return out.stdout or out.stderr
+
+    ca = ["--cacert", str(tls / "ca.crt")]
+    admin = ["-H", f"authorization: Bearer {(tls / 'admin-tokens').read_text().strip()}"]
+    otlp = ["-H", f"authorization: Bearer {(tls / 'otlp-tokens').read_text().strip()}"]
+    assert curl(*ca, *admin, f"https://127.0.0.1:{admin_http}/stats") == "200"
+    assert curl(*ca, f"https://127.0.0.1:{admin_http}/stats") == "401"
+    assert curl(*ca, *otlp, f"https://127.0.0.1:{admin_http}/stats") == "401", "the OTLP token is not an admin one"
+    assert curl(f"http://127.0.0.1:{admin_http}/stats") == "400", "plain text to the TLS port"
+    assert curl(*ca, *admin, f"https://localhost:{admin_http}/stats") == "200", "the certificate names localhost"
+    body = ["-H", "content-type: application/json", "-d", '{"resourceLogs":[]}']
+    assert curl(*ca, *body, f"https://127.0.0.1:{http_port}/v1/logs") == "401"
+    assert curl(*ca, *admin, *body, f"https://127.0.0.1:{http_port}/v1/logs") == "401"
+    assert ingester.stop() == 0
+
+
 # ---- deploy/local/run.sh ------------------------------------------------------------------------
 
 
@@ -1199,16 +1377,18 @@ class LocalStack:
         self.kafka_port = free_port_pair()
         self.ingester = Ports(*free_ports(4))
         self.appender = Ports(*free_ports(4))
+        self.health_ports = free_ports(2)  # with --tls
         self.log_path = data_dir.parent / "run.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> LocalStack:
+    def start(self, *args: str) -> LocalStack:
         env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
         env.update(
             LOCAL_DATA_DIR=str(self.data_dir),
             LOCAL_KAFKA_PORT=str(self.kafka_port),
             LOCAL_INGESTER_PORTS=",".join(map(str, dataclasses.astuple(self.ingester))),
             LOCAL_APPENDER_PORTS=",".join(map(str, dataclasses.astuple(self.appender))),
+            LOCAL_HEALTH_PORTS=",".join(map(str, self.health_ports)),
             LOCAL_BUILD="none",
             LAKE_BIN_DIR=str(bin_dir()),
             TELEMETRY_LAKE_FLUSH__INTERVAL="1s",
@@ -1216,7 +1396,7 @@ class LocalStack:
         kafka_home()  # fetched outside the start-up wait
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                ["bash", str(LOCAL_RUN)], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                ["bash", str(LOCAL_RUN), *args], env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
         return self
 
@@ -1319,3 +1499,74 @@ def test_local_stack_refuses_a_port_in_use(local_stack: LocalStack) -> None:
     assert code == 1
     assert f"port {local_stack.ingester.otlp_grpc} is in use" in local_stack.output()
     assert not [pid for pid in local_stack.child_pids() if pid_alive(pid)], "nothing was started"
+
+
+@pytest.mark.timeout(600)
+def test_local_stack_with_tls_works_with_the_commands_it_prints(local_stack: LocalStack, tmp_path: Path) -> None:
+    """`run.sh --tls`: certificates and tokens from deploy/tls/certs.sh, TLS and tokens on every
+    OTLP and admin port, readiness on the plain probe ports. Each command it prints runs as
+    printed (curl sends a log over TLS with the OTLP token, curl POST /flush and grpcurl Stats
+    with the admin token, grpc-health-probe and curl on the probe ports), the log lands in the
+    table, plain text and a wrong token are refused, and no token is printed."""
+    local_stack.start("--tls").wait_running()
+    out = local_stack.output()
+    assert "running with TLS and bearer tokens" in out, out
+    commands = [line.removeprefix("  $ ") for line in out.splitlines() if line.startswith("  $ ")]
+    assert [c.split()[0] for c in commands] == ["curl", "curl", "grpcurl", "curl", "grpc-health-probe", "curl"]
+    tls = local_stack.data_dir / "tls"
+    tokens = [(tls / name).read_text().strip() for name in ("otlp-tokens", "admin-tokens")]
+    assert not [t for t in tokens if t in out], "run.sh prints where the tokens are, never a token"
+    for name in ("ingester", "appender"):
+        config = tomllib.loads((local_stack.data_dir / f"{name}.toml").read_text())
+        assert config["otlp"]["tls"]["cert_file"] == str(tls / "tls.crt"), name
+        assert config["admin"]["auth"]["tokens_file"] == str(tls / "admin-tokens"), name
+
+    # The tools the printed commands name, as a user has them on PATH.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("grpcurl", "grpc-health-probe"):
+        (tools / name).symlink_to(tool(name))
+    env = {**os.environ, "PATH": f"{tools}:{os.environ['PATH']}"}
+
+    def shell(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60)
+
+    for command in commands:
+        done = shell(command)
+        assert done.returncode == 0, f"{command}\nexit {done.returncode}\n{done.stdout}\n{done.stderr}"
+        if command.startswith("grpcurl"):
+            assert json.loads(done.stdout)["mode"] == "ingester", done.stdout
+    probed = shell(commands[4])
+    assert "status: SERVING" in probed.stdout + probed.stderr, probed
+
+    def rows() -> list[dict[str, Any]]:
+        table = local_stack.read_table()
+        return table.select(["service_name", "body"]).to_pylist() if table.num_rows else []
+
+    wait_until(lambda: rows() != [], timeout=90, what="the log sent with curl in the table", interval=0.5)
+    assert rows() == [{"service_name": "run.sh", "body": "hello over TLS"}]
+
+    send_log = commands[0]
+    http = local_stack.ingester.otlp_http
+    refused = {
+        "plain text": send_log.replace(f"https://127.0.0.1:{http}", f"http://127.0.0.1:{http}"),
+        "no token": re.sub(r' -H "authorization: [^"]*"', "", send_log),
+        "the admin token": send_log.replace("otlp-tokens", "admin-tokens"),
+    }
+    for what, command in refused.items():
+        assert command != send_log, what
+        done = shell(command.replace("curl -sS --fail ", "curl -sS -o /dev/null -w %{http_code} "))
+        assert done.stdout == ("400" if what == "plain text" else "401"), f"{what}: {done.stdout} {done.stderr}"
+
+    assert local_stack.process is not None
+    local_stack.process.send_signal(signal.SIGTERM)
+    assert local_stack.process.wait(timeout=120) == 0, local_stack.output()[-3000:]
+    assert len(local_stack.read_table()) == 1, "the refused requests added nothing"
+
+
+def test_local_stack_refuses_an_unknown_argument(local_stack: LocalStack) -> None:
+    local_stack.start("--tsl")
+    assert local_stack.process is not None
+    assert local_stack.process.wait(timeout=60) == 2
+    assert "unknown argument '--tsl'" in local_stack.output()
+    assert not (local_stack.data_dir / "run").exists(), "nothing was started"
