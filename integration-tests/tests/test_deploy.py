@@ -12,7 +12,10 @@ keys are the ones the services use (the binaries load the rendered config, bind 
 ports and carry records end to end), that every Kafka pod advertises its own address (the
 start script, run as each pod would run it, yields a config Kafka itself accepts), that the
 images and the compose file agree with the services, and that `deploy/local/run.sh` runs the
-whole pipeline and stops cleanly.
+whole pipeline and stops cleanly. The TLS variants: `deploy/tls/certs.sh` makes valid
+certificates and tokens, `compose.tls.yaml` merged over `compose.yaml` gives both services TLS,
+tokens and a probe port (its settings run in the ingester), and `run.sh --tls` works with the
+grpcurl / curl / grpc-health-probe commands it prints.
 """
 
 from __future__ import annotations
