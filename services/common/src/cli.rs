@@ -138,6 +138,9 @@ mod tests {
     #[test]
     fn other_values_still_show_in_config_errors() {
         figment::Jail::expect_with(|jail| {
+            // A reference is no secret: the error names it.
+            let shown = message(jail, "[kafka.sasl]\npassword = \"${file:/no/such/kafka-password}\"\n");
+            assert!(shown.contains("\"${file:/no/such/kafka-password}\": cannot read file"), "{shown}");
             let shown = message(
                 jail,
                 "[flush]\nmax_records = \"many\"\n[kafka.sasl]\npassword = \"Other-Pw-1b3c\"\n",

@@ -55,7 +55,7 @@ pub fn register_environment() {
 /// text and as a number or list of them (figment's type errors quote a number), and URI
 /// passwords. A file that is not valid TOML is read line by line: on each `key = value` line
 /// naming a secret-looking key anywhere, the text after the first `=` (a parse error quotes
-/// the line).
+/// the line). Values holding a `${…}` reference are left alone: errors about one name it.
 pub fn register_unloaded_config(file: Option<&Path>) {
     let mut found = Vec::new();
     if let Some(file) = file {
@@ -78,6 +78,8 @@ pub fn register_unloaded_config(file: Option<&Path>) {
             found.push(value);
         }
     }
+    // A reference is where a secret is, not one: errors about it name it.
+    found.retain(|value| !value.contains("${"));
     register(found);
 }
 
