@@ -39,6 +39,9 @@ const PART_BYTES: usize = 16 << 10;
 pub(super) const MAX_GROUP: usize = 512;
 /// DuckDB's `checkpoint_threshold` that its automatic checkpoint never reaches.
 const NO_AUTOMATIC_CHECKPOINT: &str = "1000TB";
+/// Memory DuckDB's allocator may keep cached per thread (and after a bulk free) before handing
+/// it back: see [`StagingDb::open`].
+const ALLOCATOR_FLUSH: &str = "4MiB";
 
 /// Whether the database failed for good, shared by the staging and checkpointer threads.
 ///
@@ -131,10 +134,17 @@ impl StagingDb {
         // thread checkpoints instead, beside the appends and only while no query of a sealed set runs.
         // Batches not yet checkpointed live in DuckDB's memory, so the threshold stays under it.
         let checkpoint_wal_bytes = (duckdb_memory / 4).max(4 << 20);
+        // DuckDB's allocator (its own jemalloc) keeps what its threads freed until their peak
+        // passes `allocator_flush_threshold` (128 MiB by default) and purges only when asked:
+        // that held ~100 MiB of RSS once a forced flush had read 3M staged records (peak 303 ->
+        // 227 MiB with these, bench/embedded/results/flush-memory.md).
         conn.execute_batch(&format!(
             "SET preserve_insertion_order = false;
              SET threads = 1;
-             SET checkpoint_threshold = '{NO_AUTOMATIC_CHECKPOINT}';"
+             SET checkpoint_threshold = '{NO_AUTOMATIC_CHECKPOINT}';
+             SET allocator_flush_threshold = '{ALLOCATOR_FLUSH}';
+             SET allocator_bulk_deallocation_flush_threshold = '{ALLOCATOR_FLUSH}';
+             SET allocator_background_threads = true;"
         ))
         .map_err(err)?;
         check_format(&conn, &path)?;

@@ -290,3 +290,22 @@ fn staged_frames_decompress_with_one_context_with_or_without_their_size() {
     assert_eq!(sealed::decompress(&mut decompressor, &streamed).unwrap(), payload);
     assert!(sealed::decompress(&mut decompressor, b"not zstd").is_err());
 }
+
+#[tokio::test]
+async fn duckdb_hands_freed_memory_back_instead_of_caching_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let staging = open(dir.path(), ByteSize::mib(256));
+    staging.append(vec![batch(&request(&["web"], 10, 10), None)]).await.expect("append");
+    let (_, reader) = staging.seal().await.unwrap().unwrap();
+    let setting = |name: &str| -> String {
+        reader
+            .connection()
+            .query_row(&format!("SELECT current_setting('{name}')::VARCHAR"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(setting("allocator_background_threads"), "true");
+    for name in ["allocator_flush_threshold", "allocator_bulk_deallocation_flush_threshold"] {
+        let value = setting(name);
+        assert!(value.starts_with("4.0 MiB") || value == "4194304", "{name} = {value}");
+    }
+}
