@@ -52,7 +52,7 @@ def batch_payload(batch: int, lines: list[str]) -> bytes:
 
 def spill_files(appender: Appender) -> list[Path]:
     spill = Path(f"{appender.staging_path}.spill")
-    return list(spill.rglob("run-*.arrow")) if spill.exists() else []
+    return list(spill.rglob("run-*")) if spill.exists() else []
 
 
 # Sending a million records to a debug build and flushing them twice takes minutes beside the
