@@ -112,10 +112,17 @@ const GROUP_BYTES: u64 = 4 << 20;
 
 /// DuckDB's memory limit. A commit that cannot allocate fails and the database has to be
 /// reopened, so DuckDB gets room for a group of the largest batch (`max_batch`, three times
-/// over) and the WAL's worth of batches not yet checkpointed, however small the share.
+/// over) and the WAL's worth of batches not yet checkpointed, however small the share, and
+/// never less than [`MIN_DUCKDB_MEMORY`].
 fn duckdb_memory(config: &StagingSettings) -> u64 {
-    share(config.memory_limit).max(3 * config.max_batch.as_u64() + (16 << 20))
+    share(config.memory_limit).max(3 * config.max_batch.as_u64() + (16 << 20)).max(MIN_DUCKDB_MEMORY)
 }
+
+/// The least memory DuckDB gets. With `staging.memory_limit = 16MiB` and 1 MiB requests it got
+/// 19 MiB, and DuckDB 1.5.5 invalidated the database while staging 254 of them ("failed to pin
+/// block of size 256.0 KiB (18.7 MiB/19.0 MiB used)", tests/test_staging.py); at 64 MiB it
+/// staged and flushed 3M records (bench/embedded/results/flush-memory.md).
+const MIN_DUCKDB_MEMORY: u64 = 64 << 20;
 
 impl StagingDb {
     pub(super) fn open(config: &StagingSettings, flush: &FlushConfig) -> Result<Self, StagingError> {

@@ -309,3 +309,24 @@ async fn duckdb_hands_freed_memory_back_instead_of_caching_it() {
         assert!(value.starts_with("4.0 MiB") || value == "4194304", "{name} = {value}");
     }
 }
+
+#[tokio::test]
+async fn duckdb_never_gets_less_than_its_floor_however_small_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StagingSettings {
+        path: dir.path().join("staging.duckdb"),
+        memory_limit: ByteSize::mib(16),
+        max_bytes: ByteSize::gib(2),
+        max_batch: ByteSize::mib(1),
+    };
+    let (thresholds, _) = mpsc::channel(1);
+    let staging = Staging::open(&config, &FlushConfig::default(), thresholds).expect("open staging");
+    staging.append(vec![batch(&request(&["web"], 10, 10), None)]).await.expect("append");
+    let (_, reader) = staging.seal().await.unwrap().unwrap();
+    let limit: String = reader
+        .connection()
+        .query_row("SELECT current_setting('memory_limit')::VARCHAR", [], |r| r.get(0))
+        .unwrap();
+    // Without the floor: three 1 MiB batches and 16 MiB, "19.0 MiB".
+    assert_eq!(limit, "64.0 MiB");
+}
