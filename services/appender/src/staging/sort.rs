@@ -8,7 +8,8 @@
 //!      records' bytes in order, each context written before the first record that needs it
 //!      (run-N.bin)
 //!  finish(each): one run, never spilled --> rows straight from the payloads in memory
-//!                several runs           --> k-way merge of the spill files, read sequentially
+//!                several runs           --> k-way merge of the spill files, read sequentially,
+//!                                           and of the last run, still in memory
 //!  --> rows::wire::RowWriter (each record decoded once, into the Arrow builders) --> batches
 //! ```
 //!
@@ -186,12 +187,13 @@ impl SortedRuns {
             }
             return out.finish();
         }
-        if !self.run.entries.is_empty() {
-            self.spill()?;
-        }
+        // The last run is merged from memory, as the run after every spilled one.
         let ranks = self.services.ranks();
+        let run = std::mem::take(&mut self.run);
+        let mut in_memory = sorted(&run.entries, &ranks).peekable();
+        let memory = self.spilled.len();
         let mut cursors = Vec::with_capacity(self.spilled.len());
-        let mut heap = BinaryHeap::with_capacity(self.spilled.len());
+        let mut heap = BinaryHeap::with_capacity(self.spilled.len() + 1);
         for path in &self.spilled {
             let file =
                 File::open(path).map_err(|e| format!("cannot open spilled run {}: {e}", path.display()))?;
@@ -201,15 +203,30 @@ impl SortedRuns {
             }
             cursors.push(cursor);
         }
+        if let Some(entry) = in_memory.peek() {
+            heap.push(Reverse((ranks[entry.service as usize], entry.timestamp, memory)));
+        }
         // The smallest current record of all runs goes next; the earliest run on ties, which
         // keeps push order.
-        while let Some(Reverse((_, _, run))) = heap.pop() {
-            let cursor = &mut cursors[run];
+        while let Some(Reverse((_, _, next))) = heap.pop() {
+            if next == memory {
+                let entry = in_memory.next().expect("peeked");
+                let (payload, source) = &run.payloads[entry.payload as usize];
+                let bytes = &payload[entry.start as usize..(entry.start + entry.len) as usize];
+                if !out.append(&run.contexts[entry.context as usize], bytes, entry.timestamp, *source)? {
+                    return Ok(out.rows);
+                }
+                if let Some(entry) = in_memory.peek() {
+                    heap.push(Reverse((ranks[entry.service as usize], entry.timestamp, memory)));
+                }
+                continue;
+            }
+            let cursor = &mut cursors[next];
             if !out.append(&cursor.context, &cursor.record, cursor.timestamp, cursor.source)? {
                 return Ok(out.rows);
             }
             if cursor.advance()? {
-                heap.push(Reverse((ranks[cursor.service as usize], cursor.timestamp, run)));
+                heap.push(Reverse((ranks[cursor.service as usize], cursor.timestamp, next)));
             }
         }
         out.finish()
@@ -565,7 +582,20 @@ mod tests {
             runs.push_request(bytes.clone(), *source, *at).unwrap();
         }
         assert!(runs.spilled.len() >= 4, "{} runs spilled", runs.spilled.len());
-        let (out, batches) = sorted(runs);
+        assert!(!runs.run.entries.is_empty(), "the last run is still in memory");
+        let spilled = runs.spilled.len();
+        let files = || std::fs::read_dir(&spill).unwrap().count();
+        let mut out = Vec::new();
+        let mut files_while_merging = None;
+        runs.finish(|b| {
+            files_while_merging.get_or_insert_with(files);
+            out.push(b);
+            true
+        })
+        .unwrap();
+        assert_eq!(files_while_merging, Some(spilled), "the last run is merged from memory, not spilled");
+        let batches = out.len();
+        let out = concat_batches(&staging_schema(), &out).unwrap();
         let want = expected(&input);
         assert!(want.num_rows() > 20_000, "{} rows", want.num_rows());
         assert_eq!(out, want, "merged in key order, ties in push order, rows as to_rows makes them");
