@@ -4,11 +4,16 @@
   record is in the table exactly once.
 - A staging file of the previous format is refused at start-up with what to do, and left as it
   was: its acknowledged records are not lost.
+- At the smallest `staging.memory_limit` (16 MiB, with 1 MiB requests: DuckDB gets 19 MiB), a
+  backlog several times DuckDB's memory is staged and flushed, and flushes run while appends go
+  on: DuckDB is never invalidated, every record lands once, and the appender exits 0.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -106,3 +111,90 @@ def test_a_staging_file_of_the_previous_format_is_refused_and_kept(make_appender
     assert "has format 1" in log and "Drain it with the release that wrote it" in log, log[-2000:]
     with duckdb.connect(str(appender.staging_path), read_only=True) as old:
         assert old.execute("SELECT body FROM staged_rows").fetchall() == [("acknowledged",)]
+
+
+SMALL_BATCHES = 300
+SMALL_RECORDS = 1000
+
+
+def small_payload(batch: int, lines: list[str]) -> bytes:
+    """One request of SMALL_RECORDS records (under 1 MiB), named like `batch_payload`'s."""
+    records = [
+        LogRecord(
+            time_unix_nano=1_795_773_600_000_000_000 + ((batch * 7919 + i * 104729) % 86_400_000) * 1_000_000,
+            body=AnyValue(string_value=lines[(batch * 31 + i) % len(lines)]),
+            attributes=[KeyValue(key="i", value=AnyValue(string_value=str(i)))],
+        )
+        for i in range(SMALL_RECORDS)
+    ]
+    resource = Resource(
+        attributes=[
+            KeyValue(key="service.name", value=AnyValue(string_value=SERVICES[batch % len(SERVICES)])),
+            KeyValue(key="batch.id", value=AnyValue(string_value=str(batch))),
+        ]
+    )
+    request = ExportLogsServiceRequest(
+        resource_logs=[ResourceLogs(resource=resource, scope_logs=[ScopeLogs(log_records=records)])]
+    )
+    payload = request.SerializeToString()
+    assert len(payload) < 1 << 20
+    return payload
+
+
+@pytest.mark.timeout(900)
+def test_the_smallest_memory_limit_never_invalidates_staging(make_appender: AppenderFactory) -> None:
+    appender = make_appender({"staging": {"memory_limit": "16MiB"}, "otlp": {"max_recv_msg_size": "1MiB"}})
+    lines = loghub_lines("HDFS")
+
+    def send(batches: range) -> None:
+        def export(batch: int) -> Exception | None:
+            return grpc_export_raw(appender.ports, small_payload(batch, lines))
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for batch, error in zip(batches, pool.map(export, batches), strict=True):
+                assert error is None, f"batch {batch} refused: {error}"
+
+    # A backlog of several times DuckDB's memory, staged, then flushed at once.
+    backlog = range(SMALL_BATCHES)
+    send(backlog)
+    assert appender.stats()["buffer_records"] == len(backlog) * SMALL_RECORDS
+    appender.flush_http()
+
+    # Flushes while appends go on: reads of sealed sets beside appends and checkpoints.
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def flush_often() -> None:
+        try:
+            while not stop.is_set():
+                appender.flush_http()
+                time.sleep(0.2)
+        except BaseException as error:  # noqa: BLE001 - reported by the test thread
+            failures.append(error)
+
+    flusher = threading.Thread(target=flush_often)
+    flusher.start()
+    try:
+        send(range(SMALL_BATCHES, 2 * SMALL_BATCHES))
+    finally:
+        stop.set()
+        flusher.join()
+    assert not failures, f"a flush during the appends failed: {failures[0]}"
+    appender.flush_http()
+
+    total = 2 * SMALL_BATCHES * SMALL_RECORDS
+    assert appender.stats()["buffer_records"] == 0
+    assert appender.running, "the appender stopped"
+    assert appender.stop() == 0
+    log = appender.log_text()
+    for sign in ("invalidated", "FATAL", "staging database failed", "flush failed"):
+        assert sign not in log, f"{sign!r} in the log: {log[-3000:]}"
+    rows, distinct = (
+        duckdb_reader()
+        .sql(
+            f"""SELECT count(*), count(DISTINCT (resource_attributes['batch.id'], log_attributes['i']))
+                FROM {duckdb_scan(appender)}"""
+        )
+        .fetchone()
+    )
+    assert (rows, distinct) == (total, total), f"{rows} rows, {distinct} distinct"
