@@ -27,11 +27,16 @@
 pub const MALLOC_CONF: &std::ffi::CStr =
     c"percpu_arena:percpu,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
 
-/// Declares jemalloc as the process's allocator with [`MALLOC_CONF`]; invoked once, in each
-/// binary's `main.rs` (a library never chooses the allocator of whoever links it).
+/// Declares jemalloc as the process's allocator with [`MALLOC_CONF`], or with the options given
+/// (a `&'static CStr` constant: a binary whose allocation pattern measured better otherwise, as
+/// the ingester's); invoked once, in each binary's `main.rs` (a library never chooses the
+/// allocator of whoever links it).
 #[macro_export]
 macro_rules! jemalloc_allocator {
     () => {
+        $crate::jemalloc_allocator!($crate::allocator::MALLOC_CONF);
+    };
+    ($options:expr) => {
         #[global_allocator]
         static GLOBAL: $crate::allocator::Jemalloc = $crate::allocator::Jemalloc;
 
@@ -39,8 +44,7 @@ macro_rules! jemalloc_allocator {
         /// type `tikv-jemalloc-sys` declares it with.
         #[used]
         #[unsafe(export_name = "malloc_conf")]
-        static JEMALLOC_OPTIONS: Option<&'static ::std::ffi::c_char> =
-            Some(unsafe { &*$crate::allocator::MALLOC_CONF.as_ptr() });
+        static JEMALLOC_OPTIONS: Option<&'static ::std::ffi::c_char> = Some(unsafe { &*$options.as_ptr() });
     };
 }
 

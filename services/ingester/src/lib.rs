@@ -22,6 +22,7 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
+use rdkafka::ClientConfig;
 use telemetry_lake_common::{
     admin::FlushTrigger,
     health::{Health, Reason},
@@ -49,6 +50,27 @@ pub fn kafka_settings(settings: &Settings) -> Result<&KafkaSettings, String> {
     })
 }
 
+/// librdkafka settings of the ingester's producer beyond the shared ones
+/// (`telemetry_lake_common::kafka::producer_config`), used unless a `[kafka]` table sets them.
+///
+/// `message.copy.max.bytes = 0`: record values are not copied into the batch buffer before
+/// compression, librdkafka compresses them where they are (the request's own bytes, produced
+/// without a copy: `producer`). librdkafka's default copies values up to 64 KiB, which is every
+/// record of a typical export; without that copy the ingester peaked at 46-52 MiB RSS instead of
+/// 55-58 at saturation, with half the page faults (bench/compare/results/ingester-saturation-2026-12-07.md).
+const PRODUCER_DEFAULTS: [(&str, &str); 1] = [("message.copy.max.bytes", "0")];
+
+/// The ingester's producer settings: the shared ones plus [`PRODUCER_DEFAULTS`].
+pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
+    let mut config = telemetry_lake_common::kafka::producer_config(kafka, "telemetry-lake-ingester");
+    for (key, value) in PRODUCER_DEFAULTS {
+        if config.get(key).is_none() {
+            config.set(key, value);
+        }
+    }
+    config
+}
+
 /// Runs the ingester until `shutdown`, then drains, flushes the producer and returns.
 /// `flush_signal` is notified on SIGUSR1.
 pub async fn run(
@@ -58,7 +80,7 @@ pub async fn run(
     on_bound: impl FnOnce(BoundAddrs),
 ) -> anyhow::Result<()> {
     let kafka = kafka_settings(config).map_err(anyhow::Error::msg)?;
-    let client_config = telemetry_lake_common::kafka::producer_config(kafka, "telemetry-lake-ingester");
+    let client_config = producer_config(kafka);
     let delivery_timeout = producer::delivery_timeout(&client_config);
     let flush_timeout = delivery_timeout + FLUSH_GRACE;
     let counters = Arc::new(Counters::default());
@@ -116,4 +138,17 @@ pub async fn run(
         tracing::warn!(error = %err, "final producer flush incomplete; no acknowledged record is affected");
     }
     served
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producer_values_are_compressed_where_they_are_unless_configured() {
+        let kafka = producer::tests::kafka_settings("k:9092", &[]);
+        assert_eq!(producer_config(&kafka).get("message.copy.max.bytes"), Some("0"));
+        let kafka = producer::tests::kafka_settings("k:9092", &[("message.copy.max.bytes", "65535")]);
+        assert_eq!(producer_config(&kafka).get("message.copy.max.bytes"), Some("65535"));
+    }
 }

@@ -28,24 +28,27 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    ffi::CString,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use rdkafka::{
-    ClientConfig, ClientContext,
+    ClientConfig, ClientContext, bindings as rdsys,
     config::RDKafkaLogLevel,
-    error::{KafkaError, RDKafkaErrorCode},
-    message::{DeliveryResult, Header, OwnedHeaders},
-    producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer},
+    error::{IsError, KafkaError, RDKafkaErrorCode},
+    message::DeliveryResult,
+    producer::{Producer, ProducerContext, ThreadedProducer},
+    util::IntoOpaque,
 };
 use telemetry_lake_common::otlp::{ExportError, ExportOutcome, LogsExporter, LogsRequest};
 #[cfg(test)]
 use telemetry_lake_common::{kafka, settings::KafkaSettings};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 
 use crate::split::{self, Split};
 
@@ -112,11 +115,40 @@ pub struct BrokerState {
     pub changed: Notify,
 }
 
-/// What the delivery callback needs to settle one batch.
+/// What the delivery callback needs to settle one batch: the delivery opaque of its record.
 pub struct Pending {
     records: u64,
     bytes: u64,
-    reply: oneshot::Sender<Result<(), KafkaError>>,
+    /// The record's value. librdkafka reads it where it is (it is produced without
+    /// `RD_KAFKA_MSG_F_COPY`), so it must live until the delivery callback drops it here.
+    payload: Bytes,
+    deliveries: Arc<Deliveries>,
+}
+
+/// The deliveries of one export: the export waits for all of them at once and is woken by the
+/// last one, not once per record.
+#[derive(Debug, Default)]
+struct Deliveries {
+    /// Records handed to librdkafka and not yet settled, plus one held by the export while it is
+    /// still handing them over (so that an early delivery is never taken for the last).
+    outstanding: AtomicUsize,
+    /// The first delivery that failed.
+    failure: Mutex<Option<KafkaError>>,
+    /// Notified once `outstanding` reaches zero.
+    settled: Notify,
+}
+
+impl Deliveries {
+    fn new() -> Arc<Self> {
+        Arc::new(Self { outstanding: AtomicUsize::new(1), ..Self::default() })
+    }
+
+    /// One record settled (or the export let go of its hold): wakes the export after the last.
+    fn settle(&self) {
+        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.settled.notify_one();
+        }
+    }
 }
 
 /// The producer's librdkafka callbacks: deliveries settle batches, errors and logs go to
@@ -182,26 +214,31 @@ impl ProducerContext for IngestContext {
     type DeliveryOpaque = Box<Pending>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
-        let Pending { records, bytes, reply } = *pending;
+        let Pending { records, bytes, payload, deliveries } = *pending;
+        // librdkafka is done with the value: the delivery report is final.
+        drop(payload);
         let c = &self.counters;
         c.records_in_flight.fetch_sub(records, Ordering::Relaxed);
         c.bytes_in_flight.fetch_sub(bytes, Ordering::Relaxed);
         c.messages_in_flight.fetch_sub(1, Ordering::Relaxed);
-        let outcome = match result {
+        match result {
             Ok(_) => {
                 c.records_delivered.fetch_add(records, Ordering::Relaxed);
                 c.bytes_delivered.fetch_add(bytes, Ordering::Relaxed);
                 c.messages_delivered.fetch_add(1, Ordering::Relaxed);
-                Ok(())
             }
             Err((error, _)) => {
                 c.delivery_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(error = %error, records, "kafka delivery failed");
-                Err(error.clone())
+                deliveries
+                    .failure
+                    .lock()
+                    .expect("delivery failure lock")
+                    .get_or_insert_with(|| error.clone());
             }
-        };
+        }
         // The export may have been abandoned by its client; the counters above still hold.
-        let _ = reply.send(outcome);
+        deliveries.settle();
     }
 }
 
@@ -220,10 +257,34 @@ pub struct KafkaExporter {
     pub delivery_deadline: Duration,
 }
 
-fn headers() -> OwnedHeaders {
-    OwnedHeaders::new_with_capacity(2)
-        .insert(Header { key: "content-type", value: Some(CONTENT_TYPE) })
-        .insert(Header { key: "telemetry-lake-schema", value: Some(SCHEMA) })
+/// The headers of one record, owned until librdkafka takes them.
+struct Headers(*mut rdsys::rd_kafka_headers_t);
+
+impl Headers {
+    /// `content-type` and `telemetry-lake-schema`.
+    fn new() -> Self {
+        let headers = Self(unsafe { rdsys::rd_kafka_headers_new(2) });
+        for (name, value) in [("content-type", CONTENT_TYPE), ("telemetry-lake-schema", SCHEMA)] {
+            // SAFETY: valid pointers with their lengths; librdkafka copies both.
+            unsafe {
+                rdsys::rd_kafka_header_add(
+                    headers.0,
+                    name.as_ptr().cast(),
+                    name.len() as isize,
+                    value.as_ptr().cast(),
+                    value.len() as isize,
+                )
+            };
+        }
+        headers
+    }
+}
+
+impl Drop for Headers {
+    fn drop(&mut self) {
+        // SAFETY: still ours: a produced record's headers are forgotten instead.
+        unsafe { rdsys::rd_kafka_headers_destroy(self.0) }
+    }
 }
 
 /// What a failed `send` (the record never entered the queue) means for the client.
@@ -267,34 +328,84 @@ impl KafkaExporter {
         Err(error)
     }
 
-    /// Queues every batch; on the first that cannot be queued, returns the error and the
-    /// receivers of those already queued (they are still delivered).
-    fn enqueue(&self, split: Split) -> (Vec<oneshot::Receiver<Result<(), KafkaError>>>, Option<ExportError>) {
-        let mut receivers = Vec::with_capacity(split.batches.len());
+    /// Queues every batch, counting it in `deliveries`; on the first that cannot be queued,
+    /// returns the error (those already queued are still delivered).
+    fn enqueue(&self, split: Split, deliveries: &Arc<Deliveries>) -> Option<ExportError> {
         for batch in split.batches {
-            let (reply, receiver) = oneshot::channel();
             let bytes = batch.payload.len() as u64;
-            let pending = Box::new(Pending { records: batch.records, bytes, reply });
-            // Counted before sending: the delivery callback may run before `send` returns.
-            self.counters.records_in_flight.fetch_add(batch.records, Ordering::Relaxed);
+            let records = batch.records;
+            let pending = Box::new(Pending {
+                records,
+                bytes,
+                payload: batch.payload,
+                deliveries: Arc::clone(deliveries),
+            });
+            // Counted before sending: the delivery callback may run before `produce` returns.
+            self.counters.records_in_flight.fetch_add(records, Ordering::Relaxed);
             self.counters.bytes_in_flight.fetch_add(bytes, Ordering::Relaxed);
             self.counters.messages_in_flight.fetch_add(1, Ordering::Relaxed);
-            let record = BaseRecord::with_opaque_to(&self.topic, pending)
-                .key(batch.key.as_str())
-                .payload(batch.payload.as_ref())
-                .headers(headers());
-            if let Err((error, _)) = self.producer.send(record) {
-                self.counters.records_in_flight.fetch_sub(batch.records, Ordering::Relaxed);
+            deliveries.outstanding.fetch_add(1, Ordering::AcqRel);
+            if let Err(error) = self.produce(&batch.key, pending) {
+                self.counters.records_in_flight.fetch_sub(records, Ordering::Relaxed);
                 self.counters.bytes_in_flight.fetch_sub(bytes, Ordering::Relaxed);
                 self.counters.messages_in_flight.fetch_sub(1, Ordering::Relaxed);
+                // Never the last: the export still holds its own count.
+                deliveries.outstanding.fetch_sub(1, Ordering::AcqRel);
                 if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
                     self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
                 }
-                return (receivers, Some(enqueue_error(&error)));
+                return Some(enqueue_error(&error));
             }
-            receivers.push(receiver);
         }
-        (receivers, None)
+        None
+    }
+
+    /// Hands one record to librdkafka without copying its value (what rdkafka's `send` does
+    /// always): the value stays in `pending`, the record's delivery opaque, which the delivery
+    /// callback receives and drops once librdkafka is done with the record. The key and the
+    /// headers are copied or taken over by librdkafka. Returns the error, after dropping
+    /// `pending`, when the record was not queued.
+    fn produce(&self, key: &str, pending: Box<Pending>) -> Result<(), KafkaError> {
+        let topic = CString::new(self.topic.as_str())
+            .map_err(|_| KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTopic))?;
+        let headers = Headers::new();
+        let (value, value_len) = (pending.payload.as_ptr(), pending.payload.len());
+        let opaque = pending.into_ptr();
+        // SAFETY: the argument list is the one rdkafka's `BaseProducer::send` passes, without
+        // RD_KAFKA_MSG_F_COPY. `value` points into the heap buffer of `pending.payload`, which
+        // neither moves nor is freed before the delivery callback gets `opaque` back: the
+        // delivery report is the last time librdkafka touches a record. `key`, `topic` and the
+        // headers are copied or owned by librdkafka once the call returns.
+        let code = unsafe {
+            rdsys::rd_kafka_producev(
+                self.producer.client().native_ptr(),
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_TOPIC,
+                topic.as_ptr(),
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION,
+                -1i32, // RD_KAFKA_PARTITION_UA: the partitioner decides
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
+                0 as std::ffi::c_int,
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE,
+                value as *mut std::ffi::c_void,
+                value_len,
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_KEY,
+                key.as_ptr() as *mut std::ffi::c_void,
+                key.len(),
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_OPAQUE,
+                opaque,
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADERS,
+                headers.0,
+                rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_END,
+            )
+        };
+        if code.is_error() {
+            // SAFETY: librdkafka did not take the record, so `opaque` is still only ours.
+            drop(unsafe { Box::<Pending>::from_ptr(opaque) });
+            return Err(KafkaError::MessageProduction(code.into()));
+        }
+        // librdkafka owns the headers now and frees them with the record.
+        std::mem::forget(headers);
+        Ok(())
     }
 }
 
@@ -338,22 +449,21 @@ impl LogsExporter for KafkaExporter {
             }
         };
         let (rejected, rejection) = (split.rejected, split.rejection.clone());
-        let (receivers, failed) = self.enqueue(split);
-        // librdkafka holds its own copy of every record now: the request need not wait with us.
+        let deliveries = Deliveries::new();
+        let failed = self.enqueue(split, &deliveries);
+        // The walk is not needed any more; the bytes live on in the records' values (slices of
+        // them) until Kafka acknowledged each.
         drop(request);
-        let mut first_error = failed;
-        let deadline = tokio::time::Instant::now() + self.delivery_deadline;
-        for receiver in receivers {
-            let outcome = match tokio::time::timeout_at(deadline, receiver).await {
-                Ok(delivered) => delivered.unwrap_or(Err(KafkaError::Canceled)),
-                Err(_) => Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)),
-            };
-            if let Err(error) = outcome
-                && first_error.is_none()
-            {
-                first_error = Some(delivery_error(&error));
+        deliveries.settle();
+        let waited = tokio::time::timeout(self.delivery_deadline, deliveries.settled.notified()).await;
+        let failure = deliveries.failure.lock().expect("delivery failure lock").take();
+        let first_error = failed.or_else(|| match (waited, failure) {
+            (_, Some(error)) => Some(delivery_error(&error)),
+            (Err(_), None) => {
+                Some(delivery_error(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageTimedOut)))
             }
-        }
+            (Ok(()), None) => None,
+        });
         if let Some(error) = first_error {
             return self.reject(received, error);
         }
@@ -502,6 +612,64 @@ pub(crate) mod tests {
         assert_eq!(c.records_rejected.load(Ordering::Relaxed), 2);
         assert_eq!(c.records_accepted.load(Ordering::Relaxed), 0);
         assert_eq!(c.delivery_errors.load(Ordering::Relaxed), 0, "nothing was produced");
+    }
+
+    /// A value whose owner says when it is dropped.
+    struct Owner(Arc<AtomicBool>, Vec<u8>);
+
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            &self.1
+        }
+    }
+
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn values_are_produced_in_place_and_released_after_their_delivery() {
+        let exporter = unreachable_exporter(&[("message.timeout.ms", "500")], true);
+        let dropped = Arc::new(AtomicBool::new(false));
+        let payload = Bytes::from_owner(Owner(dropped.clone(), vec![7; 1000]));
+        let split = Split {
+            batches: vec![crate::split::Batch { key: "a".into(), payload, records: 1 }],
+            ..Split::default()
+        };
+        let deliveries = Deliveries::new();
+        assert_eq!(exporter.enqueue(split, &deliveries), None);
+        // librdkafka reads the value where it is: it is ours to keep until the delivery report.
+        assert!(!dropped.load(Ordering::SeqCst), "the value was released while librdkafka may read it");
+        deliveries.settle();
+        tokio::time::timeout(Duration::from_secs(5), deliveries.settled.notified()).await.expect("settled");
+        assert!(dropped.load(Ordering::SeqCst), "the value outlived its delivery report");
+        assert!(deliveries.failure.lock().unwrap().is_some(), "no broker: the delivery failed");
+    }
+
+    #[tokio::test]
+    async fn a_value_librdkafka_refuses_is_released_at_once() {
+        let exporter = unreachable_exporter(&[("queue.buffering.max.messages", "1")], true);
+        let flags: Vec<_> = (0..2).map(|_| Arc::new(AtomicBool::new(false))).collect();
+        let batches = flags
+            .iter()
+            .map(|flag| crate::split::Batch {
+                key: "a".into(),
+                payload: Bytes::from_owner(Owner(flag.clone(), vec![1; 10])),
+                records: 1,
+            })
+            .collect();
+        let deliveries = Deliveries::new();
+        let error = exporter.enqueue(Split { batches, ..Split::default() }, &deliveries).expect("queue full");
+        assert_eq!(error.http_status().as_u16(), 429, "{error}");
+        assert!(!flags[0].load(Ordering::SeqCst), "the queued value is kept");
+        assert!(flags[1].load(Ordering::SeqCst), "the refused value is released");
+        assert_eq!(
+            deliveries.outstanding.load(Ordering::SeqCst),
+            2,
+            "the export's hold and the queued record"
+        );
     }
 
     #[tokio::test]
