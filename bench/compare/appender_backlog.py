@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +52,8 @@ def main() -> int:
     parser.add_argument("--partitions", type=int, default=12)
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--set", action="append", default=[], help="appender setting KEY=VALUE (dotted key)")
-    parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--json", help="write the figures here (and each run's RSS/CPU samples)")
+    parser.add_argument("--keep-logs", help="copy each appender's log here as appender-LABEL.log")
     parser.add_argument(
         "--profile-dir", help="perf-profile each appender run (profile-LABEL.txt here); perf costs it ~1%% CPU"
     )
@@ -101,8 +103,13 @@ def main() -> int:
                 run_setup = Setup(**{**setup.__dict__, "bin_dir": bin_dir, "workdir": Path(tmp) / f"run-{label}"})
                 run_setup.workdir.mkdir()
                 profile = Path(args.profile_dir) / f"profile-{label}.txt" if args.profile_dir else None
-                figures = bench_appender(run_setup, broker, topic, records, profile=profile)["figures"]
-                results["runs"].append({"label": label, "binary": path, **figures})
+                measured = bench_appender(run_setup, broker, topic, records, profile=profile)
+                results["runs"].append({"label": label, "binary": path, **measured["figures"]})
+                results.setdefault("samples", {})[label] = measured["samples"]
+                if args.keep_logs:
+                    Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+                    for log in run_setup.workdir.glob("appender-*/appender.log"):
+                        shutil.copy(log, Path(args.keep_logs) / f"appender-{label}.log")
     for run in results["runs"]:
         print(
             f"{run['label']}: {run['rows']:,} rows, {run['rows_per_s']:,.0f} rows/s, "
