@@ -3,8 +3,9 @@
 //! ```text
 //!  source::otlp / source::kafka --Batch (one OTLP request or Kafka message, protobuf)-->
 //!      staging thread: group commit into the DuckDB file (one row per batch)
-//!  committer --seal--> sealed set --SealedReader (its own connection)--> decode in bounded
-//!      chunks --> rows::to_rows --> sort::SortedRuns (sorted runs, spilled, k-way merge)
+//!  committer --seal--> sealed set --SealedReader (its own connection)--> decompress in
+//!      bounded chunks --> sort::SortedRuns (a 32-byte entry per record; runs spilled as the
+//!      records' encoded bytes; k-way merge) --> rows::wire (protobuf straight into Arrow)
 //!      --> Arrow batches in service_name, timestamp order --> lake --> release
 //! ```
 //!
