@@ -107,6 +107,7 @@ class StrictLoader(yaml.SafeLoader):
 # The health service name liveness probes ask for (services/common/src/health.rs).
 LIVENESS_SERVICE = "telemetry_lake.liveness"
 
+
 def _strict_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     loader.flatten_mapping(node)
     seen = set()
@@ -522,6 +523,20 @@ class RenderedService(Appender):
     def command(self) -> list[str]:
         self.config_path.write_text(self.config_text)
         return [str(self.binary), "--config", str(self.config_path)]
+
+
+def wait_for_healthz(service: Appender, url: str, what: str) -> None:
+    """Waits until `url` answers 200, failing at once if `service` exits."""
+    session = http_session()
+
+    def alive() -> bool:
+        service.assert_alive()
+        try:
+            return session.get(url, timeout=2).status_code == 200
+        except Exception:  # noqa: BLE001 - not listening yet
+            return False
+
+    wait_until(alive, timeout=60, what=what)
 
 
 @pytest.fixture
@@ -1171,16 +1186,7 @@ def test_compose_config_is_accepted_by_both_binaries(
     ingester = RenderedService(tmp_path / "ingester", "ingester", text, ports, env)
     services.append(ingester)
     ingester.start()
-    session = http_session()
-
-    def alive() -> bool:
-        ingester.assert_alive()
-        try:
-            return session.get(f"{ports.admin_http_url}/healthz", timeout=2).status_code == 200
-        except Exception:  # noqa: BLE001 - not listening yet
-            return False
-
-    wait_until(alive, timeout=60, what="the ingester to answer /healthz")
+    wait_for_healthz(ingester, f"{ports.admin_http_url}/healthz", "the ingester to answer /healthz")
     assert ingester.health(admin_grpc) == "NOT_SERVING", "no broker: not ready"
     assert ingester.stop() == 0
 
@@ -1189,9 +1195,7 @@ def test_compose_config_is_accepted_by_both_binaries(
     appender.start()
     assert appender.process is not None
     # The config is accepted; with no catalog behind the address the appender waits for it.
-    wait_until(
-        lambda: "cannot open the iceberg table yet" in appender.log_text(), timeout=60, what="a catalog retry"
-    )
+    wait_until(lambda: "cannot open the iceberg table yet" in appender.log_text(), timeout=60, what="a catalog retry")
     appender.assert_alive()
     appender.process.terminate()
     code = appender.process.wait(timeout=30)
@@ -1269,7 +1273,8 @@ def test_demo_certificates_are_valid_and_kept_on_a_second_run(tmp_path: Path) ->
     assert {p.name: p.read_bytes() for p in tls.iterdir()} == before, "a second run keeps every file"
     make_demo_certificates(tls, "DNS:lake.example")
     assert (tls / "tls.crt").read_bytes() != before["tls.crt"], "a new SAN makes a new certificate"
-    assert (tls / "ca.crt").read_bytes() == before["ca.crt"] and tokens["otlp-tokens"] == (tls / "otlp-tokens").read_text()
+    assert (tls / "ca.crt").read_bytes() == before["ca.crt"], "the CA is kept"
+    assert tokens["otlp-tokens"] == (tls / "otlp-tokens").read_text(), "the tokens are kept"
 
 
 def test_compose_tls_override_gives_both_services_tls_tokens_and_a_probe_port(
@@ -1338,16 +1343,7 @@ def test_compose_tls_settings_run_in_the_ingester(
     ingester = RenderedService(tmp_path / "ingester", "ingester", text, Ports(grpc_port, http_port, 0, 0), env)
     services.append(ingester)
     ingester.start()
-    session = http_session()
-
-    def alive() -> bool:
-        ingester.assert_alive()
-        try:
-            return session.get(f"http://127.0.0.1:{health}/healthz", timeout=2).status_code == 200
-        except Exception:  # noqa: BLE001 - not listening yet
-            return False
-
-    wait_until(alive, timeout=60, what="the ingester's probe port to answer /healthz")
+    wait_for_healthz(ingester, f"http://127.0.0.1:{health}/healthz", "the ingester's probe port to answer /healthz")
     assert ingester.health(health) == "NOT_SERVING", "no broker: not ready, said on the probe port"
 
     def curl(*args: str) -> str:
