@@ -57,7 +57,7 @@ pub fn kafka_settings(settings: &Settings) -> Result<&KafkaSettings, String> {
 /// compression, librdkafka compresses them where they are (the request's own bytes, produced
 /// without a copy: `producer`). librdkafka's default copies values up to 64 KiB, which is every
 /// record of a typical export; without that copy the ingester peaked at 46-52 MiB RSS instead of
-/// 55-58 at saturation, with half the page faults (bench/compare/results/ingester-saturation-2026-12-07.md).
+/// 55-58 at saturation (bench/compare/results/ingester-saturation-2026-12-07.md).
 const PRODUCER_DEFAULTS: [(&str, &str); 1] = [("message.copy.max.bytes", "0")];
 
 /// The ingester's producer settings: the shared ones plus [`PRODUCER_DEFAULTS`].
