@@ -32,16 +32,24 @@ RECORDS_PER_BATCH = 2000
 SERVICES = ("checkout", "payments", "search", "auth")
 
 
-def batch_payload(batch: int, lines: list[str]) -> bytes:
-    """One request: resource attributes name the batch, each record its index in it."""
+def batch_payload(
+    batch: int,
+    lines: list[str],
+    count: int = RECORDS_PER_BATCH,
+    first_line: int | None = None,
+    severity: str = "INFO",
+) -> bytes:
+    """One request of `count` records: resource attributes name the batch, each record its index in
+    it; bodies are Loghub lines from `first_line` (default: `batch`) on."""
+    first = batch if first_line is None else first_line
     records = [
         LogRecord(
             time_unix_nano=1_795_773_600_000_000_000 + ((batch * 7919 + i * 104729) % 86_400_000) * 1_000_000,
-            severity_text="INFO",
-            body=AnyValue(string_value=lines[(batch + i) % len(lines)]),
+            severity_text=severity,
+            body=AnyValue(string_value=lines[(first + i) % len(lines)]),
             attributes=[KeyValue(key="i", value=AnyValue(string_value=str(i)))],
         )
-        for i in range(RECORDS_PER_BATCH)
+        for i in range(count)
     ]
     resource = Resource(
         attributes=[
@@ -119,24 +127,7 @@ SMALL_RECORDS = 1000
 
 def small_payload(batch: int, lines: list[str]) -> bytes:
     """One request of SMALL_RECORDS records (under 1 MiB), named like `batch_payload`'s."""
-    records = [
-        LogRecord(
-            time_unix_nano=1_795_773_600_000_000_000 + ((batch * 7919 + i * 104729) % 86_400_000) * 1_000_000,
-            body=AnyValue(string_value=lines[(batch * 31 + i) % len(lines)]),
-            attributes=[KeyValue(key="i", value=AnyValue(string_value=str(i)))],
-        )
-        for i in range(SMALL_RECORDS)
-    ]
-    resource = Resource(
-        attributes=[
-            KeyValue(key="service.name", value=AnyValue(string_value=SERVICES[batch % len(SERVICES)])),
-            KeyValue(key="batch.id", value=AnyValue(string_value=str(batch))),
-        ]
-    )
-    request = ExportLogsServiceRequest(
-        resource_logs=[ResourceLogs(resource=resource, scope_logs=[ScopeLogs(log_records=records)])]
-    )
-    payload = request.SerializeToString()
+    payload = batch_payload(batch, lines, count=SMALL_RECORDS, first_line=batch * 31, severity="")
     assert len(payload) < 1 << 20
     return payload
 
