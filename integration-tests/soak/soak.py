@@ -168,6 +168,7 @@ class Load:
         self.rate = records / profile.min_load_seconds
         self.threads: list[threading.Thread] = []
         self.started = 0.0
+        self.halted = threading.Event()
 
     def start(self) -> Load:
         self.started = time.monotonic()
@@ -181,13 +182,17 @@ class Load:
     def done(self) -> bool:
         return all(not t.is_alive() for t in self.threads)
 
+    def halt(self) -> None:
+        """Stops sending: no new batch, no more retries (a disruption failed; the run is over)."""
+        self.halted.set()
+
     def acknowledged(self) -> int:
         with self.lock:
             return self.state.acknowledged
 
     def _take(self) -> int | None:
         with self.lock:
-            if self.next_batch >= self.batches:
+            if self.next_batch >= self.batches or self.halted.is_set():
                 return None
             self.next_batch += 1
             return self.next_batch - 1
@@ -211,7 +216,7 @@ class Load:
         with self.lock:
             self.state.sent += count
         deadline = time.monotonic() + self.GIVE_UP_SECONDS
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.halted.is_set():
             try:
                 response = session.post(
                     self.url, data=payload, headers={"Content-Type": "application/x-protobuf"}, timeout=60
@@ -247,10 +252,9 @@ class Load:
                     f"seq {first}..{first + count - 1}: HTTP {response.status_code} {response.text[:200]}"
                 )
             return
+        why = "abandoned, the run was halted" if self.halted.is_set() else f"gave up after {self.GIVE_UP_SECONDS} s"
         with self.lock:
-            self.state.refused_batches.append(
-                f"seq {first}..{first + count - 1}: gave up after {self.GIVE_UP_SECONDS} s"
-            )
+            self.state.refused_batches.append(f"seq {first}..{first + count - 1}: {why}")
 
 
 # ---- the lake and the chaos ------------------------------------------------------------------
@@ -559,6 +563,12 @@ def main() -> int:
         chaos_thread.start()
         last = 0.0
         while not load.done or chaos_thread.is_alive():
+            if chaos.notes:  # a disruption failed: what follows would only wait for it
+                log("a disruption failed; halting the load and counting what is in the table")
+                stop.set()
+                load.halt()
+                chaos_thread.join()
+                break
             time.sleep(1)
             if time.monotonic() - last >= (10 if args.quick else 30):
                 last = time.monotonic()
@@ -571,10 +581,10 @@ def main() -> int:
         log(f"load and chaos done after {load_seconds:.0f} s; waiting for the table to settle")
         deadline = time.monotonic() + profile.settle_timeout
         ok, why = settled(lake)
-        while not ok and time.monotonic() < deadline:
+        while not ok and not chaos.notes and time.monotonic() < deadline:
             time.sleep(2)
             ok, why = settled(lake)
-        if not ok:
+        if not ok and not chaos.notes:
             chaos.notes.append(f"the table did not settle within {profile.settle_timeout:.0f} s: {why}")
         log(f"settled: {ok} ({why})")
         counts, foreign, unknown = sequence_counts(lake.table(), records)
@@ -595,6 +605,7 @@ def main() -> int:
     unacked_in_table = int(np.count_nonzero(~acked & (counts > 0)))
     planned = Counter(events)
     result: dict[str, Any] = {
+        "halted": load.halted.is_set(),
         "records_sent": state.sent,
         "acknowledged": state.acknowledged,
         "in_table": int(np.count_nonzero(counts)),
@@ -652,7 +663,7 @@ def main() -> int:
         print(f"refused: {line}")
     for note in chaos.notes:
         print(f"note: {note}")
-    if len(lost_ids):
+    if len(lost_ids) and not load.halted.is_set():
         print(f"LOST sequence ids: {result['lost_ids']}")
     if len(doubled_ids):
         print(f"DOUBLED sequence ids: {result['doubled_ids']} ({result['doubled_of_resent']} of them were resent)")
@@ -662,6 +673,10 @@ def main() -> int:
 
     failed = result["lost"] or result["doubled"] or unknown or foreign != chaos.foreign_rows
     incomplete = dict(chaos.counts) != dict(planned) or state.refused_batches or chaos.notes
+    if load.halted.is_set():
+        print("SOAK INCOMPLETE: a disruption failed (see the notes), so the run was halted before the table")
+        print("settled; records missing from the table may still be staged, and nothing is judged lost")
+        return 1
     if failed:
         print("SOAK FAILED: records were lost or doubled (or rows appeared that nobody wrote)")
         return 1

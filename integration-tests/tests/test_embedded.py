@@ -423,7 +423,6 @@ def test_unknown_config_key_is_refused_by_name(make_appender: AppenderFactory) -
     assert "max_recordz" in appender.log_text(), "the error does not name the unknown key"
 
 
-
 def test_waits_for_an_unreachable_catalog_instead_of_exiting(make_appender: AppenderFactory) -> None:
     # A pod that starts before its catalog must wait for it, not crash-loop; SIGTERM still stops it.
     nowhere = f"http://127.0.0.1:{free_ports(1)[0]}"
