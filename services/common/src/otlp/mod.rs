@@ -28,6 +28,7 @@ pub mod grpc;
 pub mod http;
 pub mod records;
 pub mod walk;
+pub mod wire;
 
 mod body;
 

@@ -22,6 +22,9 @@
 //!   are reported too. It never panics, and allocates only the resource list, the rejection text
 //!   (once) and the error.
 //!
+//! The bytes are read with [`super::wire::Cursor`], which holds prost's wire-format rules; this
+//! module holds the messages: one function per message type, mirroring prost's `merge_field`.
+//!
 //! Fuzzing (agreement with prost on structured, mutated and truncated inputs, real Loghub
 //! requests among them): the proptests run with every `cargo test`; the long run is
 //!
@@ -36,6 +39,9 @@
 //! The micro-benchmark: `cargo run --release -p telemetry-lake-common --example walk_bench`.
 
 use std::{fmt, ops::Range};
+
+pub use super::wire::WalkError;
+use super::wire::{Cursor, RECURSION_LIMIT, WireType};
 
 /// What a walk found in a valid request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -76,11 +82,11 @@ impl ResourceLogsRange {
 
 /// Walks `bytes` as an `ExportLogsServiceRequest`; see the module docs for what is guaranteed.
 pub fn walk_logs_request(bytes: &[u8]) -> Result<Walk, WalkError> {
-    let mut cursor = Cursor { buf: bytes, pos: 0 };
+    let mut cursor = Cursor::new(bytes);
     let mut walk = Walk { resources: Vec::with_capacity(8), ..Walk::default() };
     let mut first_problem = None;
-    while cursor.pos < bytes.len() {
-        let start = cursor.pos;
+    while !cursor.done() {
+        let start = cursor.pos();
         let (tag, wire) = cursor.key()?;
         if tag != 1 {
             cursor.skip(wire, tag, RECURSION_LIMIT)?;
@@ -92,7 +98,7 @@ pub fn walk_logs_request(bytes: &[u8]) -> Result<Walk, WalkError> {
         walk.records += resource.records;
         walk.malformed += resource.malformed;
         walk.resources.push(ResourceLogsRange {
-            field: start..cursor.pos,
+            field: start..cursor.pos(),
             service_name: match resource.service {
                 Service::Found(name) => name,
                 Service::Searching => None,
@@ -107,102 +113,10 @@ pub fn walk_logs_request(bytes: &[u8]) -> Result<Walk, WalkError> {
     Ok(walk)
 }
 
-/// Why a request is not a valid `ExportLogsServiceRequest`. Its text is prost's
-/// `DecodeError` text for the same bytes.
-#[derive(Clone, PartialEq, Eq)]
-pub struct WalkError {
-    inner: Box<ErrorInner>,
-}
-
-#[derive(Clone, PartialEq, Eq)]
-struct ErrorInner {
-    kind: ErrorKind,
-    offset: usize,
-    /// (message, field) pairs, innermost first, as prost lists them.
-    stack: Vec<(&'static str, &'static str)>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ErrorKind {
-    InvalidVarint,
-    RecursionLimitReached,
-    InvalidWireType(u64),
-    InvalidKey(u64),
-    InvalidTag,
-    UnexpectedWireType { actual: WireType, expected: WireType },
-    BufferUnderflow,
-    DelimitedLengthExceeded,
-    UnexpectedEndGroupTag,
-    InvalidString,
-}
-
-impl WalkError {
-    #[cold]
-    fn new(kind: ErrorKind, offset: usize) -> Self {
-        Self { inner: Box::new(ErrorInner { kind, offset, stack: Vec::new() }) }
-    }
-
-    /// Where in the walked bytes the problem was found.
-    pub fn offset(&self) -> usize {
-        self.inner.offset
-    }
-
-    #[cold]
-    fn push(mut self, message: &'static str, field: &'static str) -> Self {
-        self.inner.stack.push((message, field));
-        self
-    }
-}
-
-impl fmt::Display for WalkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("failed to decode Protobuf message: ")?;
-        for (message, field) in &self.inner.stack {
-            write!(f, "{message}.{field}: ")?;
-        }
-        match self.inner.kind {
-            ErrorKind::InvalidVarint => f.write_str("invalid varint"),
-            ErrorKind::RecursionLimitReached => f.write_str("recursion limit reached"),
-            ErrorKind::InvalidWireType(value) => write!(f, "invalid wire type value: {value}"),
-            ErrorKind::InvalidKey(key) => write!(f, "invalid key value: {key}"),
-            ErrorKind::InvalidTag => f.write_str("invalid tag value: 0"),
-            ErrorKind::UnexpectedWireType { actual, expected } => {
-                write!(f, "invalid wire type: {actual:?} (expected {expected:?})")
-            }
-            ErrorKind::BufferUnderflow => f.write_str("buffer underflow"),
-            ErrorKind::DelimitedLengthExceeded => f.write_str("delimited length exceeded"),
-            ErrorKind::UnexpectedEndGroupTag => f.write_str("unexpected end group tag"),
-            ErrorKind::InvalidString => f.write_str("invalid string value: data is not UTF-8 encoded"),
-        }
-    }
-}
-
-impl fmt::Debug for WalkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "WalkError({self} at byte {})", self.inner.offset)
-    }
-}
-
-impl std::error::Error for WalkError {}
-
 /// Adds the field being decoded to an error, as prost's derived `merge_field` does.
 fn at(message: &'static str, field: &'static str) -> impl Fn(WalkError) -> WalkError {
     move |error| error.push(message, field)
 }
-
-/// Protobuf wire types; `Debug` spells them as prost does, for identical error text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum WireType {
-    Varint,
-    SixtyFourBit,
-    LengthDelimited,
-    StartGroup,
-    EndGroup,
-    ThirtyTwoBit,
-}
-
-/// prost's `RECURSION_LIMIT`: nested messages (and groups) deeper than this are refused.
-const RECURSION_LIMIT: u32 = 100;
 
 /// Why a record's ids are malformed: the rule and text of [`super::records::check_record`] (a
 /// contract; the tests compare the two on every generated record).
@@ -248,189 +162,6 @@ struct ResourceState {
     malformed: u64,
 }
 
-/// A position in the walked bytes. Like prost's `Buf`, reads inside a nested message may run
-/// past that message's end (up to the end of the bytes); the message checks afterwards that
-/// its fields ended exactly at its end, so errors come out as prost's do.
-struct Cursor<'a> {
-    buf: &'a [u8],
-    /// Always `<= buf.len()`.
-    pos: usize,
-}
-
-impl Cursor<'_> {
-    #[inline(always)]
-    fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
-    }
-
-    #[cold]
-    fn error(&self, kind: ErrorKind) -> WalkError {
-        WalkError::new(kind, self.pos)
-    }
-
-    /// A base-128 varint of at most 10 bytes whose 10th byte is 0 or 1 (prost's rule).
-    #[inline(always)]
-    fn varint(&mut self) -> Result<u64, WalkError> {
-        match self.buf.get(self.pos) {
-            Some(&byte) if byte < 0x80 => {
-                self.pos += 1;
-                Ok(u64::from(byte))
-            }
-            _ => self.varint_long(),
-        }
-    }
-
-    #[inline(never)]
-    fn varint_long(&mut self) -> Result<u64, WalkError> {
-        let rest = self.buf.get(self.pos..).unwrap_or_default();
-        let mut value = 0u64;
-        for (i, &byte) in rest.iter().take(10).enumerate() {
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                if i == 9 && byte >= 0x02 {
-                    break;
-                }
-                self.pos += i + 1;
-                return Ok(value);
-            }
-        }
-        Err(self.error(ErrorKind::InvalidVarint))
-    }
-
-    /// A field key: (field number, wire type).
-    #[inline(always)]
-    fn key(&mut self) -> Result<(u32, WireType), WalkError> {
-        let start = self.pos;
-        let key = self.varint()?;
-        let fail = |kind| Err(WalkError::new(kind, start));
-        if key > u64::from(u32::MAX) {
-            return fail(ErrorKind::InvalidKey(key));
-        }
-        let wire = match key & 7 {
-            0 => WireType::Varint,
-            1 => WireType::SixtyFourBit,
-            2 => WireType::LengthDelimited,
-            3 => WireType::StartGroup,
-            4 => WireType::EndGroup,
-            5 => WireType::ThirtyTwoBit,
-            value => return fail(ErrorKind::InvalidWireType(value)),
-        };
-        let tag = (key as u32) >> 3;
-        if tag == 0 {
-            return fail(ErrorKind::InvalidTag);
-        }
-        Ok((tag, wire))
-    }
-
-    #[inline(always)]
-    fn expect(&self, expected: WireType, actual: WireType) -> Result<(), WalkError> {
-        if expected == actual {
-            Ok(())
-        } else {
-            Err(self.error(ErrorKind::UnexpectedWireType { actual, expected }))
-        }
-    }
-
-    /// Advances past `len` bytes, or fails as prost does when fewer remain.
-    #[inline(always)]
-    fn advance(&mut self, len: u64) -> Result<Range<usize>, WalkError> {
-        if len > self.remaining() as u64 {
-            return Err(self.error(ErrorKind::BufferUnderflow));
-        }
-        let start = self.pos;
-        self.pos += len as usize;
-        Ok(start..self.pos)
-    }
-
-    /// A `bytes` field: its contents' range.
-    #[inline(always)]
-    fn bytes(&mut self, wire: WireType) -> Result<Range<usize>, WalkError> {
-        self.expect(WireType::LengthDelimited, wire)?;
-        let len = self.varint()?;
-        self.advance(len)
-    }
-
-    /// A `string` field: its contents' range, once they are known to be UTF-8.
-    #[inline(always)]
-    fn string(&mut self, wire: WireType) -> Result<Range<usize>, WalkError> {
-        let range = self.bytes(wire)?;
-        let bytes = &self.buf[range.clone()];
-        // Most strings are ASCII, which `is_ascii` checks a word at a time.
-        if bytes.is_ascii() || std::str::from_utf8(bytes).is_ok() {
-            Ok(range)
-        } else {
-            Err(WalkError::new(ErrorKind::InvalidString, range.start))
-        }
-    }
-
-    /// A varint scalar (`int32`, `int64`, `uint32`, `bool`, enums).
-    #[inline(always)]
-    fn varint_field(&mut self, wire: WireType) -> Result<(), WalkError> {
-        self.expect(WireType::Varint, wire)?;
-        self.varint().map(drop)
-    }
-
-    /// A `fixed64`/`double` (`width` 8) or `fixed32` (`width` 4) scalar.
-    #[inline(always)]
-    fn fixed(&mut self, wire: WireType, width: u64) -> Result<(), WalkError> {
-        let expected = if width == 8 { WireType::SixtyFourBit } else { WireType::ThirtyTwoBit };
-        self.expect(expected, wire)?;
-        self.advance(width).map(drop)
-    }
-
-    /// A nested message (prost's `message::merge`): `field` is called with each field's key and
-    /// the recursion budget of the message's own fields. `depth` is the budget of the field
-    /// holding the message.
-    #[inline(always)]
-    fn message<F>(&mut self, wire: WireType, depth: u32, mut field: F) -> Result<(), WalkError>
-    where
-        F: FnMut(&mut Self, u32, WireType, u32) -> Result<(), WalkError>,
-    {
-        self.expect(WireType::LengthDelimited, wire)?;
-        if depth == 0 {
-            return Err(self.error(ErrorKind::RecursionLimitReached));
-        }
-        let len = self.varint()?;
-        if len > self.remaining() as u64 {
-            return Err(self.error(ErrorKind::BufferUnderflow));
-        }
-        let end = self.pos + len as usize;
-        while self.pos < end {
-            let (tag, wire) = self.key()?;
-            field(self, tag, wire, depth - 1)?;
-        }
-        if self.pos != end {
-            return Err(WalkError::new(ErrorKind::DelimitedLengthExceeded, end));
-        }
-        Ok(())
-    }
-
-    /// Skips an unknown field as prost's `skip_field` does, groups included.
-    fn skip(&mut self, wire: WireType, tag: u32, depth: u32) -> Result<(), WalkError> {
-        if depth == 0 {
-            return Err(self.error(ErrorKind::RecursionLimitReached));
-        }
-        let len = match wire {
-            WireType::Varint => self.varint().map(|_| 0)?,
-            WireType::ThirtyTwoBit => 4,
-            WireType::SixtyFourBit => 8,
-            WireType::LengthDelimited => self.varint()?,
-            WireType::StartGroup => loop {
-                let (inner_tag, inner_wire) = self.key()?;
-                if inner_wire == WireType::EndGroup {
-                    if inner_tag != tag {
-                        return Err(self.error(ErrorKind::UnexpectedEndGroupTag));
-                    }
-                    break 0;
-                }
-                self.skip(inner_wire, inner_tag, depth - 1)?;
-            },
-            WireType::EndGroup => return Err(self.error(ErrorKind::UnexpectedEndGroupTag)),
-        };
-        self.advance(len).map(drop)
-    }
-}
-
 // One function per message type, each mirroring the `merge_field` prost derives for it: the
 // same fields, wire types, error locations and recursion budget.
 
@@ -444,7 +175,7 @@ fn resource_logs(
     c.message(wire, depth, |c, tag, wire, depth| match tag {
         1 => resource(c, wire, depth, &mut state.service).map_err(at("ResourceLogs", "resource")),
         2 => scope_logs(c, wire, depth, state, first_problem).map_err(at("ResourceLogs", "scope_logs")),
-        3 => c.string(wire).map(drop).map_err(at("ResourceLogs", "schema_url")),
+        3 => c.string_range(wire).map(drop).map_err(at("ResourceLogs", "schema_url")),
         _ => c.skip(wire, tag, depth),
     })
 }
@@ -454,7 +185,7 @@ fn resource(c: &mut Cursor, wire: WireType, depth: u32, service: &mut Service) -
         1 => {
             let attribute = key_value(c, wire, depth).map_err(at("Resource", "attributes"))?;
             if matches!(service, Service::Searching)
-                && c.buf.get(attribute.key) == Some(b"service.name".as_slice())
+                && c.get(attribute.key) == Some(b"service.name".as_slice())
             {
                 *service = Service::Found(match attribute.value {
                     Some((1, value)) if !value.is_empty() => Some(value),
@@ -463,7 +194,7 @@ fn resource(c: &mut Cursor, wire: WireType, depth: u32, service: &mut Service) -
             }
             Ok(())
         }
-        2 => c.varint_field(wire).map_err(at("Resource", "dropped_attributes_count")),
+        2 => c.varint(wire).map(drop).map_err(at("Resource", "dropped_attributes_count")),
         3 => entity_ref(c, wire, depth).map_err(at("Resource", "entity_refs")),
         _ => c.skip(wire, tag, depth),
     })
@@ -471,10 +202,10 @@ fn resource(c: &mut Cursor, wire: WireType, depth: u32, service: &mut Service) -
 
 fn entity_ref(c: &mut Cursor, wire: WireType, depth: u32) -> Result<(), WalkError> {
     c.message(wire, depth, |c, tag, wire, depth| match tag {
-        1 => c.string(wire).map(drop).map_err(at("EntityRef", "schema_url")),
-        2 => c.string(wire).map(drop).map_err(at("EntityRef", "r#type")),
-        3 => c.string(wire).map(drop).map_err(at("EntityRef", "id_keys")),
-        4 => c.string(wire).map(drop).map_err(at("EntityRef", "description_keys")),
+        1 => c.string_range(wire).map(drop).map_err(at("EntityRef", "schema_url")),
+        2 => c.string_range(wire).map(drop).map_err(at("EntityRef", "r#type")),
+        3 => c.string_range(wire).map(drop).map_err(at("EntityRef", "id_keys")),
+        4 => c.string_range(wire).map(drop).map_err(at("EntityRef", "description_keys")),
         _ => c.skip(wire, tag, depth),
     })
 }
@@ -498,17 +229,17 @@ fn scope_logs(
             }
             Ok(())
         }
-        3 => c.string(wire).map(drop).map_err(at("ScopeLogs", "schema_url")),
+        3 => c.string_range(wire).map(drop).map_err(at("ScopeLogs", "schema_url")),
         _ => c.skip(wire, tag, depth),
     })
 }
 
 fn instrumentation_scope(c: &mut Cursor, wire: WireType, depth: u32) -> Result<(), WalkError> {
     c.message(wire, depth, |c, tag, wire, depth| match tag {
-        1 => c.string(wire).map(drop).map_err(at("InstrumentationScope", "name")),
-        2 => c.string(wire).map(drop).map_err(at("InstrumentationScope", "version")),
+        1 => c.string_range(wire).map(drop).map_err(at("InstrumentationScope", "name")),
+        2 => c.string_range(wire).map(drop).map_err(at("InstrumentationScope", "version")),
         3 => key_value(c, wire, depth).map(drop).map_err(at("InstrumentationScope", "attributes")),
-        4 => c.varint_field(wire).map_err(at("InstrumentationScope", "dropped_attributes_count")),
+        4 => c.varint(wire).map(drop).map_err(at("InstrumentationScope", "dropped_attributes_count")),
         _ => c.skip(wire, tag, depth),
     })
 }
@@ -517,14 +248,14 @@ fn instrumentation_scope(c: &mut Cursor, wire: WireType, depth: u32) -> Result<(
 fn log_record(c: &mut Cursor, wire: WireType, depth: u32) -> Result<(usize, usize), WalkError> {
     let (mut trace_id_len, mut span_id_len) = (0, 0);
     c.message(wire, depth, |c, tag, wire, depth| match tag {
-        1 => c.fixed(wire, 8).map_err(at("LogRecord", "time_unix_nano")),
-        11 => c.fixed(wire, 8).map_err(at("LogRecord", "observed_time_unix_nano")),
-        2 => c.varint_field(wire).map_err(at("LogRecord", "severity_number")),
-        3 => c.string(wire).map(drop).map_err(at("LogRecord", "severity_text")),
+        1 => c.fixed64(wire).map(drop).map_err(at("LogRecord", "time_unix_nano")),
+        11 => c.fixed64(wire).map(drop).map_err(at("LogRecord", "observed_time_unix_nano")),
+        2 => c.varint(wire).map(drop).map_err(at("LogRecord", "severity_number")),
+        3 => c.string_range(wire).map(drop).map_err(at("LogRecord", "severity_text")),
         5 => any_value(c, wire, depth).map(drop).map_err(at("LogRecord", "body")),
         6 => key_value(c, wire, depth).map(drop).map_err(at("LogRecord", "attributes")),
-        7 => c.varint_field(wire).map_err(at("LogRecord", "dropped_attributes_count")),
-        8 => c.fixed(wire, 4).map_err(at("LogRecord", "flags")),
+        7 => c.varint(wire).map(drop).map_err(at("LogRecord", "dropped_attributes_count")),
+        8 => c.fixed32(wire).map(drop).map_err(at("LogRecord", "flags")),
         9 => {
             trace_id_len = c.bytes(wire).map_err(at("LogRecord", "trace_id"))?.len();
             Ok(())
@@ -533,7 +264,7 @@ fn log_record(c: &mut Cursor, wire: WireType, depth: u32) -> Result<(usize, usiz
             span_id_len = c.bytes(wire).map_err(at("LogRecord", "span_id"))?.len();
             Ok(())
         }
-        12 => c.string(wire).map(drop).map_err(at("LogRecord", "event_name")),
+        12 => c.string_range(wire).map(drop).map_err(at("LogRecord", "event_name")),
         _ => c.skip(wire, tag, depth),
     })?;
     Ok((trace_id_len, span_id_len))
@@ -550,7 +281,7 @@ fn key_value(c: &mut Cursor, wire: WireType, depth: u32) -> Result<Attribute, Wa
     let mut attribute = Attribute { key: 0..0, value: None };
     c.message(wire, depth, |c, tag, wire, depth| match tag {
         1 => {
-            attribute.key = c.string(wire).map_err(at("KeyValue", "key"))?;
+            attribute.key = c.string_range(wire).map_err(at("KeyValue", "key"))?;
             Ok(())
         }
         2 => {
@@ -560,7 +291,7 @@ fn key_value(c: &mut Cursor, wire: WireType, depth: u32) -> Result<Attribute, Wa
             }
             Ok(())
         }
-        3 => c.varint_field(wire).map_err(at("KeyValue", "key_strindex")),
+        3 => c.varint(wire).map(drop).map_err(at("KeyValue", "key_strindex")),
         _ => c.skip(wire, tag, depth),
     })?;
     Ok(attribute)
@@ -572,9 +303,9 @@ fn any_value(c: &mut Cursor, wire: WireType, depth: u32) -> Result<Option<(u32, 
     let mut last = None;
     c.message(wire, depth, |c, tag, wire, depth| {
         let contents = match tag {
-            1 => c.string(wire),
-            2 | 3 | 8 => c.varint_field(wire).map(|()| 0..0),
-            4 => c.fixed(wire, 8).map(|()| 0..0),
+            1 => c.string_range(wire),
+            2 | 3 | 8 => c.varint(wire).map(|_| 0..0),
+            4 => c.fixed64(wire).map(|_| 0..0),
             5 => array_value(c, wire, depth).map(|()| 0..0),
             6 => key_value_list(c, wire, depth).map(|()| 0..0),
             7 => c.bytes(wire),

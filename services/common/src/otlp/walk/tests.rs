@@ -25,7 +25,7 @@ use proptest::{
 use prost::Message;
 
 use super::*;
-use crate::otlp::records::check_record;
+use crate::otlp::{records::check_record, wire::ErrorKind};
 
 // ---------------------------------------------------------------------------------------------
 // The reference: prost's decoding, with the record check both services apply
@@ -903,7 +903,7 @@ fn fuzz_against_prost() {
                     records.set(records.get() + walk.records);
                 }
                 None => {
-                    let reason = match walk_logs_request(&bytes).unwrap_err().inner.kind {
+                    let reason = match walk_logs_request(&bytes).unwrap_err().kind() {
                         ErrorKind::InvalidKey(_) => "InvalidKey".to_owned(),
                         kind => format!("{kind:?}"),
                     };
