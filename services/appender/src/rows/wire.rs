@@ -13,9 +13,11 @@
 //! oneof field decides the variant). The common shapes (string bodies, string, int and bool
 //! attributes) are read in place; anything else (non-string bodies, array or map attribute
 //! values, merged messages) is decoded with prost for that one field, so it goes through the
-//! very code `to_rows` uses. Malformed bytes give an error, never a panic.
+//! very code `to_rows` uses. The bytes are read with `otlp::wire::Cursor`, the walk's reader,
+//! so they are read by prost's rules; malformed bytes give an [`Error`] in prost's words, never a
+//! panic.
 
-use std::{borrow::Cow, ops::Range};
+use std::{borrow::Cow, fmt, ops::Range};
 
 use arrow_array::RecordBatch;
 use opentelemetry_proto::tonic::{
@@ -23,6 +25,7 @@ use opentelemetry_proto::tonic::{
     resource::v1::Resource,
 };
 use prost::Message as _;
+use telemetry_lake_common::otlp::wire::{Cursor, RECURSION_LIMIT, WalkError};
 
 use super::{
     KafkaPosition, RowBuilders, append_map, body_text, flatten_attributes, nanos_to_micros, plain_json,
@@ -87,6 +90,40 @@ fn non_empty(s: &str) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
+/// Why bytes did not give rows, in prost's words (the wire cursor's or prost's own), after the
+/// field they were found in: "LogRecord.attributes: failed to decode Protobuf message: ...".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(String);
+
+impl Error {
+    /// Puts the field being read before an error.
+    fn within<E: Into<Error>>(field: &'static str) -> impl FnOnce(E) -> Error {
+        move |e| Error(format!("{field}: {}", e.into().0))
+    }
+}
+
+impl From<WalkError> for Error {
+    #[cold]
+    fn from(e: WalkError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<prost::DecodeError> for Error {
+    #[cold]
+    fn from(e: prost::DecodeError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
 /// One record found by [`index_request`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexedRecord {
@@ -106,9 +143,9 @@ pub fn index_request(
     received_at_micros: i64,
     contexts: &mut Vec<Context>,
     mut record: impl FnMut(IndexedRecord),
-) -> Result<u64, String> {
+) -> Result<u64, Error> {
     let mut rejected = 0;
-    let mut r = Reader::new(request);
+    let mut r = Cursor::new(request);
     let mut resource_parts = Vec::new();
     let mut scope_logs = Vec::new();
     let mut scope_parts = Vec::new();
@@ -116,37 +153,39 @@ pub fn index_request(
     while !r.done() {
         let (tag, wire) = r.key()?;
         if tag != 1 {
-            r.skip(wire, tag)?;
+            r.skip(wire, tag, RECURSION_LIMIT)?;
             continue;
         }
         // ResourceLogs: its resource may follow its scopes, so the fields are gathered first.
-        let mut resource_logs = Reader::at(request, r.message(wire)?);
+        let mut resource_logs = Cursor::within(request, r.bytes(wire)?);
         resource_parts.clear();
         scope_logs.clear();
         let mut resource_schema_url = "";
         while !resource_logs.done() {
             match resource_logs.key()? {
-                (1, wire) => resource_parts.push(resource_logs.message(wire)?),
-                (2, wire) => scope_logs.push(resource_logs.message(wire)?),
+                (1, wire) => resource_parts.push(resource_logs.bytes(wire)?),
+                (2, wire) => scope_logs.push(resource_logs.bytes(wire)?),
                 (3, wire) => resource_schema_url = resource_logs.string(wire)?,
-                (tag, wire) => resource_logs.skip(wire, tag)?,
+                (tag, wire) => resource_logs.skip(wire, tag, RECURSION_LIMIT)?,
             }
         }
-        let resource = merged::<Resource>(request, &resource_parts, "ResourceLogs.resource")?;
+        let resource =
+            merged::<Resource>(request, &resource_parts).map_err(Error::within("ResourceLogs.resource"))?;
         for range in &scope_logs {
-            let mut s = Reader::at(request, range.clone());
+            let mut s = Cursor::within(request, range.clone());
             scope_parts.clear();
             records.clear();
             let mut scope_schema_url = "";
             while !s.done() {
                 match s.key()? {
-                    (1, wire) => scope_parts.push(s.message(wire)?),
-                    (2, wire) => records.push(s.message(wire)?),
+                    (1, wire) => scope_parts.push(s.bytes(wire)?),
+                    (2, wire) => records.push(s.bytes(wire)?),
                     (3, wire) => scope_schema_url = s.string(wire)?,
-                    (tag, wire) => s.skip(wire, tag)?,
+                    (tag, wire) => s.skip(wire, tag, RECURSION_LIMIT)?,
                 }
             }
-            let scope = merged::<InstrumentationScope>(request, &scope_parts, "ScopeLogs.scope")?;
+            let scope = merged::<InstrumentationScope>(request, &scope_parts)
+                .map_err(Error::within("ScopeLogs.scope"))?;
             let context = contexts.len();
             contexts.push(Context::new(
                 resource.as_ref(),
@@ -155,7 +194,8 @@ pub fn index_request(
                 scope_schema_url,
             ));
             for bytes in &records {
-                let keys = record_keys(Reader::at(request, bytes.clone()))?;
+                let keys = record_keys(Cursor::within(request, bytes.clone()))
+                    .map_err(Error::within("ScopeLogs.log_records"))?;
                 if !matches!(keys.trace_id_len, 0 | 16) || !matches!(keys.span_id_len, 0 | 8) {
                     rejected += 1;
                     continue;
@@ -174,8 +214,7 @@ pub fn index_request(
 fn merged<M: prost::Message + Default>(
     bytes: &[u8],
     parts: &[Range<usize>],
-    what: &str,
-) -> Result<Option<M>, String> {
+) -> Result<Option<M>, prost::DecodeError> {
     let decoded = match parts {
         [] => return Ok(None),
         [one] => M::decode(&bytes[one.clone()]),
@@ -183,7 +222,7 @@ fn merged<M: prost::Message + Default>(
             many.iter().flat_map(|p| bytes[p.clone()].iter().copied()).collect::<Vec<u8>>().as_slice(),
         ),
     };
-    decoded.map(Some).map_err(|e| format!("{what}: {e}"))
+    decoded.map(Some)
 }
 
 /// The fields of a record that decide its key and whether it is kept (the last of each wins).
@@ -195,7 +234,7 @@ struct RecordKeys {
     span_id_len: usize,
 }
 
-fn record_keys(mut r: Reader<'_>) -> Result<RecordKeys, String> {
+fn record_keys(mut r: Cursor<'_>) -> Result<RecordKeys, WalkError> {
     let mut keys = RecordKeys::default();
     while !r.done() {
         match r.key()? {
@@ -203,7 +242,7 @@ fn record_keys(mut r: Reader<'_>) -> Result<RecordKeys, String> {
             (11, wire) => keys.observed_time = r.fixed64(wire)?,
             (9, wire) => keys.trace_id_len = r.bytes(wire)?.len(),
             (10, wire) => keys.span_id_len = r.bytes(wire)?.len(),
-            (tag, wire) => r.skip(wire, tag)?,
+            (tag, wire) => r.skip(wire, tag, RECURSION_LIMIT)?,
         }
     }
     Ok(keys)
@@ -256,8 +295,8 @@ impl RowWriter {
         record: &[u8],
         timestamp: i64,
         source: Option<KafkaPosition>,
-    ) -> Result<(), String> {
-        let mut r = Reader::new(record);
+    ) -> Result<(), Error> {
+        let mut r = Cursor::new(record);
         let mut observed_time = 0u64;
         let mut severity_number = 0i32;
         let mut severity_text = "";
@@ -271,20 +310,21 @@ impl RowWriter {
         while !r.done() {
             match r.key()? {
                 (11, wire) => observed_time = r.fixed64(wire)?,
-                (2, wire) => severity_number = r.varint_of(wire)? as i32,
+                (2, wire) => severity_number = r.varint(wire)? as i32,
                 (3, wire) => severity_text = r.string(wire)?,
-                (5, wire) => self.bodies.push(r.message(wire)?),
-                (6, wire) => self.attributes.push(r.message(wire)?),
-                (7, wire) => dropped_attributes_count = r.varint_of(wire)? as u32,
+                (5, wire) => self.bodies.push(r.bytes(wire)?),
+                (6, wire) => self.attributes.push(r.bytes(wire)?),
+                (7, wire) => dropped_attributes_count = r.varint(wire)? as u32,
                 (8, wire) => flags = r.fixed32(wire)?,
                 (9, wire) => trace_id = &record[r.bytes(wire)?],
                 (10, wire) => span_id = &record[r.bytes(wire)?],
                 (12, wire) => event_name = r.string(wire)?,
-                (tag, wire) => r.skip(wire, tag)?,
+                (tag, wire) => r.skip(wire, tag, RECURSION_LIMIT)?,
             }
         }
-        let body = body(record, &self.bodies)?;
-        let log_attributes = attributes(record, &self.attributes)?;
+        let body = body(record, &self.bodies).map_err(Error::within("LogRecord.body"))?;
+        let log_attributes =
+            attributes(record, &self.attributes).map_err(Error::within("LogRecord.attributes"))?;
         let b = &mut self.builders;
         b.timestamp.append_value(timestamp);
         b.observed_timestamp.append_option((observed_time != 0).then(|| nanos_to_micros(observed_time)));
@@ -317,7 +357,7 @@ pub fn decode_rows(
     request: &[u8],
     source: Option<KafkaPosition>,
     received_at_micros: i64,
-) -> Result<RecordBatch, String> {
+) -> Result<RecordBatch, Error> {
     let mut contexts = Vec::new();
     let mut records = Vec::new();
     index_request(request, received_at_micros, &mut contexts, |r| records.push(r))?;
@@ -373,29 +413,29 @@ enum Scalar<'a> {
 }
 
 /// Reads the last oneof field of the merged `AnyValue`s; `None` when a message variant is last.
-fn scalar<'a>(bytes: &'a [u8], parts: &[Range<usize>]) -> Result<Option<Scalar<'a>>, String> {
+fn scalar<'a>(bytes: &'a [u8], parts: &[Range<usize>]) -> Result<Option<Scalar<'a>>, WalkError> {
     let mut last = Scalar::None;
     let mut message_last = false;
     for part in parts {
-        let mut r = Reader::at(bytes, part.clone());
+        let mut r = Cursor::within(bytes, part.clone());
         while !r.done() {
             let (tag, wire) = r.key()?;
             (last, message_last) = match tag {
                 1 => (Scalar::String(r.string(wire)?), false),
-                2 => (Scalar::Bool(r.varint_of(wire)? != 0), false),
-                3 => (Scalar::Int(r.varint_of(wire)? as i64), false),
+                2 => (Scalar::Bool(r.varint(wire)? != 0), false),
+                3 => (Scalar::Int(r.varint(wire)? as i64), false),
                 4 => (Scalar::Double(f64::from_bits(r.fixed64(wire)?)), false),
                 5 | 6 => {
-                    r.message(wire)?;
+                    r.bytes(wire)?;
                     (Scalar::None, true)
                 }
                 7 => (Scalar::Bytes(&bytes[r.bytes(wire)?]), false),
                 8 => {
-                    r.varint_of(wire)?;
+                    r.varint(wire)?;
                     (Scalar::Strindex, false)
                 }
                 _ => {
-                    r.skip(wire, tag)?;
+                    r.skip(wire, tag, RECURSION_LIMIT)?;
                     continue;
                 }
             };
@@ -405,13 +445,13 @@ fn scalar<'a>(bytes: &'a [u8], parts: &[Range<usize>]) -> Result<Option<Scalar<'
 }
 
 /// The body column: string bodies in place, anything else through prost and `body_text`.
-fn body<'a>(record: &'a [u8], parts: &[Range<usize>]) -> Result<Cow<'a, str>, String> {
+fn body<'a>(record: &'a [u8], parts: &[Range<usize>]) -> Result<Cow<'a, str>, Error> {
     match scalar(record, parts)? {
         _ if parts.is_empty() => Ok(Cow::Borrowed("")),
         Some(Scalar::String(s)) => Ok(Cow::Borrowed(s)),
         Some(Scalar::None) => Ok(Cow::Borrowed("")),
         _ => {
-            let value = merged::<AnyValue>(record, parts, "LogRecord.body")?;
+            let value = merged::<AnyValue>(record, parts)?;
             Ok(Cow::Owned(body_text(value.as_ref()).into_owned()))
         }
     }
@@ -419,19 +459,19 @@ fn body<'a>(record: &'a [u8], parts: &[Range<usize>]) -> Result<Cow<'a, str>, St
 
 /// The log attributes, flattened as `flatten_attributes` does (last value of a key wins, in
 /// the place of its first).
-fn attributes<'a>(record: &'a [u8], parts: &[Range<usize>]) -> Result<Vec<(&'a str, Cow<'a, str>)>, String> {
+fn attributes<'a>(record: &'a [u8], parts: &[Range<usize>]) -> Result<Vec<(&'a str, Cow<'a, str>)>, Error> {
     use serde_json::Value as J;
     let mut flat: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(parts.len());
     let mut values = Vec::with_capacity(1);
     for part in parts {
-        let mut r = Reader::at(record, part.clone());
+        let mut r = Cursor::within(record, part.clone());
         let mut key = "";
         values.clear();
         while !r.done() {
             match r.key()? {
                 (1, wire) => key = r.string(wire)?,
-                (2, wire) => values.push(r.message(wire)?),
-                (tag, wire) => r.skip(wire, tag)?,
+                (2, wire) => values.push(r.bytes(wire)?),
+                (tag, wire) => r.skip(wire, tag, RECURSION_LIMIT)?,
             }
         }
         let value = match scalar(record, &values)? {
@@ -448,8 +488,7 @@ fn attributes<'a>(record: &'a [u8], parts: &[Range<usize>]) -> Result<Vec<(&'a s
                 Cow::Owned(J::String(base64::engine::general_purpose::STANDARD.encode(b)).to_string())
             }
             None => {
-                let kv = KeyValue::decode(&record[part.clone()])
-                    .map_err(|e| format!("LogRecord.attributes: {e}"))?;
+                let kv = KeyValue::decode(&record[part.clone()])?;
                 Cow::Owned(plain_json(kv.value.as_ref().and_then(|v| v.value.as_ref())).to_string())
             }
         };
@@ -459,135 +498,4 @@ fn attributes<'a>(record: &'a [u8], parts: &[Range<usize>]) -> Result<Vec<(&'a s
         }
     }
     Ok(flat)
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Wire {
-    Varint,
-    Fixed64,
-    Delimited,
-    StartGroup,
-    EndGroup,
-    Fixed32,
-}
-
-/// A position in protobuf bytes, bounded by `end`.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    end: usize,
-}
-
-fn truncated() -> String {
-    "truncated or malformed protobuf".to_string()
-}
-
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0, end: buf.len() }
-    }
-
-    fn at(buf: &'a [u8], range: Range<usize>) -> Self {
-        Self { buf, pos: range.start, end: range.end }
-    }
-
-    #[inline(always)]
-    fn done(&self) -> bool {
-        self.pos >= self.end
-    }
-
-    #[inline(always)]
-    fn varint(&mut self) -> Result<u64, String> {
-        let mut value = 0u64;
-        for i in 0..10 {
-            let byte = *self.buf[..self.end].get(self.pos).ok_or_else(truncated)?;
-            self.pos += 1;
-            value |= u64::from(byte & 0x7f) << (7 * i);
-            if byte < 0x80 {
-                return Ok(value);
-            }
-        }
-        Err("invalid varint".into())
-    }
-
-    #[inline(always)]
-    fn key(&mut self) -> Result<(u32, Wire), String> {
-        let key = self.varint()?;
-        let wire = match key & 7 {
-            0 => Wire::Varint,
-            1 => Wire::Fixed64,
-            2 => Wire::Delimited,
-            3 => Wire::StartGroup,
-            4 => Wire::EndGroup,
-            5 => Wire::Fixed32,
-            other => return Err(format!("invalid wire type {other}")),
-        };
-        Ok(((key >> 3) as u32, wire))
-    }
-
-    fn expect(wire: Wire, expected: Wire) -> Result<(), String> {
-        if wire == expected { Ok(()) } else { Err(format!("wire type {wire:?} where {expected:?} belongs")) }
-    }
-
-    #[inline(always)]
-    fn take(&mut self, len: u64) -> Result<Range<usize>, String> {
-        if len > (self.end - self.pos) as u64 {
-            return Err(truncated());
-        }
-        let start = self.pos;
-        self.pos += len as usize;
-        Ok(start..self.pos)
-    }
-
-    #[inline(always)]
-    fn bytes(&mut self, wire: Wire) -> Result<Range<usize>, String> {
-        Self::expect(wire, Wire::Delimited)?;
-        let len = self.varint()?;
-        self.take(len)
-    }
-
-    fn message(&mut self, wire: Wire) -> Result<Range<usize>, String> {
-        self.bytes(wire)
-    }
-
-    #[inline(always)]
-    fn string(&mut self, wire: Wire) -> Result<&'a str, String> {
-        let range = self.bytes(wire)?;
-        std::str::from_utf8(&self.buf[range]).map_err(|_| "a string is not UTF-8".to_string())
-    }
-
-    fn varint_of(&mut self, wire: Wire) -> Result<u64, String> {
-        Self::expect(wire, Wire::Varint)?;
-        self.varint()
-    }
-
-    fn fixed64(&mut self, wire: Wire) -> Result<u64, String> {
-        Self::expect(wire, Wire::Fixed64)?;
-        let range = self.take(8)?;
-        Ok(u64::from_le_bytes(self.buf[range].try_into().expect("8 bytes")))
-    }
-
-    fn fixed32(&mut self, wire: Wire) -> Result<u32, String> {
-        Self::expect(wire, Wire::Fixed32)?;
-        let range = self.take(4)?;
-        Ok(u32::from_le_bytes(self.buf[range].try_into().expect("4 bytes")))
-    }
-
-    /// Skips a field of an unknown tag, groups included.
-    fn skip(&mut self, wire: Wire, tag: u32) -> Result<(), String> {
-        match wire {
-            Wire::Varint => self.varint().map(drop),
-            Wire::Fixed64 => self.take(8).map(drop),
-            Wire::Fixed32 => self.take(4).map(drop),
-            Wire::Delimited => self.bytes(wire).map(drop),
-            Wire::StartGroup => loop {
-                let (inner, wire) = self.key()?;
-                if wire == Wire::EndGroup {
-                    return if inner == tag { Ok(()) } else { Err("unexpected end group tag".into()) };
-                }
-                self.skip(wire, inner)?;
-            },
-            Wire::EndGroup => Err("unexpected end group tag".into()),
-        }
-    }
 }
