@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -31,11 +32,12 @@ from compare import Run, Setup, Topics, ab_run, bench_appender, check_loghub, lo
 
 
 def nested(pairs: list[str]) -> dict[str, Any]:
-    """`a.b=v` pairs as {"a": {"b": "v"}}."""
+    """`a.b=v` pairs as {"a": {"b": "v"}}; a quoted part keeps its dots, as in TOML
+    (`kafka.consumer."fetch.max.bytes"=4194304`)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
-        *path, leaf = key.split(".")
+        *path, leaf = [part.strip('"') for part in re.findall(r'"[^"]*"|[^.]+', key)]
         node = out
         for part in path:
             node = node.setdefault(part, {})

@@ -255,12 +255,17 @@ const PRODUCER_DEFAULTS: [(&str, &str); 7] = [
 
 /// Consumer settings chosen unless `[kafka.consumer]` says otherwise: librdkafka's defaults
 /// let the consumer hold 64 MiB of prefetched messages (decompressed) and fetch 50 MB
-/// responses, most of the appender's 256 MiB; bounded here so that its peak RSS on a backlog
-/// stays within it (guarantee 3). A full queue postpones a partition's next fetch by
-/// `fetch.queue.backoff.ms` (1 s by default, longer than 16 MiB lasts at the appender's rate).
+/// responses, more than the appender's 256 MiB; bounded here so that its peak RSS on a backlog
+/// stays within it (guarantee 3). `fetch.max.bytes` counts compressed bytes, and a whole
+/// response is decompressed before the queue limit is looked at: OTLP logs compress about ten
+/// times, so with 16 MiB of each a heap profile on a 25M-record backlog found librdkafka's
+/// decompressed batches holding 55-144 MiB; with 4 MiB and 1 MiB, 15-41 MiB, and the appender
+/// committed as many rows per second (`bench/compare/results/kafka-backlog-2026-12-07.md`).
+/// A full queue postpones a partition's next fetch by `fetch.queue.backoff.ms` (1 s by default,
+/// far longer than 4 MiB lasts at the appender's rate).
 const CONSUMER_DEFAULTS: [(&str, &str); 3] = [
-    ("queued.max.messages.kbytes", "16384"),
-    ("fetch.max.bytes", "16777216"),
+    ("queued.max.messages.kbytes", "4096"),
+    ("fetch.max.bytes", "1048576"),
     ("fetch.queue.backoff.ms", "20"),
 ];
 
@@ -583,12 +588,12 @@ mod tests {
     #[test]
     fn the_consumer_prefetches_a_bounded_amount_unless_the_table_says_otherwise() {
         let config = consumer_config(&kafka(), "appender");
-        assert_eq!(config.get("queued.max.messages.kbytes"), Some("16384"));
+        assert_eq!(config.get("queued.max.messages.kbytes"), Some("4096"));
         assert_eq!(config.get("fetch.queue.backoff.ms"), Some("20"));
         assert_eq!(config.get("fetch.max.bytes"), Some("1000"), "the table overrides a default");
         let mut plain = kafka();
         plain.consumer.clear();
-        assert_eq!(consumer_config(&plain, "appender").get("fetch.max.bytes"), Some("16777216"));
+        assert_eq!(consumer_config(&plain, "appender").get("fetch.max.bytes"), Some("1048576"));
         assert_eq!(producer_config(&plain, "p").get("queued.max.messages.kbytes"), None, "consumers only");
     }
 

@@ -99,10 +99,18 @@ pub(super) struct StagingDb {
     sealed: Option<(Sealed, i64)>,
 }
 
-/// How `staging.memory_limit` is shared: DuckDB's buffer pool and a flush's sorted runs each
-/// get a quarter; the rest is for requests in flight, Parquet row groups and the allocator.
+/// How `staging.memory_limit` is shared: DuckDB's buffer pool gets a quarter, a flush's sorted
+/// run an eighth; the rest is for requests in flight, the Kafka consumer's prefetch, Parquet
+/// row groups and the allocator.
 fn share(memory_limit: ByteSize) -> u64 {
     (memory_limit.as_u64() / 4).max(4 << 20)
+}
+
+/// A flush's sorted run: an eighth of `staging.memory_limit` (32 MiB at the default). A heap
+/// profile on a Kafka backlog found the run at 64-76 MiB with a quarter; runs half that size
+/// cost no more CPU per row (`bench/compare/results/kafka-backlog-2026-12-07.md`).
+fn run_share(memory_limit: ByteSize) -> u64 {
+    (memory_limit.as_u64() / 8).max(4 << 20)
 }
 
 /// The most bytes of batches one group commit takes (a larger batch goes alone). DuckDB holds a
@@ -211,7 +219,7 @@ impl StagingDb {
             wal_path: format!("{path}.wal"),
             path: path.clone(),
             checkpoint_wal_bytes,
-            run_bytes: share(config.memory_limit),
+            run_bytes: run_share(config.memory_limit),
             reader_queries: Arc::new(AtomicUsize::new(0)),
             checkpoint_wanted: Arc::new(AtomicBool::new(false)),
             broken: BrokenFlag {
