@@ -340,12 +340,16 @@ fn apply(
     config
 }
 
-/// An idempotent `acks=all` producer: our defaults, then `[kafka.client]`, `[kafka.producer]`,
-/// then the settings guarantee 1 needs.
-pub fn producer_config(kafka: &KafkaSettings, client_id: &str) -> ClientConfig {
+/// An idempotent `acks=all` producer: our defaults and the role's own (`role_defaults`), then
+/// `[kafka.client]`, `[kafka.producer]`, then the settings guarantee 1 needs.
+pub fn producer_config(
+    kafka: &KafkaSettings,
+    client_id: &str,
+    role_defaults: &[(&str, &str)],
+) -> ClientConfig {
     let mut defaults = ClientConfig::new();
-    for (key, value) in PRODUCER_DEFAULTS {
-        defaults.set(key, value);
+    for (key, value) in PRODUCER_DEFAULTS.iter().chain(role_defaults) {
+        defaults.set(*key, *value);
     }
     let mut config = apply(defaults, kafka, client_id, &kafka.producer);
     for (key, allowed) in PRODUCER_REQUIRED {
@@ -565,7 +569,7 @@ mod tests {
 
     #[test]
     fn producers_are_idempotent_with_acks_all_and_keep_the_table() {
-        let config = producer_config(&kafka(), "dlq");
+        let config = producer_config(&kafka(), "dlq", &[]);
         assert_eq!(config.get("enable.idempotence"), Some("true"));
         assert_eq!(config.get("acks"), Some("all"));
         assert_eq!(config.get("linger.ms"), Some("20"), "the table overrides a default");
@@ -594,7 +598,11 @@ mod tests {
         let mut plain = kafka();
         plain.consumer.clear();
         assert_eq!(consumer_config(&plain, "appender").get("fetch.max.bytes"), Some("1048576"));
-        assert_eq!(producer_config(&plain, "p").get("queued.max.messages.kbytes"), None, "consumers only");
+        assert_eq!(
+            producer_config(&plain, "p", &[]).get("queued.max.messages.kbytes"),
+            None,
+            "consumers only"
+        );
     }
 
     #[test]
@@ -608,7 +616,7 @@ mod tests {
         let mut settings = kafka();
         settings.producer.insert("socket.timeout.ms".into(), "7000".into());
         let configs = [
-            ("producer", producer_config(&settings, "p")),
+            ("producer", producer_config(&settings, "p", &[])),
             ("consumer", consumer_config(&settings, "c")),
             ("producer-side admin", admin_config(&settings, Side::Producer, "a")),
             ("consumer-side admin", admin_config(&settings, Side::Consumer, "a")),
@@ -704,7 +712,7 @@ mod tests {
         };
         let settings = security(Some(tls), Some(scram()));
         for config in [
-            producer_config(&settings, "p"),
+            producer_config(&settings, "p", &[]),
             consumer_config(&settings, "c"),
             admin_config(&settings, Side::Producer, "a"),
             admin_config(&settings, Side::Consumer, "a"),
@@ -720,7 +728,7 @@ mod tests {
         }
         let protocol = |tls: bool, sasl: bool| {
             let settings = security(tls.then(KafkaTlsConfig::default), sasl.then(scram));
-            producer_config(&settings, "p").get("security.protocol").map(str::to_string)
+            producer_config(&settings, "p", &[]).get("security.protocol").map(str::to_string)
         };
         assert_eq!(protocol(true, false).as_deref(), Some("SSL"));
         assert_eq!(protocol(false, true).as_deref(), Some("SASL_PLAINTEXT"));
@@ -804,7 +812,7 @@ mod tests {
             jail.set_env("TELEMETRY_LAKE_KAFKA__SASL__PASSWORD", "env-S3cret");
             let settings =
                 crate::settings::Settings::load(Some(std::path::Path::new("lake.toml"))).expect("settings");
-            let config = producer_config(settings.mode.kafka().expect("kafka mode"), "p");
+            let config = producer_config(settings.mode.kafka().expect("kafka mode"), "p", &[]);
             assert_eq!(config.get("security.protocol"), Some("SASL_SSL"));
             assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-256"));
             assert_eq!(config.get("sasl.password"), Some("env-S3cret"));

@@ -229,7 +229,7 @@ mod tests {
     #[tokio::test]
     async fn stats_report_the_producer_queue_depth() {
         let kafka = crate::producer::tests::kafka_settings("127.0.0.1:1", &[("message.timeout.ms", "1500")]);
-        let config = telemetry_lake_common::kafka::producer_config(&kafka, "t");
+        let config = telemetry_lake_common::kafka::producer_config(&kafka, "t", &[]);
         let counters = Arc::new(Counters::default());
         let broker = Arc::new(BrokerState::default());
         broker.ready.store(true, Ordering::Relaxed);
@@ -238,7 +238,7 @@ mod tests {
         );
         let exporter = Arc::new(KafkaExporter {
             producer: producer.clone(),
-            topic: "otel-logs".into(),
+            topic: c"otel-logs".into(),
             budget: 900_000,
             counters: counters.clone(),
             broker,

@@ -18,7 +18,7 @@ pub mod broker;
 pub mod producer;
 pub mod split;
 
-use std::{sync::Arc, time::Duration};
+use std::{ffi::CString, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use prometheus_client::registry::Registry;
@@ -62,13 +62,7 @@ const PRODUCER_DEFAULTS: [(&str, &str); 1] = [("message.copy.max.bytes", "0")];
 
 /// The ingester's producer settings: the shared ones plus [`PRODUCER_DEFAULTS`].
 pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
-    let mut config = telemetry_lake_common::kafka::producer_config(kafka, "telemetry-lake-ingester");
-    for (key, value) in PRODUCER_DEFAULTS {
-        if config.get(key).is_none() {
-            config.set(key, value);
-        }
-    }
-    config
+    telemetry_lake_common::kafka::producer_config(kafka, "telemetry-lake-ingester", &PRODUCER_DEFAULTS)
 }
 
 /// Runs the ingester until `shutdown`, then drains, flushes the producer and returns.
@@ -99,7 +93,8 @@ pub async fn run(
         tokio::spawn(broker::watch(kafka.clone(), broker.clone(), health.clone(), shutdown.clone()));
     let exporter = Arc::new(KafkaExporter {
         producer: producer.clone(),
-        topic: kafka.topic.clone(),
+        topic: CString::new(kafka.topic.as_str())
+            .map_err(|_| anyhow::anyhow!("kafka.topic = {:?} holds a NUL byte", kafka.topic))?,
         budget: producer::payload_budget(&kafka.producer),
         counters: counters.clone(),
         broker,

@@ -39,34 +39,18 @@ async fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use std::ffi::{CStr, c_char, c_int, c_void};
-
-    unsafe extern "C" {
-        /// jemalloc's control interface (`mallctl(3)`), unprefixed like `malloc` in this build.
-        fn mallctl(
-            name: *const c_char,
-            oldp: *mut c_void,
-            oldlenp: *mut usize,
-            newp: *mut c_void,
-            newlen: usize,
-        ) -> c_int;
-    }
-
-    fn read<T: Default>(name: &CStr) -> T {
-        let mut value = T::default();
-        let mut len = std::mem::size_of::<T>();
-        let code =
-            unsafe { mallctl(name.as_ptr(), (&raw mut value).cast(), &mut len, std::ptr::null_mut(), 0) };
-        assert_eq!(code, 0, "mallctl {name:?}");
-        value
-    }
+    use tikv_jemalloc_ctl::raw;
 
     #[test]
     fn jemalloc_runs_with_one_arena_and_the_shared_decay() {
-        assert_eq!(read::<u32>(c"opt.narenas"), 1);
-        let percpu: *const c_char = read(c"opt.percpu_arena");
-        assert_eq!(unsafe { CStr::from_ptr(percpu) }, c"disabled");
-        assert!(read::<bool>(c"opt.background_thread"));
-        assert_eq!((read::<isize>(c"opt.dirty_decay_ms"), read::<isize>(c"opt.muzzy_decay_ms")), (1000, 0));
+        // SAFETY: each name is one of jemalloc's options, read with its own type.
+        unsafe {
+            assert_eq!(raw::read::<u32>(b"opt.narenas\0").unwrap(), 1);
+            assert_eq!(raw::read_str(b"opt.percpu_arena\0").unwrap(), b"disabled\0");
+            assert!(raw::read::<bool>(b"opt.background_thread\0").unwrap());
+            let decay =
+                (raw::read::<isize>(b"opt.dirty_decay_ms\0"), raw::read::<isize>(b"opt.muzzy_decay_ms\0"));
+            assert_eq!((decay.0.unwrap(), decay.1.unwrap()), (1000, 0));
+        }
     }
 }

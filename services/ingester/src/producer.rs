@@ -247,7 +247,8 @@ pub type IngestProducer = ThreadedProducer<IngestContext>;
 /// OTLP logs to the Kafka topic: the ingester's [`LogsExporter`].
 pub struct KafkaExporter {
     pub producer: Arc<IngestProducer>,
-    pub topic: String,
+    /// The topic, as librdkafka takes it (made once, not per record).
+    pub topic: CString,
     pub budget: usize,
     pub counters: Arc<Counters>,
     pub broker: Arc<BrokerState>,
@@ -366,8 +367,6 @@ impl KafkaExporter {
     /// headers are copied or taken over by librdkafka. Returns the error, after dropping
     /// `pending`, when the record was not queued.
     fn produce(&self, key: &str, pending: Box<Pending>) -> Result<(), KafkaError> {
-        let topic = CString::new(self.topic.as_str())
-            .map_err(|_| KafkaError::MessageProduction(RDKafkaErrorCode::InvalidTopic))?;
         let headers = Headers::new();
         let (value, value_len) = (pending.payload.as_ptr(), pending.payload.len());
         let opaque = pending.into_ptr();
@@ -380,7 +379,7 @@ impl KafkaExporter {
             rdsys::rd_kafka_producev(
                 self.producer.client().native_ptr(),
                 rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_TOPIC,
-                topic.as_ptr(),
+                self.topic.as_ptr(),
                 rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION,
                 -1i32, // RD_KAFKA_PARTITION_UA: the partitioner decides
                 rdsys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
@@ -503,10 +502,10 @@ pub(crate) mod tests {
 
     #[test]
     fn delivery_timeout_follows_message_timeout_ms() {
-        let config = kafka::producer_config(&kafka_settings("k:9092", &[]), "t");
+        let config = kafka::producer_config(&kafka_settings("k:9092", &[]), "t", &[]);
         assert_eq!(delivery_timeout(&config), Duration::from_secs(30));
         let config =
-            kafka::producer_config(&kafka_settings("k:9092", &[("message.timeout.ms", "5000")]), "t");
+            kafka::producer_config(&kafka_settings("k:9092", &[("message.timeout.ms", "5000")]), "t", &[]);
         assert_eq!(delivery_timeout(&config), Duration::from_secs(5));
     }
 
@@ -518,7 +517,7 @@ pub(crate) mod tests {
 
     /// An exporter whose producer points at a port nothing listens on.
     fn unreachable_exporter(extra: &[(&str, &str)], ready: bool) -> KafkaExporter {
-        let config = kafka::producer_config(&kafka_settings("127.0.0.1:1", extra), "t");
+        let config = kafka::producer_config(&kafka_settings("127.0.0.1:1", extra), "t", &[]);
         let counters = Arc::new(Counters::default());
         let broker = Arc::new(BrokerState::default());
         broker.ready.store(ready, Ordering::Relaxed);
@@ -526,7 +525,7 @@ pub(crate) mod tests {
             config.create_with_context(IngestContext::new(counters.clone(), broker.clone())).unwrap();
         KafkaExporter {
             producer: Arc::new(producer),
-            topic: "otel-logs".into(),
+            topic: c"otel-logs".into(),
             budget: 900_000,
             counters,
             broker,

@@ -71,7 +71,7 @@ fn delivery_timeout(config: &ClientConfig) -> Duration {
 
 impl DeadLetters {
     pub(super) fn new(config: &KafkaSettings, counters: Arc<SourceCounters>) -> Result<Self, KafkaError> {
-        let mut producer_config = kafka::producer_config(config, "telemetry-lake-appender-dead-letters");
+        let mut producer_config = kafka::producer_config(config, "telemetry-lake-appender-dead-letters", &[]);
         let timeout = delivery_timeout(&producer_config);
         producer_config.set("message.timeout.ms", timeout.as_millis().to_string());
         let producer = match &config.dead_letter_topic {
@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn the_delivery_timeout_is_bounded() {
         let timeout = |pairs: &[(&str, &str)]| {
-            delivery_timeout(&kafka::producer_config(&settings("k:9092", pairs), "t"))
+            delivery_timeout(&kafka::producer_config(&settings("k:9092", pairs), "t", &[]))
         };
         assert_eq!(timeout(&[]), MAX_DELIVERY_TIMEOUT, "our 30 s default is lowered");
         assert_eq!(timeout(&[("message.timeout.ms", "300000")]), MAX_DELIVERY_TIMEOUT);
