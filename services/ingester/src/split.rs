@@ -131,7 +131,7 @@ pub fn split_encoded(bytes: &Bytes, walk: &Walk, budget: usize) -> Option<Split>
 /// The one range the fields of `group` cover, if they follow each other in the request.
 fn contiguous(group: &[&ResourceLogsRange]) -> Option<std::ops::Range<usize>> {
     let (first, last) = (group.first()?, group.last()?);
-    group.windows(2).all(|w| w[0].field.end == w[1].field.start).then(|| first.field.start..last.field.end)
+    group.windows(2).all(|w| w[0].field.end == w[1].field.start).then_some(first.field.start..last.field.end)
 }
 
 /// Leaves out the records the appender would refuse (a malformed trace or span id), then splits
