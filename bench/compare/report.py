@@ -64,9 +64,7 @@ def summarise(results: Mapping[str, Any]) -> dict[str, Any]:
     for name, scenario in scenarios.items():
         order = sorted(scenario["systems"], key=lambda s: list(LABELS).index(s) if s in LABELS else len(LABELS))
         means = {
-            system: {
-                key: mean([float(f.get(key, "nan")) for f in scenario["systems"][system]]) for key, *_ in FIGURES
-            }
+            system: {key: mean([float(f.get(key, "nan")) for f in scenario["systems"][system]]) for key, *_ in FIGURES}
             | {"runs": len(scenario["systems"][system])}
             for system in order
         }
@@ -301,8 +299,8 @@ def markdown(results: Mapping[str, Any]) -> str:
         "## Every run",
         "",
         "| scenario | # | system | accepted logs/s | delivered | CPU-s | CPU-s/M | peak RSS MiB | p50 ms | p99 ms "
-        "| failed calls | lost | load gen CPU-s | broker CPU-s | other CPU-s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| slowest ms: 1st s / after | failed calls | lost | load gen CPU-s | broker CPU-s | other CPU-s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"]:
         f = run["figures"]
@@ -310,7 +308,8 @@ def markdown(results: Mapping[str, Any]) -> str:
             f"| {run['scenario']} | {run['repeat']} | {LABELS.get(run['system'], run['system'])} | "
             f"{fmt(f['accepted_logs_per_s'])} | {f['delivered']:,} | {fmt(f['cpu_seconds'])} | "
             f"{fmt(f['cpu_s_per_million'])} | {fmt(f['peak_rss_mib'])} | {fmt(f['latency_p50_ms'])} | "
-            f"{fmt(f['latency_p99_ms'])} | {f['failed_calls']} | {f['lost_records']:,} | "
+            f"{fmt(f['latency_p99_ms'])} | {fmt(f.get('slowest_first_second_ms'))} / "
+            f"{fmt(f.get('slowest_after_first_second_ms'))} | {f['failed_calls']} | {f['lost_records']:,} | "
             f"{fmt(f['loadgen_cpu_seconds'])} | {fmt(f['broker_cpu_seconds'])} | {fmt(f['other_cpu_seconds'])} |"
         )
     lines += ["", "![throughput and RSS over time](timeline.png)", ""]

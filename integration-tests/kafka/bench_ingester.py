@@ -160,7 +160,8 @@ def bench_appender(tmp: Path, broker: Broker, backlog: int) -> None:
                 last_report = time.monotonic()
                 print(
                     f"  {last_report - started:.0f} s: consumed {stats['appender']['kafka_messages']} messages, "
-                    f"staged {stats['buffer_records']}, committed {committed}, last flush {stats['last_flush']['outcome']}",
+                    f"staged {stats['buffer_records']}, committed {committed}, "
+                    f"last flush {stats['last_flush']['outcome']}",
                     flush=True,
                 )
         elapsed = time.monotonic() - started

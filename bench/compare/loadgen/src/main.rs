@@ -128,6 +128,8 @@ struct Window {
     /// The window's end, seconds since the start.
     t: f64,
     acknowledged: u64,
+    /// The slowest answered call of the window, ms: where in the run the tail sits.
+    slowest_ms: f64,
     requests: u64,
     errors: u64,
 }
@@ -260,13 +262,22 @@ fn timeline(answers: &[Answer], step: Duration) -> Vec<Window> {
     let step_s = step.as_secs_f64().max(0.001);
     let windows = answers.last().map_or(0, |a| (a.done_at.as_secs_f64() / step_s).floor() as usize + 1);
     let mut out: Vec<Window> = (0..windows)
-        .map(|i| Window { t: (i + 1) as f64 * step_s, acknowledged: 0, requests: 0, errors: 0 })
+        .map(|i| Window {
+            t: (i + 1) as f64 * step_s,
+            acknowledged: 0,
+            slowest_ms: 0.0,
+            requests: 0,
+            errors: 0,
+        })
         .collect();
     for answer in answers {
         let window = &mut out[(answer.done_at.as_secs_f64() / step_s).floor() as usize];
         window.acknowledged += answer.acknowledged;
         window.requests += 1;
         window.errors += u64::from(answer.error.is_some());
+        if answer.error.is_none() {
+            window.slowest_ms = window.slowest_ms.max(answer.latency.as_secs_f64() * 1000.0);
+        }
     }
     out
 }
@@ -381,14 +392,16 @@ mod tests {
     fn answers_fall_in_the_window_they_arrived_in() {
         let answer = |ms: u64, error: bool| Answer {
             done_at: Duration::from_millis(ms),
-            latency: Duration::from_millis(1),
+            latency: Duration::from_millis(ms / 100),
             records: 10,
             acknowledged: if error { 0 } else { 10 },
             error: error.then(|| "Unavailable".to_string()),
         };
         let windows =
             timeline(&[answer(100, false), answer(900, true), answer(1500, false)], Duration::from_secs(1));
-        let got: Vec<_> = windows.iter().map(|w| (w.t, w.acknowledged, w.requests, w.errors)).collect();
-        assert_eq!(got, [(1.0, 10, 2, 1), (2.0, 10, 1, 0)]);
+        let got: Vec<_> =
+            windows.iter().map(|w| (w.t, w.acknowledged, w.requests, w.errors, w.slowest_ms)).collect();
+        // The failed call (9 ms) is not the first window's slowest.
+        assert_eq!(got, [(1.0, 10, 2, 1, 1.0), (2.0, 10, 1, 0, 15.0)]);
     }
 }
