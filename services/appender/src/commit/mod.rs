@@ -291,7 +291,9 @@ impl Committer {
         let fence = self.fencer.fence(&state).await.map_err(FlushError::Kafka)?;
         let condition = fence.sql_condition();
         let (summary_tx, summary_rx) = oneshot::channel();
-        let (tx, rx) = mpsc::channel(2);
+        // One batch queued while the lake writes another: the reader stays ahead, and no more
+        // rows than that wait in memory.
+        let (tx, rx) = mpsc::channel(1);
         std::thread::Builder::new()
             .name("staging-reader".into())
             .spawn(move || {

@@ -34,8 +34,10 @@ use crate::rows::{
     wire::{Context, RowWriter, index_request},
 };
 
-/// Rows per batch handed out.
-const OUT_ROWS: usize = 8192;
+/// Rows per batch handed out. Each row carries its resource's and scope's attributes, so a
+/// batch of real logs takes 1-3 KB per row: at 8192 rows the batches being built, queued and
+/// written held 26 MiB at the peak of a flush on a Kafka backlog (a jemalloc heap profile).
+const OUT_ROWS: usize = 2048;
 /// Buffer of each spill file, writing or reading.
 const SPILL_BUFFER: usize = 128 << 10;
 
