@@ -1,6 +1,7 @@
 //! The process-wide allocator of both services (declared in each `main.rs` with
 //! [`jemalloc_allocator!`](crate::jemalloc_allocator)): jemalloc, configured to hand freed memory back to
-//! the operating system about a second after it is freed.
+//! the operating system soon after it is freed ([`MALLOC_CONF`]; the ingester declares options of
+//! its own).
 //!
 //! It replaces `malloc` for the whole process (the `unprefixed_malloc_on_supported_platforms`
 //! feature), so it also serves the C and C++ libraries linked in: librdkafka, and DuckDB's
@@ -20,12 +21,16 @@
 ///   default is four per CPU, each keeping its own freed pages; 20-40 MiB more in the benchmark);
 /// - `background_thread:true`: a jemalloc thread purges freed pages on time, also while the
 ///   process is idle (otherwise purging happens only inside later allocations);
-/// - `dirty_decay_ms:1000` (jemalloc's default is 10 s): freed pages go back to the OS after
-///   about a second; `muzzy_decay_ms:0`: released pages are unmapped at once.
+/// - `dirty_decay_ms:250` (jemalloc's default is 10 s): freed pages go back to the OS within
+///   about a quarter of a second; `muzzy_decay_ms:0`: released pages are unmapped at once.
 ///
-/// Decays of 0 (purge on every free) cost a third of the throughput in the benchmark.
+/// Decays of 0 (purge on every free) cost a third of the throughput in the benchmark. At 1 s,
+/// jemalloc held 40-90 MiB of freed pages beside 60-110 MiB in use while a Kafka-mode flush
+/// ran beside the consumer; 250 ms lowered that run's sampled RSS (median, p90 and peak) by
+/// 10-40 MiB at the same CPU per row
+/// (`bench/compare/results/kafka-backlog-allocator-2026-12-07.md`).
 pub const MALLOC_CONF: &std::ffi::CStr =
-    c"percpu_arena:percpu,background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0";
+    c"percpu_arena:percpu,background_thread:true,dirty_decay_ms:250,muzzy_decay_ms:0";
 
 /// Declares jemalloc as the process's allocator with [`MALLOC_CONF`], or with the options given
 /// (a `&'static CStr` constant: a binary whose allocation pattern measured better otherwise, as
@@ -66,6 +71,6 @@ mod tests {
         let arenas = unsafe { raw::read_str(b"opt.percpu_arena\0") }.unwrap();
         assert!(background, "opt.background_thread");
         assert_eq!(arenas, b"percpu\0");
-        assert_eq!((dirty_ms, muzzy_ms), (1000, 0));
+        assert_eq!((dirty_ms, muzzy_ms), (250, 0));
     }
 }

@@ -100,17 +100,18 @@ pub(super) struct StagingDb {
 }
 
 /// How `staging.memory_limit` is shared: DuckDB's buffer pool gets a quarter, a flush's sorted
-/// run an eighth; the rest is for requests in flight, the Kafka consumer's prefetch, Parquet
+/// run a sixteenth; the rest is for requests in flight, the Kafka consumer's prefetch, Parquet
 /// row groups and the allocator.
 fn share(memory_limit: ByteSize) -> u64 {
     (memory_limit.as_u64() / 4).max(4 << 20)
 }
 
-/// A flush's sorted run: an eighth of `staging.memory_limit` (32 MiB at the default). A heap
-/// profile on a Kafka backlog found the run at 64-76 MiB with a quarter; runs half that size
-/// cost no more CPU per row (`bench/compare/results/kafka-backlog-2026-12-07.md`).
+/// A flush's sorted run: a sixteenth of `staging.memory_limit` (16 MiB at the default). A heap
+/// profile on a Kafka backlog found the run at 64-76 MiB with a quarter; runs of a sixteenth
+/// cost no more CPU per row than runs four times that size, and lowered the Kafka-mode peak RSS
+/// (`bench/compare/results/kafka-backlog-2026-12-07.md`, `kafka-backlog-allocator-2026-12-07.md`).
 fn run_share(memory_limit: ByteSize) -> u64 {
-    (memory_limit.as_u64() / 8).max(4 << 20)
+    (memory_limit.as_u64() / 16).max(4 << 20)
 }
 
 /// The most bytes of batches one group commit takes (a larger batch goes alone). DuckDB holds a
