@@ -1,6 +1,7 @@
 //! Secrets never printed: [`Redactor`] replaces every known secret with `***` in any text on its
 //! way to an error or `Stats`, and [`redacted_stderr`] does the same to every log line (the
-//! tracing subscriber writes through it), whatever library logged it and at whatever level.
+//! tracing subscriber writes through it), whatever library logged it and at whatever level, and
+//! [`redact_panics`] to panic reports.
 //!
 //! Secrets are the values of secret-looking keys anywhere in the configuration ([`is_secret_key`]:
 //! `*secret*`, `*password*`, `*token*`, `*access-key*`, `*credential*`, `*authorization*`,
@@ -222,6 +223,26 @@ impl<W: Write> Write for RedactedWriter<W> {
     }
 }
 
+/// Makes a panic's report (thread, place, message and, with `RUST_BACKTRACE`, the backtrace) go to
+/// stderr without registered secrets, as log lines do: a panic message may quote a value that
+/// holds one. Installed once by `crate::telemetry::init`; later calls change nothing.
+pub fn redact_panics() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let thread = std::thread::current();
+            let mut report = format!("thread '{}' {info}\n", thread.name().unwrap_or("<unnamed>"));
+            let backtrace = std::backtrace::Backtrace::capture();
+            if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+                report.push_str(&format!("stack backtrace:\n{backtrace}\n"));
+            } else {
+                report.push_str("note: run with `RUST_BACKTRACE=1` to display a backtrace\n");
+            }
+            let _ = io::stderr().write_all(redact_registered(&report).as_bytes());
+        }));
+    });
+}
+
 /// Replaces secret values (credentials in properties, the catalog URI's password, and every
 /// [`register`]ed secret) with `***`.
 #[derive(Clone, Default)]
@@ -298,6 +319,31 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    /// The child half of the test below: runs only in the process it starts.
+    #[test]
+    fn panicking_child() {
+        let Ok(secret) = std::env::var("TELEMETRY_LAKE_PANIC_SECRET") else { return };
+        register([secret.clone()]);
+        redact_panics();
+        panic!("cannot use the token {secret}");
+    }
+
+    #[test]
+    fn a_panic_report_shows_no_registered_secret() {
+        let secret = "panic-Secret-4711";
+        let child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "secrets::tests::panicking_child", "--nocapture", "--test-threads=1"])
+            .env("TELEMETRY_LAKE_PANIC_SECRET", secret)
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&child.stderr);
+        let stdout = String::from_utf8_lossy(&child.stdout);
+        assert!(!child.status.success(), "the child did not panic: {stdout}{stderr}");
+        assert!(stderr.contains("cannot use the token ***"), "no redacted panic report: {stderr}");
+        assert!(!stderr.contains(secret) && !stdout.contains(secret), "{stdout}{stderr}");
+    }
 
     #[test]
     fn redactor_hides_uri_passwords_and_credentials() {

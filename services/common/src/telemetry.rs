@@ -1,5 +1,5 @@
 //! Tracing setup: text or JSON lines on stderr, without registered secrets (`crate::secrets`),
-//! filtered by `log.level` unless `RUST_LOG` is set. Text has ANSI colours only when stderr is
+//! filtered by `log.level` unless `RUST_LOG` is set; panic reports are redacted the same way. Text has ANSI colours only when stderr is
 //! a terminal (never in a log file or a pipe).
 
 use std::io::IsTerminal;
@@ -8,8 +8,10 @@ use tracing_subscriber::{EnvFilter, fmt};
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber; a second call (tests booting several services) is a no-op.
+/// Installs the global subscriber and the redacting panic hook; a second call (tests booting
+/// several services) is a no-op.
 pub fn init(config: &LogConfig) {
+    crate::secrets::redact_panics();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.level));
     let builder = fmt()
         .with_env_filter(filter)

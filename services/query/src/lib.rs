@@ -173,17 +173,19 @@ pub async fn main(
     redactor: &Redactor,
 ) -> ExitCode {
     const NAME: &str = "appender query";
+    // Errors are redacted where they are made; this holds for any that is not.
+    let report = |message: String| eprintln!("{NAME}: {}", redactor.redact(&message));
     let table = match table {
         Ok(table) => table,
         Err(message) => {
-            eprintln!("{NAME}: {message}");
+            report(message);
             return ExitCode::from(1);
         }
     };
     let sql = if args.sql == "-" {
         let mut sql = String::new();
         if let Err(e) = io::stdin().read_to_string(&mut sql) {
-            eprintln!("{NAME}: cannot read the statement from stdin: {e}");
+            report(format!("cannot read the statement from stdin: {e}"));
             return ExitCode::from(2);
         }
         sql
@@ -202,7 +204,7 @@ pub async fn main(
         // `appender query … | head`: the reader has all it wanted.
         Err(QueryError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("{NAME}: {err}");
+            report(err.to_string());
             ExitCode::from(err.exit_code())
         }
     }
