@@ -238,7 +238,7 @@ pub fn redact_panics() {
             } else {
                 report.push_str("note: run with `RUST_BACKTRACE=1` to display a backtrace\n");
             }
-            let _ = io::stderr().write_all(redact_registered(&report).as_bytes());
+            let _ = redacted_stderr().write_all(report.as_bytes());
         }));
     });
 }

@@ -1,6 +1,6 @@
 //! Tracing setup: text or JSON lines on stderr, without registered secrets (`crate::secrets`),
-//! filtered by `log.level` unless `RUST_LOG` is set; panic reports are redacted the same way. Text has ANSI colours only when stderr is
-//! a terminal (never in a log file or a pipe).
+//! filtered by `log.level` unless `RUST_LOG` is set; panic reports are redacted the same way.
+//! Text has ANSI colours only when stderr is a terminal (never in a log file or a pipe).
 
 use std::io::IsTerminal;
 

@@ -173,7 +173,7 @@ impl SortedRuns {
         Ok(())
     }
 
-    /// Hands every row to `each` in order, in batches of up to 8,192 rows; returns how many
+    /// Hands every row to `each` in order, in batches of up to [`OUT_ROWS`] rows; returns how many
     /// rows. Stops early, without an error, when `each` returns `false`.
     pub fn finish(mut self, mut each: impl FnMut(RecordBatch) -> bool) -> Result<u64, String> {
         let mut out = Output { writer: RowWriter::new(OUT_ROWS), rows: 0, each: &mut each, stopped: false };
