@@ -105,13 +105,16 @@ def main() -> int:
                 run_setup = Setup(**{**setup.__dict__, "bin_dir": bin_dir, "workdir": Path(tmp) / f"run-{label}"})
                 run_setup.workdir.mkdir()
                 profile = Path(args.profile_dir) / f"profile-{label}.txt" if args.profile_dir else None
-                measured = bench_appender(run_setup, broker, topic, records, profile=profile)
+                try:
+                    measured = bench_appender(run_setup, broker, topic, records, profile=profile)
+                finally:
+                    # Kept whether the run succeeded or not: a failed run's log says why.
+                    if args.keep_logs:
+                        Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+                        for log in run_setup.workdir.glob("appender-*/appender.log"):
+                            shutil.copy(log, Path(args.keep_logs) / f"appender-{label}.log")
                 results["runs"].append({"label": label, "binary": path, **measured["figures"]})
                 results.setdefault("samples", {})[label] = measured["samples"]
-                if args.keep_logs:
-                    Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
-                    for log in run_setup.workdir.glob("appender-*/appender.log"):
-                        shutil.copy(log, Path(args.keep_logs) / f"appender-{label}.log")
     for run in results["runs"]:
         print(
             f"{run['label']}: {run['rows']:,} rows, {run['rows_per_s']:,.0f} rows/s, "
