@@ -6,7 +6,7 @@ use std::{
     sync::mpsc::RecvTimeoutError,
     sync::{
         Arc, OnceLock,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     thread,
     time::Duration,
@@ -18,7 +18,9 @@ use telemetry_lake_common::{config::FlushConfig, settings::StagingSettings};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Batch, Command, Sealed, SealedReader, StagingCounters, StagingError, Threshold};
+use super::{
+    Batch, Command, Sealed, SealedReader, StagingCounters, StagingError, Threshold, sealed::QueryGate,
+};
 
 /// The staging file's format: 2 since the staged unit is the encoded batch (1 staged rows).
 pub const FORMAT_VERSION: u32 = 2;
@@ -78,8 +80,8 @@ pub(super) struct StagingDb {
     checkpoint_wal_bytes: u64,
     /// Memory one sorted run of a flush may take (see `super::sort`).
     run_bytes: u64,
-    /// Queries of sealed sets running now (the checkpointer waits for them).
-    reader_queries: Arc<AtomicUsize>,
+    /// Keeps checkpoints and queries of sealed sets apart.
+    query_gate: QueryGate,
     /// Set after a release: the checkpointer then checkpoints whatever the WAL's size, so that
     /// the released batches' blocks are freed for reuse without stalling the appends.
     checkpoint_wanted: Arc<AtomicBool>,
@@ -221,7 +223,7 @@ impl StagingDb {
             path: path.clone(),
             checkpoint_wal_bytes,
             run_bytes: run_share(config.memory_limit),
-            reader_queries: Arc::new(AtomicUsize::new(0)),
+            query_gate: QueryGate::default(),
             checkpoint_wanted: Arc::new(AtomicBool::new(false)),
             broken: BrokenFlag {
                 path: path.clone(),
@@ -429,25 +431,27 @@ impl StagingDb {
     /// A reader of `sealed` (the batches up to sequence number `upto`).
     fn reader(&self, upto: i64) -> Result<SealedReader, StagingError> {
         let conn = self.conn.try_clone().map_err(|e| self.err(e))?;
-        Ok(SealedReader::new(conn, &self.reader_queries, upto, self.run_bytes, spill_root(&self.path)))
+        Ok(SealedReader::new(conn, &self.query_gate, upto, self.run_bytes, spill_root(&self.path)))
     }
 
-    /// Checkpoints on the staging thread if no reader is open and the WAL holds at least
-    /// `min_wal_bytes` (and something).
+    /// Checkpoints on the staging thread if the WAL holds at least `min_wal_bytes` (and
+    /// something) and no query of a sealed set runs (it does not wait for one).
     fn checkpoint(&self, min_wal_bytes: u64) {
-        if self.reader_queries.load(Ordering::SeqCst) == 0 && wal_len(&self.wal_path) >= min_wal_bytes.max(1)
+        if wal_len(&self.wal_path) >= min_wal_bytes.max(1)
+            && let Some(_checkpointing) = self.query_gate.try_checkpoint()
         {
             checkpoint(&self.conn, &self.broken);
         }
     }
 
     /// Starts the thread that checkpoints from a connection of its own, so that the staging
-    /// thread goes on appending meanwhile. It checks the WAL every [`CHECKPOINT_POLL`], and
+    /// thread goes on appending meanwhile. It checks the WAL every [`CHECKPOINT_POLL`], leaves
+    /// a due checkpoint for later while a query of a sealed set runs, and
     /// stops when `stop`'s sender is dropped.
     fn start_checkpointer(&self) -> Result<Checkpointer, StagingError> {
         let conn = self.conn.try_clone().map_err(|e| self.err(e))?;
-        let (readers, wanted, broken, wal_path) = (
-            self.reader_queries.clone(),
+        let (gate, wanted, broken, wal_path) = (
+            self.query_gate.clone(),
             self.checkpoint_wanted.clone(),
             self.broken.clone(),
             self.wal_path.clone(),
@@ -458,12 +462,14 @@ impl StagingDb {
             .name("checkpointer".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_POLL) {
-                    let idle = readers.load(Ordering::SeqCst) == 0 && broken.error().is_none();
-                    if idle
-                        && (wanted.swap(false, Ordering::SeqCst) || wal_len(&wal_path) >= threshold)
-                        && !checkpoint(&conn, &broken)
-                    {
-                        wanted.store(true, Ordering::SeqCst);
+                    let due = broken.error().is_none()
+                        && (wanted.load(Ordering::SeqCst) || wal_len(&wal_path) >= threshold);
+                    if let Some(_checkpointing) = due.then(|| gate.try_checkpoint()).flatten() {
+                        // A release while this checkpoint runs asks for another.
+                        wanted.store(false, Ordering::SeqCst);
+                        if !checkpoint(&conn, &broken) {
+                            wanted.store(true, Ordering::SeqCst);
+                        }
                     }
                 }
             })

@@ -9,11 +9,11 @@
 //! ```
 //!
 //! DuckDB is queried only briefly: while a query runs the checkpointer waits (DuckDB 1.5.5
-//! corrupted a row group when a checkpoint overlapped other work), and batches staged meanwhile
-//! stay in DuckDB's memory until the next checkpoint. So the set is first copied out as it
-//! lies (no ORDER BY: a sort of blobs takes DuckDB's memory), in sequence ranges of about
-//! [`DUMP_BYTES`] so that DuckDB never holds a vector of 2,048 parts; decoding, sorting and
-//! writing Parquet then work from that file. Memory stays bounded whatever the set's size: one
+//! corrupted a row group when a checkpoint overlapped other work; see [`QueryGate`]), and
+//! batches staged meanwhile stay in DuckDB's memory until the next checkpoint. So the set is
+//! first copied out as it lies (no ORDER BY: a sort of blobs takes DuckDB's memory), in
+//! sequence ranges of about [`DUMP_BYTES`] so that DuckDB never holds a vector of 2,048 parts;
+//! decoding, sorting and writing Parquet then work from that file. Memory stays bounded whatever the set's size: one
 //! batch's payload, one sorted run ([`SortedRuns`] spills the rest), one output batch.
 
 use std::{
@@ -23,8 +23,8 @@ use std::{
     os::unix::fs::FileExt,
     path::PathBuf,
     sync::{
-        Arc,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError,
+        atomic::{AtomicU64, Ordering},
     },
 };
 
@@ -55,8 +55,8 @@ pub(super) fn decompress(
 /// A connection to read a sealed set from.
 pub struct SealedReader {
     conn: Connection,
-    /// Queries running now; the checkpointer waits while there are any.
-    queries: Arc<AtomicUsize>,
+    /// Held by each query (see [`QueryGate`]).
+    gate: QueryGate,
     /// The highest sequence number of the set.
     upto: i64,
     /// Memory one sorted run may take.
@@ -83,19 +83,27 @@ struct DumpedPart {
     len: usize,
 }
 
-/// Counts a running query for as long as it lives.
-struct Querying<'a>(&'a AtomicUsize);
+/// Keeps checkpoints apart from the queries of sealed sets (DuckDB 1.5.5 corrupted a row group
+/// when a checkpoint overlapped other work): a query holds the gate shared and a checkpoint
+/// exclusively, so a query asked for while a checkpoint runs waits for it, and a checkpoint is
+/// left for later while a query runs. (A count of running queries, looked at before a
+/// checkpoint, let a query start during it.)
+#[derive(Clone, Default)]
+pub(super) struct QueryGate(Arc<RwLock<()>>);
 
-impl<'a> Querying<'a> {
-    fn new(queries: &'a AtomicUsize) -> Self {
-        queries.fetch_add(1, Ordering::SeqCst);
-        Self(queries)
+impl QueryGate {
+    /// Held while a query of a sealed set runs.
+    fn query(&self) -> RwLockReadGuard<'_, ()> {
+        self.0.read().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-impl Drop for Querying<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+    /// Held while a checkpoint runs; `None` while a query runs.
+    pub(super) fn try_checkpoint(&self) -> Option<RwLockWriteGuard<'_, ()>> {
+        match self.0.try_write() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 }
 
@@ -111,23 +119,17 @@ impl Drop for ReadDir {
 impl SealedReader {
     pub(super) fn new(
         conn: Connection,
-        queries: &Arc<AtomicUsize>,
+        gate: &QueryGate,
         upto: i64,
         run_bytes: u64,
         spill_root: PathBuf,
     ) -> Self {
-        Self { conn, queries: queries.clone(), upto, run_bytes, spill_root }
+        Self { conn, gate: gate.clone(), upto, run_bytes, spill_root }
     }
 
     /// Another connection to the same sealed set.
     pub fn try_clone(&self) -> Result<Self, duckdb::Error> {
-        Ok(Self::new(
-            self.conn.try_clone()?,
-            &self.queries,
-            self.upto,
-            self.run_bytes,
-            self.spill_root.clone(),
-        ))
+        Ok(Self::new(self.conn.try_clone()?, &self.gate, self.upto, self.run_bytes, self.spill_root.clone()))
     }
 
     /// The connection, for tests that break the database on purpose.
@@ -136,10 +138,22 @@ impl SealedReader {
         &self.conn
     }
 
+    /// Holds the gate as one of this reader's queries does, for tests of the checkpointer.
+    #[cfg(test)]
+    pub(super) fn hold_query(&self) -> RwLockReadGuard<'_, ()> {
+        self.gate.query()
+    }
+
+    /// Holds the gate as a checkpoint does, for tests of the queries.
+    #[cfg(test)]
+    pub(super) fn hold_checkpoint(&self) -> RwLockWriteGuard<'_, ()> {
+        self.gate.try_checkpoint().expect("no query runs")
+    }
+
     /// Counts the sealed records of the batches that pass `condition` (SQL over
     /// `kafka_partition` and `kafka_offset`).
     pub fn summarize(&self, condition: &str) -> Result<SealedSummary, String> {
-        let _querying = Querying::new(&self.queries);
+        let _query = self.gate.query();
         let sql = format!(
             "SELECT kafka_partition, max(kafka_offset) + 1, sum(records)::BIGINT FROM {BATCHES}
              WHERE part = 0 AND seq <= {} AND ({condition}) GROUP BY 1",
@@ -211,7 +225,7 @@ impl SealedReader {
         let where_clause = format!("seq <= {} AND ({condition})", self.upto);
         // Sequence ranges of about DUMP_BYTES each, from the small columns only.
         let sizes: Vec<(i64, i64)> = {
-            let _querying = Querying::new(&self.queries);
+            let _query = self.gate.query();
             self.conn
                 .prepare(&format!(
                     "SELECT seq, bytes FROM {BATCHES} WHERE part = 0 AND {where_clause} ORDER BY seq"
@@ -236,7 +250,7 @@ impl SealedReader {
         let mut offset = 0u64;
         let copy = std::panic::AssertUnwindSafe(|| -> Result<(), String> {
             for (start, end) in ranges {
-                let _querying = Querying::new(&self.queries);
+                let _query = self.gate.query();
                 let sql = format!(
                     "SELECT seq, part, kafka_partition, kafka_offset, received_at, payload FROM {BATCHES}
                      WHERE {where_clause} AND seq BETWEEN {start} AND {end}"

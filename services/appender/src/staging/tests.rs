@@ -254,6 +254,48 @@ async fn the_checkpointer_folds_the_wal_into_the_file_while_appends_go_on() {
     assert_eq!(staging.counters().records.load(Ordering::Relaxed), appended * 1_000);
 }
 
+/// DuckDB 1.5.5 corrupted a row group when a checkpoint overlapped other work, so a checkpoint
+/// that falls due while a query of a sealed set runs waits until the query is over, and a query
+/// asked for while a checkpoint runs waits for the checkpoint.
+#[tokio::test]
+#[expect(
+    clippy::await_holding_lock,
+    reason = "the guards stand for a query and a checkpoint running meanwhile"
+)]
+async fn checkpoints_and_queries_of_a_sealed_set_never_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    // DuckDB gets 64 MiB; the checkpointer checkpoints at 16 MiB of WAL (the staging thread
+    // at 32 MiB), so at 20 MiB a checkpoint is due.
+    let staging = open(dir.path(), ByteSize::mib(64));
+    let wal = dir.path().join("staging.duckdb.wal").display().to_string();
+    staging.append(vec![batch(&request(&["web"], 10, 10), None)]).await.expect("append");
+    let (_sealed, reader) = staging.seal().await.expect("seal").expect("batches staged");
+    let query = reader.hold_query();
+    let big = batch(&request(&["web"], 1_000, 1_000), None);
+    while wal_len(&wal) < 20 << 20 {
+        staging.append(vec![big.clone()]).await.expect("append");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(wal_len(&wal) >= 20 << 20, "a checkpoint ran while a query of the sealed set did");
+    drop(query);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while wal_len(&wal) >= 16 << 20 {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint once the query ended");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let checkpoint = reader.hold_checkpoint();
+    let summary = {
+        let reader = reader.try_clone().expect("clone the reader");
+        std::thread::spawn(move || reader.summarize("TRUE").map(|summary| summary.records))
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!summary.is_finished(), "a query of the sealed set ran while a checkpoint did");
+    drop(checkpoint);
+    assert_eq!(summary.join().unwrap(), Ok(10), "the sealed set holds the first batch");
+    assert!(!staging.broken().is_cancelled());
+}
+
 #[tokio::test]
 async fn a_release_is_checkpointed_by_the_checkpointer_however_small_the_wal() {
     let dir = tempfile::tempdir().unwrap();
