@@ -13,8 +13,9 @@
 //! batches staged meanwhile stay in DuckDB's memory until the next checkpoint. So the set is
 //! first copied out as it lies (no ORDER BY: a sort of blobs takes DuckDB's memory), in
 //! sequence ranges of about [`DUMP_BYTES`] so that DuckDB never holds a vector of 2,048 parts;
-//! decoding, sorting and writing Parquet then work from that file. Memory stays bounded whatever the set's size: one
-//! batch's payload, one sorted run ([`SortedRuns`] spills the rest), one output batch.
+//! decoding, sorting and writing Parquet then work from that file. Memory stays bounded
+//! whatever the set's size: one batch's payload, one sorted run ([`SortedRuns`] spills the
+//! rest), one output batch.
 
 use std::{
     collections::BTreeMap,
