@@ -35,8 +35,13 @@ pub(super) const SEALED: &str = "sealed_batches";
 /// The largest piece of a payload in one row. DuckDB 1.5.5 keeps a large blob in a block of
 /// its own, and its checkpoint pins every such block of a segment at once: with whole 600 KB
 /// requests as blobs a checkpoint failed to allocate (and invalidated the database) once the
-/// staged bytes passed its memory limit; with parts of 16 KiB it stays within the limit.
-const PART_BYTES: usize = 16 << 10;
+/// staged bytes passed its memory limit; with parts of 16 KiB it stays within the limit. Parts
+/// of 16 KiB still failed every flush's read on a Kafka backlog of payloads compressing 2x
+/// ("failed to allocate data of size 16.0 MiB (52.1 MiB/64.0 MiB used)" at the default 64 MiB,
+/// whatever the dump's ranges); parts of 8 and 4 KiB did not, and 8 KiB keeps the rows of an
+/// embedded export (~80 KB staged) fewer (`bench/compare/results/kafka-backlog-staging-2026-12-07.md`).
+/// Files staged with other part sizes read the same.
+const PART_BYTES: usize = 8 << 10;
 /// Most append requests folded into one DuckDB transaction.
 pub(super) const MAX_GROUP: usize = 512;
 /// DuckDB's `checkpoint_threshold` that its automatic checkpoint never reaches.
