@@ -11,6 +11,7 @@ import pytest
 from harness.catalog import ObjectStore, RestCatalog
 from harness.kafka import Broker, Ingester
 from harness.lake import APPENDERS, Appender, AppenderFactory
+from harness.process import Process
 
 # The tests that measure the machine: memory (RSS) or a wall-clock bound on what the binaries do.
 # run.sh runs every other test in parallel (pytest-xdist) first, then these alone (`-m serial`),
@@ -109,3 +110,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return
     for i, process in enumerate(item.stash.get(APPENDERS, [])):
         report.sections.append((f"appender-{i} log ({process.log_path}, {report.when})", process.log_tail(200)))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """After the fixtures' finalizers, kills whatever a test registered in `APPENDERS` and left
+    running (an ingester a test started itself), so no process outlives its test."""
+    yield
+    for process in item.stash.get(APPENDERS, []):
+        if isinstance(process, Process):
+            process.close()
