@@ -62,6 +62,15 @@ class KafkaRecord:
         return request
 
 
+@dataclass(frozen=True)
+class StoredBatch:
+    """One record batch in a broker's log segment: its compression codec (0 none, 1 gzip,
+    2 snappy, 3 lz4, 4 zstd) and its records section as stored."""
+
+    codec: int
+    records: bytes
+
+
 def service_names(request: ExportLogsServiceRequest) -> set[str]:
     names = set()
     for resource_logs in request.resource_logs:
@@ -139,6 +148,22 @@ class Broker(ScriptService):
     def topic_id(self, topic: str) -> str:
         """The topic's id (a UUID in base64, as Kafka's tools print it)."""
         return self._probe("topic-id", self.bootstrap, topic).strip()
+
+    def stored_batches(self, topic: str) -> list[StoredBatch]:
+        """The record batches of `topic` as the broker stored them, read from its log segments
+        (Kafka's record batch format v2: a 61-byte header, then the records, compressed as a
+        whole). A batch written after the segment's last flush may be missing."""
+        batches = []
+        for segment in sorted((self.workdir / "data").glob(f"{topic}-*/*.log")):
+            data, pos = segment.read_bytes(), 0
+            while pos + 61 <= len(data):
+                length = int.from_bytes(data[pos + 8 : pos + 12], "big", signed=True)
+                if length <= 0 or pos + 12 + length > len(data):
+                    break
+                attributes = int.from_bytes(data[pos + 21 : pos + 23], "big")
+                batches.append(StoredBatch(codec=attributes & 0x7, records=data[pos + 61 : pos + 12 + length]))
+                pos += 12 + length
+        return batches
 
     def recreate_topic(self, topic: str, partitions: int) -> str:
         """Deletes `topic` and creates it again (offsets start at 0 again); its new id."""
