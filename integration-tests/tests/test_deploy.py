@@ -1074,7 +1074,7 @@ def test_dockerignore_keeps_the_workspace_and_drops_the_rest() -> None:
         if line.strip() and not line.startswith("#")
     ]
     workspace = tomllib.loads((REPO_DIR / "Cargo.toml").read_text())["workspace"]["members"]
-    needed = ["Cargo.toml", "Cargo.lock"] + [f"{member}/Cargo.toml" for member in workspace]
+    needed = ["Cargo.toml", "Cargo.lock", ".cargo/config.toml"] + [f"{member}/Cargo.toml" for member in workspace]
     needed += [str(p.relative_to(REPO_DIR)) for member in workspace for p in (REPO_DIR / member).rglob("*.rs")]
     needed += [str(p.relative_to(REPO_DIR)) for p in (REPO_DIR / "proto").rglob("*.proto")]
     needed += [str(p.relative_to(REPO_DIR)) for p in (REPO_DIR / "admin-proto").rglob("*.proto")]
