@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from harness.config import ConfigOverrides, merge_config
 from harness.lake import Appender
@@ -60,6 +62,14 @@ class KafkaRecord:
         request = ExportLogsServiceRequest()
         request.ParseFromString(self.value)
         return request
+
+    def traces(self) -> ExportTraceServiceRequest:
+        """The value decoded as an OTLP `ExportTraceServiceRequest` (raises if it is not one)."""
+        return ExportTraceServiceRequest.FromString(self.value)
+
+    def metrics(self) -> ExportMetricsServiceRequest:
+        """The value decoded as an OTLP `ExportMetricsServiceRequest` (raises if it is not one)."""
+        return ExportMetricsServiceRequest.FromString(self.value)
 
 
 @dataclass(frozen=True)
@@ -272,7 +282,19 @@ class Ingester(Appender):
         config: ConfigOverrides | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        kafka = {"kafka": {"brokers": broker.bootstrap, "topic": topic, "partitions": 4}}
-        super().__init__(workdir, merge_config(kafka, config), env, binary=bin_dir() / "ingester")
+        # Traces and metrics go to topics of the test's own too, named after the logs topic.
+        kafka = {
+            "kafka": {
+                "brokers": broker.bootstrap,
+                "topic": topic,
+                "traces_topic": f"{topic}-spans",
+                "metrics_topic": f"{topic}-metrics",
+                "partitions": 4,
+            }
+        }
+        merged = merge_config(kafka, config)
+        super().__init__(workdir, merged, env, binary=bin_dir() / "ingester")
         self.broker = broker
         self.topic = topic
+        self.traces_topic: str = merged["kafka"]["traces_topic"]
+        self.metrics_topic: str = merged["kafka"]["metrics_topic"]

@@ -29,7 +29,8 @@ use prometheus_client::registry::Registry;
 use telemetry_lake_common::{
     admin::FlushTrigger,
     health::Health,
-    server::{self, BoundAddrs, Service},
+    otlp::Logs,
+    server::{self, BoundAddrs, Receivers, Service},
     settings::{IcebergSettings, Mode, Settings},
 };
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -149,7 +150,9 @@ pub async fn run(
         metrics,
         health: health.clone(),
     });
-    let served = server::serve(config, Service { exporter, admin, health, registry }, stop, on_bound).await;
+    // Traces and metrics have no table yet: their receivers answer UNIMPLEMENTED / 404.
+    let receivers = Receivers::new(config, &mut registry).serve::<Logs, _>(exporter);
+    let served = server::serve(config, Service { receivers, admin, health, registry }, stop, on_bound).await;
     signal_task.abort();
     consumer_stop.cancel();
     if let Some(source) = &kafka {

@@ -540,7 +540,7 @@ mod tests {
         let metrics = ReceiverMetrics::register(&mut Registry::default());
 
         // gRPC: UNAUTHENTICATED without the token, served with it.
-        let service = crate::otlp::grpc::logs_service(
+        let service = crate::otlp::grpc::service::<crate::otlp::Logs, _>(
             Arc::clone(&exporter),
             &OtlpConfig::default(),
             Arc::clone(&metrics),
@@ -570,8 +570,12 @@ mod tests {
         assert_eq!(refusals.get(Listener::OtlpGrpc, Reason::WrongToken), 1);
 
         // OTLP/HTTP: 401 with a google.rpc.Status in the request's content type.
-        let router = crate::otlp::http::router(Arc::clone(&exporter), &OtlpConfig::default(), metrics)
-            .layer(guard(Listener::OtlpHttp));
+        let router = crate::otlp::http::router::<crate::otlp::Logs, _>(
+            Arc::clone(&exporter),
+            &OtlpConfig::default(),
+            metrics,
+        )
+        .layer(guard(Listener::OtlpHttp));
         let post = |auth: Option<&str>, content_type: &str| {
             let mut builder = http::Request::post("/v1/logs").header(header::CONTENT_TYPE, content_type);
             if let Some(auth) = auth {

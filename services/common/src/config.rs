@@ -29,6 +29,7 @@ pub struct Config {
     pub otlp: OtlpConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub signals: SignalsConfig,
     pub kafka: KafkaConfig,
     pub staging: StagingConfig,
     pub flush: FlushConfig,
@@ -158,13 +159,46 @@ impl Default for LogConfig {
     }
 }
 
+/// `[signals]`: which OTLP signals a service takes. A signal switched off is not served: its
+/// gRPC service answers `UNIMPLEMENTED` and its HTTP path 404.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SignalsConfig {
+    pub logs: bool,
+    pub traces: bool,
+    pub metrics: bool,
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        Self { logs: true, traces: true, metrics: true }
+    }
+}
+
+impl SignalsConfig {
+    /// Whether the signal called `name` (`logs`, `traces`, `metrics`) is on.
+    pub fn serves(&self, name: &str) -> bool {
+        match name {
+            "logs" => self.logs,
+            "traces" => self.traces,
+            "metrics" => self.metrics,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma separated. Empty in the appender means embedded mode.
     pub brokers: String,
+    /// The topic of logs (`ExportLogsServiceRequest` values).
     pub topic: String,
-    /// Partitions of the topic when the ingester creates it; more than one.
+    /// The topic of traces (`ExportTraceServiceRequest` values).
+    pub traces_topic: String,
+    /// The topic of metrics (`ExportMetricsServiceRequest` values).
+    pub metrics_topic: String,
+    /// Partitions of each topic when the ingester creates it; more than one.
     pub partitions: i32,
     pub replication_factor: i32,
     pub group_id: String,
@@ -194,6 +228,8 @@ impl Default for KafkaConfig {
         Self {
             brokers: String::new(),
             topic: "otel-logs".into(),
+            traces_topic: "otel-spans".into(),
+            metrics_topic: "otel-metrics".into(),
             partitions: 12,
             replication_factor: 1,
             group_id: "telemetry-lake-appender".into(),

@@ -541,6 +541,8 @@ mod tests {
     fn kafka() -> KafkaSettings {
         KafkaSettings {
             brokers: "kafka-0:9093".into(),
+            traces_topic: "otel-spans".into(),
+            metrics_topic: "otel-metrics".into(),
             topic: "otel-logs".into(),
             partitions: 12,
             replication_factor: 1,

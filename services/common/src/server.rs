@@ -1,12 +1,15 @@
 //! Binds and serves a service's four ports until shutdown:
 //!
 //! ```text
-//! otlp.grpc_endpoint   LogsService/Export + grpc.health.v1        --> LogsExporter::export
-//! otlp.http_endpoint   POST /v1/logs                               --> LogsExporter::export
+//! otlp.grpc_endpoint   {Logs,Trace,Metrics}Service/Export + health  --> Exporter<S>::export
+//! otlp.http_endpoint   POST /v1/logs /v1/traces /v1/metrics        --> Exporter<S>::export
 //! admin.grpc_endpoint  Admin (Flush, Stats) + health + reflection  --> AdminHandler
 //! admin.http_endpoint  /flush /stats /metrics /healthz /readyz     --> AdminHandler
 //! admin.health_endpoint  grpc.health.v1 + /healthz /readyz, plain text, no token (optional)
 //! ```
+//!
+//! Which signals are served is [`Receivers`]: those the service has an exporter for and
+//! `[signals]` leaves on. Any other signal is answered `UNIMPLEMENTED` (gRPC) or 404 (HTTP).
 //!
 //! Security, each group apart: `otlp.tls` / `admin.tls` put TLS on the group's two ports
 //! (`crate::tls`, connections checked in `crate::listener`), `otlp.auth` / `admin.auth` require a
@@ -29,21 +32,64 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     admin::{self, AdminHandler},
     auth::{Guard, RequireTokenLayer, Tokens},
-    config::{AuthConfig, TlsConfig},
+    config::{AuthConfig, OtlpConfig, SignalsConfig, TlsConfig},
     health::{Health, Reason},
     listener::{self, Incoming},
-    otlp::{self, LogsExporter, ReceiverMetrics},
+    otlp::{self, Exporter, ReceiverMetrics, Signal},
     refusals::{Listener, Refusals},
     settings::Settings,
     tls::{Alpn, TlsPort, TlsReloader},
 };
 
 /// What a service hands to [`serve`].
-pub struct Service<E, A> {
-    pub exporter: Arc<E>,
+pub struct Service<A> {
+    pub receivers: Receivers,
     pub admin: Arc<A>,
     pub health: Health,
     pub registry: Registry,
+}
+
+/// The OTLP receivers of a service: for each signal it serves, the gRPC service and the HTTP
+/// route, sharing one [`ReceiverMetrics`].
+pub struct Receivers {
+    grpc: tonic::service::Routes,
+    http: axum::Router,
+    metrics: Arc<ReceiverMetrics>,
+    otlp: OtlpConfig,
+    signals: SignalsConfig,
+    served: Vec<&'static str>,
+}
+
+impl Receivers {
+    /// No signal served yet; the counters go to `registry`.
+    pub fn new(config: &Settings, registry: &mut Registry) -> Self {
+        Self {
+            grpc: tonic::service::Routes::default(),
+            http: axum::Router::new(),
+            metrics: ReceiverMetrics::register(registry),
+            otlp: config.otlp.clone(),
+            signals: config.signals,
+            served: Vec::new(),
+        }
+    }
+
+    /// Serves signal `S` with `exporter`, unless `[signals]` switched it off.
+    pub fn serve<S: Signal, E: Exporter<S>>(mut self, exporter: Arc<E>) -> Self {
+        if !self.signals.serves(S::NAME) {
+            return self;
+        }
+        let metrics = Arc::clone(&self.metrics);
+        self.grpc =
+            self.grpc.add_service(otlp::grpc::service::<S, E>(exporter.clone(), &self.otlp, metrics.clone()));
+        self.http = self.http.merge(otlp::http::router::<S, E>(exporter, &self.otlp, metrics));
+        self.served.push(S::NAME);
+        self
+    }
+
+    /// The signals served, in the order they were added.
+    pub fn served(&self) -> &[&'static str] {
+        &self.served
+    }
 }
 
 /// The addresses actually bound (useful when a config asks for port 0).
@@ -95,14 +141,13 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// Serves until `shutdown` is cancelled, then drains. `on_bound` sees the bound addresses.
-pub async fn serve<E: LogsExporter, A: AdminHandler>(
+pub async fn serve<A: AdminHandler>(
     config: &Settings,
-    service: Service<E, A>,
+    service: Service<A>,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(BoundAddrs),
 ) -> anyhow::Result<()> {
-    let Service { exporter, admin, health, mut registry } = service;
-    let receiver_metrics = ReceiverMetrics::register(&mut registry);
+    let Service { receivers, admin, health, mut registry } = service;
     let refusals = Refusals::register(&mut registry);
     let registry = Arc::new(registry);
     let otlp_group = Group::load("otlp", &config.otlp.tls, &config.otlp.auth)?;
@@ -129,6 +174,7 @@ pub async fn serve<E: LogsExporter, A: AdminHandler>(
         health = ?bound.health,
         otlp_tls = config.otlp.tls.is_some(), otlp_auth = config.otlp.auth.is_some(),
         admin_tls = config.admin.tls.is_some(), admin_auth = config.admin.auth.is_some(),
+        signals = ?receivers.served(),
         "listening"
     );
     on_bound(bound);
@@ -150,8 +196,8 @@ pub async fn serve<E: LogsExporter, A: AdminHandler>(
 
     let otlp_grpc_server = tonic::transport::Server::builder()
         .layer(otlp_group.guard(Listener::OtlpGrpc, &refusals))
+        .add_routes(receivers.grpc)
         .add_service(health.grpc_service())
-        .add_service(otlp::grpc::logs_service(exporter.clone(), &config.otlp, receiver_metrics.clone()))
         .serve_with_incoming_shutdown(
             incoming(otlp_grpc, Listener::OtlpGrpc, otlp_group.tls(Alpn::Grpc))?,
             stop.clone().cancelled_owned(),
@@ -168,8 +214,7 @@ pub async fn serve<E: LogsExporter, A: AdminHandler>(
         );
     let otlp_http_server = axum::serve(
         incoming(otlp_http, Listener::OtlpHttp, otlp_group.tls(Alpn::Http))?,
-        otlp::http::router(exporter, &config.otlp, receiver_metrics)
-            .layer(otlp_group.guard(Listener::OtlpHttp, &refusals)),
+        receivers.http.layer(otlp_group.guard(Listener::OtlpHttp, &refusals)),
     )
     .with_graceful_shutdown(stop.clone().cancelled_owned());
     let admin_http_server = axum::serve(
@@ -216,4 +261,108 @@ pub async fn serve<E: LogsExporter, A: AdminHandler>(
     e?.context("health probe server failed")?;
     tracing::info!("servers stopped, requests drained");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use http::{Request, StatusCode, header};
+    use http_body_util::BodyExt;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::{
+        config::Config,
+        otlp::{ExportError, ExportOutcome, Logs, Traces, test_support::MockExporter},
+    };
+
+    /// Takes traces, answering that one span was rejected.
+    #[derive(Default)]
+    struct TracesExporter {
+        items: Mutex<Vec<u64>>,
+    }
+
+    impl Exporter<Traces> for TracesExporter {
+        async fn export(&self, request: <Traces as Signal>::Request) -> Result<ExportOutcome, ExportError> {
+            self.items.lock().unwrap().push(request.items());
+            Ok(ExportOutcome::partial(1, "one span refused"))
+        }
+    }
+
+    fn receivers(signals: SignalsConfig) -> (Receivers, Arc<TracesExporter>) {
+        let settings = Settings::from_config(Config { signals, ..Config::default() }).unwrap();
+        let traces = Arc::new(TracesExporter::default());
+        let receivers = Receivers::new(&settings, &mut Registry::default())
+            .serve::<Logs, _>(MockExporter::ok())
+            .serve::<Traces, _>(traces.clone());
+        (receivers, traces)
+    }
+
+    const SPANS_JSON: &str = r#"{"resourceSpans": [{"scopeSpans": [{"spans": [
+        {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b174", "name": "a"},
+        {"traceId": "5b8efff798038103d269b633813fc60c", "spanId": "eee19b7ec3c1b175", "name": "b"}]}]}]}"#;
+
+    async fn post(router: &axum::Router, path: &str, body: &'static str) -> (StatusCode, serde_json::Value) {
+        let request = Request::post(path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&body).unwrap_or_default())
+    }
+
+    /// The grpc-status of a trailers-only answer to an `Export` call of `service`.
+    async fn grpc_status(routes: tonic::service::Routes, service: &str) -> Option<String> {
+        let frame = [0u8, 0, 0, 0, 0];
+        let request = Request::post(format!("http://localhost/{service}/Export"))
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers")
+            .body(axum::body::Body::from(frame.to_vec()))
+            .unwrap();
+        let response = routes.into_axum_router().oneshot(request).await.unwrap();
+        if let Some(status) = response.headers().get("grpc-status") {
+            return Some(status.to_str().unwrap().to_owned());
+        }
+        let trailers = response.into_body().collect().await.unwrap().trailers().cloned();
+        trailers.and_then(|t| t.get("grpc-status").map(|v| v.to_str().unwrap().to_owned()))
+    }
+
+    #[tokio::test]
+    async fn traces_are_served_with_the_signal_s_own_partial_success() {
+        let (receivers, traces) = receivers(SignalsConfig::default());
+        assert_eq!(receivers.served(), ["logs", "traces"]);
+        let (status, body) = post(&receivers.http, "/v1/traces", SPANS_JSON).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            serde_json::json!({"partialSuccess": {"rejectedSpans": "1", "errorMessage": "one span refused"}})
+        );
+        assert_eq!(*traces.items.lock().unwrap(), [2]);
+
+        // The empty request (an empty message) over gRPC.
+        assert!(ExportTraceServiceRequest::default().encode_to_vec().is_empty());
+        let status = grpc_status(receivers.grpc, "opentelemetry.proto.collector.trace.v1.TraceService").await;
+        assert_eq!(status.as_deref(), Some("0"));
+        assert_eq!(*traces.items.lock().unwrap(), [2, 0]);
+    }
+
+    #[tokio::test]
+    async fn a_switched_off_signal_is_unimplemented_and_not_found() {
+        let (receivers, traces) = receivers(SignalsConfig { traces: false, ..SignalsConfig::default() });
+        assert_eq!(receivers.served(), ["logs"]);
+        let (status, _) = post(&receivers.http, "/v1/traces", SPANS_JSON).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = post(&receivers.http, "/v1/metrics", SPANS_JSON).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "no exporter for metrics: not served");
+        let (status, _) = post(&receivers.http, "/v1/logs", "{}").await;
+        assert_eq!(status, StatusCode::OK);
+        let status = grpc_status(receivers.grpc, "opentelemetry.proto.collector.trace.v1.TraceService").await;
+        assert_eq!(status.as_deref(), Some("12"), "UNIMPLEMENTED");
+        assert!(traces.items.lock().unwrap().is_empty());
+    }
 }

@@ -18,7 +18,7 @@ use bytesize::ByteSize;
 
 use crate::config::{
     AdminConfig, CatalogType, Config, ConfigError, FlushConfig, IcebergConfig, KafkaConfig, LogConfig,
-    OtlpConfig, StagingConfig,
+    OtlpConfig, SignalsConfig, StagingConfig,
 };
 
 /// The checked configuration of a service.
@@ -27,6 +27,8 @@ pub struct Settings {
     pub otlp: OtlpConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// `[signals]`: which OTLP signals are served.
+    pub signals: SignalsConfig,
     /// Embedded when `kafka.brokers` is empty (the appender's default), else Kafka.
     pub mode: Mode,
     pub staging: StagingSettings,
@@ -58,7 +60,11 @@ impl Mode {
 pub struct KafkaSettings {
     /// Bootstrap servers, comma separated; never empty.
     pub brokers: String,
+    /// The logs topic (`kafka.topic`).
     pub topic: String,
+    /// `kafka.traces_topic` and `kafka.metrics_topic`.
+    pub traces_topic: String,
+    pub metrics_topic: String,
     pub partitions: i32,
     pub replication_factor: i32,
     pub group_id: String,
@@ -172,7 +178,7 @@ impl Settings {
 
     /// Checks `config` and turns it into settings; the error names the key and its value.
     pub fn from_config(config: Config) -> Result<Settings, ConfigError> {
-        let Config { otlp, admin, log, kafka, staging, flush, iceberg } = config;
+        let Config { otlp, admin, log, signals, kafka, staging, flush, iceberg } = config;
         if otlp.max_recv_msg_size.as_u64() == 0 {
             return Err(invalid("otlp.max_recv_msg_size", otlp.max_recv_msg_size, "must be larger than 0"));
         }
@@ -186,7 +192,7 @@ impl Settings {
             Mode::Kafka(kafka_settings(kafka)?)
         };
         let iceberg = iceberg_settings(iceberg)?;
-        Ok(Settings { otlp, admin, log, mode, staging, flush, iceberg })
+        Ok(Settings { otlp, admin, log, signals, mode, staging, flush, iceberg })
     }
 }
 
@@ -230,8 +236,22 @@ fn staging_settings(
 }
 
 fn kafka_settings(kafka: KafkaConfig) -> Result<KafkaSettings, ConfigError> {
-    if kafka.topic.trim().is_empty() {
-        return Err(invalid("kafka.topic", quoted(&kafka.topic), "must not be empty"));
+    let topics = [
+        ("kafka.topic", &kafka.topic),
+        ("kafka.traces_topic", &kafka.traces_topic),
+        ("kafka.metrics_topic", &kafka.metrics_topic),
+    ];
+    for (i, (key, topic)) in topics.iter().enumerate() {
+        if topic.trim().is_empty() {
+            return Err(invalid(key, quoted(topic), "must not be empty"));
+        }
+        if let Some((other, _)) = topics[..i].iter().find(|(_, earlier)| earlier == topic) {
+            return Err(invalid(
+                key,
+                quoted(topic),
+                format!("must differ from {other}: each signal has a topic of its own"),
+            ));
+        }
     }
     if kafka.partitions < 2 {
         return Err(invalid(
@@ -257,8 +277,12 @@ fn kafka_settings(kafka: KafkaConfig) -> Result<KafkaSettings, ConfigError> {
                  undecodable records instead, set kafka.dead_letters = false",
             ));
         }
-        (true, Some(name)) if name == kafka.topic => {
-            return Err(invalid("kafka.dead_letter_topic", quoted(&name), "must differ from kafka.topic"));
+        (true, Some(name)) if topics.iter().any(|(_, topic)| **topic == name) => {
+            return Err(invalid(
+                "kafka.dead_letter_topic",
+                quoted(&name),
+                "must differ from kafka.topic, kafka.traces_topic and kafka.metrics_topic",
+            ));
         }
         (true, Some(name)) => Some(name),
     };
@@ -277,6 +301,8 @@ fn kafka_settings(kafka: KafkaConfig) -> Result<KafkaSettings, ConfigError> {
     Ok(KafkaSettings {
         brokers: kafka.brokers.trim().to_string(),
         topic: kafka.topic,
+        traces_topic: kafka.traces_topic,
+        metrics_topic: kafka.metrics_topic,
         partitions: kafka.partitions,
         replication_factor: kafka.replication_factor,
         group_id: kafka.group_id,
@@ -491,6 +517,34 @@ mod tests {
             err.contains("kafka.dead_letter_topic = \"\"") && err.contains("kafka.dead_letters = false"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn each_signal_has_a_topic_of_its_own() {
+        let s = settings(|c| c.kafka.brokers = "k:9092".into()).unwrap();
+        let kafka = s.mode.kafka().unwrap();
+        assert_eq!(
+            (kafka.topic.as_str(), kafka.traces_topic.as_str(), kafka.metrics_topic.as_str()),
+            ("otel-logs", "otel-spans", "otel-metrics")
+        );
+        assert_eq!(s.signals, SignalsConfig { logs: true, traces: true, metrics: true });
+        let err = settings(|c| {
+            c.kafka.brokers = "k:9092".into();
+            c.kafka.metrics_topic = "otel-spans".into();
+        })
+        .unwrap_err();
+        assert!(
+            err.contains("kafka.metrics_topic = \"otel-spans\"") && err.contains("kafka.traces_topic"),
+            "{err}"
+        );
+        let err = settings(|c| c.kafka.traces_topic = " ".into()).unwrap_err();
+        assert!(err.contains("kafka.traces_topic = \" \"") && err.contains("must not be empty"), "{err}");
+        let err = settings(|c| {
+            c.kafka.brokers = "k:9092".into();
+            c.kafka.dead_letter_topic = Some("otel-metrics".into());
+        })
+        .unwrap_err();
+        assert!(err.contains("kafka.dead_letter_topic = \"otel-metrics\""), "{err}");
     }
 
     #[test]

@@ -219,7 +219,7 @@ pub fn register_metrics(registry: &mut Registry, counters: Arc<Counters>, broker
 #[cfg(test)]
 mod tests {
 
-    use telemetry_lake_common::otlp::LogsExporter;
+    use telemetry_lake_common::otlp::{Exporter, Logs};
 
     use super::*;
     use crate::producer::{IngestContext, KafkaExporter, tests::request};
@@ -239,6 +239,7 @@ mod tests {
         let exporter = Arc::new(KafkaExporter {
             producer: producer.clone(),
             topic: c"otel-logs".into(),
+            schema: crate::producer::SCHEMA,
             budget: 900_000,
             counters: counters.clone(),
             broker,
@@ -259,7 +260,7 @@ mod tests {
 
         let export = tokio::spawn({
             let exporter = exporter.clone();
-            async move { exporter.export(request(&["a", "b", "c"])).await }
+            async move { Exporter::<Logs>::export(&*exporter, request(&["a", "b", "c"])).await }
         });
         let mut stats = ingester(admin.stats().await);
         for _ in 0..100 {

@@ -1,12 +1,13 @@
-//! Kafka reachability: creates the topic, then keeps health in step with the brokers.
+//! Kafka reachability: creates the topics, then keeps health in step with the brokers.
 //!
 //! ```text
-//!  start-up: check access (common's check_access), then create kafka.topic with
-//!            kafka.partitions partitions (common's ensure_topics; an existing topic is fine),
+//!  start-up: check access (common's check_access), then create the topic of every signal served
+//!            (kafka.topic, kafka.traces_topic, kafka.metrics_topic) with kafka.partitions
+//!            partitions (common's ensure_topics; an existing topic is fine),
 //!            retried every probe interval until it succeeds; a failed authentication (a wrong
 //!            SASL password) or settings librdkafka refuses are not retried: watch returns the
 //!            error and stops the ingester
-//!  then:     metadata probe of the topic every 2 s, or at once when librdkafka reports every
+//!  then:     metadata probe of the topics every 2 s, or at once when librdkafka reports every
 //!            broker down --> BrokerState::ready + health SERVING / NOT_SERVING
 //! ```
 //!
@@ -16,7 +17,7 @@
 //! connections, and an ingester that is not ready refuses the exports that could have shown
 //! Kafka back.
 //!
-//! Health starts NOT_SERVING and turns SERVING only once the topic exists and a broker
+//! Health starts NOT_SERVING and turns SERVING only once every topic exists and a broker
 //! answered, so a load balancer sends nothing before Kafka can take it. Once shutdown starts
 //! the watcher stops and never turns health back on.
 
@@ -83,28 +84,43 @@ impl Prober {
     }
 }
 
-/// Checks that the brokers let us in, creates the topic unless it exists, and returns the
-/// partition count it has. A fatal [`AccessError`] is for good; `Unreachable` may pass.
-pub async fn ensure_topic(kafka: &KafkaSettings, prober: &mut Prober) -> Result<usize, AccessError> {
+/// Checks that the brokers let us in and creates the `topics` that do not exist yet. A fatal
+/// [`AccessError`] is for good; `Unreachable` may pass.
+pub async fn ensure_topics(
+    kafka: &KafkaSettings,
+    topics: &[String],
+    prober: &mut Prober,
+) -> Result<(), AccessError> {
     let settings = kafka.clone();
     tokio::task::spawn_blocking(move || kafka::check_access(&settings, Side::Producer, PROBE_TIMEOUT))
         .await
         .map_err(|e| AccessError::Unreachable(format!("the kafka access check stopped: {e}")))??;
-    let topic = TopicSpec { name: kafka.topic.clone(), partitions: kafka.partitions };
-    kafka::ensure_topics(kafka, Side::Producer, &[topic], PROBE_TIMEOUT)
+    let specs: Vec<TopicSpec> =
+        topics.iter().map(|name| TopicSpec { name: name.clone(), partitions: kafka.partitions }).collect();
+    kafka::ensure_topics(kafka, Side::Producer, &specs, PROBE_TIMEOUT)
         .await
         .map_err(AccessError::Unreachable)?;
-    let partitions = prober.probe(&kafka.topic).await.map_err(AccessError::Unreachable)?;
-    if partitions != kafka.partitions as usize {
-        tracing::warn!(
-            topic = %kafka.topic,
-            partitions,
-            configured = kafka.partitions,
-            "the topic exists with another partition count than kafka.partitions; keeping it"
-        );
+    for topic in topics {
+        let partitions = prober.probe(topic).await.map_err(AccessError::Unreachable)?;
+        if partitions != kafka.partitions as usize {
+            tracing::warn!(
+                topic = %topic,
+                partitions,
+                configured = kafka.partitions,
+                "the topic exists with another partition count than kafka.partitions; keeping it"
+            );
+        }
+        tracing::info!(topic = %topic, partitions, "kafka topic ready");
     }
-    tracing::info!(topic = %kafka.topic, partitions, "kafka topic ready");
-    Ok(partitions)
+    Ok(())
+}
+
+/// Probes every topic of `topics`; the first failure.
+async fn probe_all(prober: &mut Prober, topics: &[String]) -> Result<(), String> {
+    for topic in topics {
+        prober.probe(topic).await?;
+    }
+    Ok(())
 }
 
 async fn probe(client: Arc<BaseProducer>, topic: &str) -> Result<usize, String> {
@@ -130,20 +146,21 @@ async fn probe(client: Arc<BaseProducer>, topic: &str) -> Result<usize, String> 
 /// and returns why: start-up failed, and the same settings would fail again.
 pub async fn watch(
     kafka: KafkaSettings,
+    topics: Vec<String>,
     state: Arc<BrokerState>,
     health: Health,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
     let mut prober = Prober::new(&kafka);
-    let mut topic_ready = false;
+    let mut topics_ready = false;
     let mut last_error = String::new();
     loop {
-        let outcome = if topic_ready {
-            prober.probe(&kafka.topic).await.map(|_| ())
+        let outcome = if topics_ready {
+            probe_all(&mut prober, &topics).await
         } else {
-            match ensure_topic(&kafka, &mut prober).await {
-                Ok(_) => {
-                    topic_ready = true;
+            match ensure_topics(&kafka, &topics, &mut prober).await {
+                Ok(()) => {
+                    topics_ready = true;
                     Ok(())
                 }
                 Err(error) if error.is_fatal() => {

@@ -1,15 +1,18 @@
-//! The ingester: OTLP logs in over gRPC and HTTP, out to the Kafka topic (`kafka.topic`).
+//! The ingester: OTLP logs, traces and metrics in over gRPC and HTTP, out to one Kafka topic per
+//! signal (`kafka.topic`, `kafka.traces_topic`, `kafka.metrics_topic`).
 //!
 //! ```text
-//!  OTLP gRPC :4317 / HTTP :4318 --> producer::KafkaExporter --split.rs--> librdkafka --> topic
+//!  OTLP gRPC :4317 / HTTP :4318 --> producer::KafkaExporter (one per signal) --split.rs--> librdkafka --> topic
 //!                                         ^ answered after acks=all delivery of every batch
-//!  broker::watch: create topic, probe metadata every 2 s --> health SERVING / NOT_SERVING
+//!  broker::watch: create the topics, probe metadata every 2 s --> health SERVING / NOT_SERVING
 //!  admin: Flush = producer flush, Stats = counters (admin.rs), SIGUSR1 = flush
 //! ```
 //!
-//! Records are keyed by `service.name` and carry an encoded `ExportLogsServiceRequest` (the
-//! OpenTelemetry Collector's `otlp_proto` Kafka encoding) with headers `content-type:
-//! application/x-protobuf` and `telemetry-lake-schema: otlp-logs-v1`. An export is answered OK
+//! Records are keyed by `service.name` and carry an encoded `ExportLogsServiceRequest`,
+//! `ExportTraceServiceRequest` or `ExportMetricsServiceRequest` (the OpenTelemetry Collector's
+//! `otlp_proto` Kafka encoding) with headers `content-type: application/x-protobuf` and
+//! `telemetry-lake-schema: otlp-logs-v1` (`otlp-traces-v1`, `otlp-metrics-v1`). A signal
+//! switched off in `[signals]` is neither served nor given a topic. An export is answered OK
 //! only once Kafka acknowledged all of it. Shutdown: health NOT_SERVING, stop accepting, drain
 //! the exports in flight (each waits for its deliveries), flush the producer, return.
 
@@ -26,7 +29,8 @@ use rdkafka::ClientConfig;
 use telemetry_lake_common::{
     admin::FlushTrigger,
     health::{Health, Reason},
-    server::{self, BoundAddrs, Service},
+    otlp::{Logs, Metrics, Traces},
+    server::{self, BoundAddrs, Receivers, Service},
     settings::{KafkaSettings, Settings},
 };
 use tokio::sync::Notify;
@@ -89,17 +93,43 @@ pub async fn run(
     let mut registry = Registry::default();
     admin::register_metrics(&mut registry, counters.clone(), broker.clone());
 
+    let signals = config.signals;
+    let topics: Vec<String> = [
+        (signals.logs, &kafka.topic),
+        (signals.traces, &kafka.traces_topic),
+        (signals.metrics, &kafka.metrics_topic),
+    ]
+    .into_iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, topic)| topic.clone())
+    .collect();
+    if topics.is_empty() {
+        anyhow::bail!(
+            "[signals] logs, traces and metrics are all false: the ingester would take nothing; switch at \
+             least one on"
+        );
+    }
     let watcher =
-        tokio::spawn(broker::watch(kafka.clone(), broker.clone(), health.clone(), shutdown.clone()));
-    let exporter = Arc::new(KafkaExporter {
-        producer: producer.clone(),
-        topic: CString::new(kafka.topic.as_str())
-            .map_err(|_| anyhow::anyhow!("kafka.topic = {:?} holds a NUL byte", kafka.topic))?,
-        budget: producer::payload_budget(&kafka.producer),
-        counters: counters.clone(),
-        broker,
-        delivery_deadline: delivery_timeout + Duration::from_secs(1),
-    });
+        tokio::spawn(broker::watch(kafka.clone(), topics, broker.clone(), health.clone(), shutdown.clone()));
+    let exporter = |key: &str, topic: &str, schema: &'static str| -> anyhow::Result<Arc<KafkaExporter>> {
+        Ok(Arc::new(KafkaExporter {
+            producer: producer.clone(),
+            topic: CString::new(topic).map_err(|_| anyhow::anyhow!("{key} = {topic:?} holds a NUL byte"))?,
+            schema,
+            budget: producer::payload_budget(&kafka.producer),
+            counters: counters.clone(),
+            broker: broker.clone(),
+            delivery_deadline: delivery_timeout + Duration::from_secs(1),
+        }))
+    };
+    let receivers = Receivers::new(config, &mut registry)
+        .serve::<Logs, _>(exporter("kafka.topic", &kafka.topic, producer::SCHEMA)?)
+        .serve::<Traces, _>(exporter("kafka.traces_topic", &kafka.traces_topic, producer::TRACES_SCHEMA)?)
+        .serve::<Metrics, _>(exporter(
+            "kafka.metrics_topic",
+            &kafka.metrics_topic,
+            producer::METRICS_SCHEMA,
+        )?);
     let admin = Arc::new(IngesterAdmin {
         producer,
         counters,
@@ -117,7 +147,7 @@ pub async fn run(
 
     let served = server::serve(
         config,
-        Service { exporter, admin: admin.clone(), health, registry },
+        Service { receivers, admin: admin.clone(), health, registry },
         shutdown,
         on_bound,
     )

@@ -1,4 +1,5 @@
-//! The Kafka side of the export path: OTLP requests in, acknowledged Kafka records out.
+//! The Kafka side of the export path: OTLP requests of every signal in, acknowledged Kafka
+//! records out, one [`KafkaExporter`] (and topic) per signal.
 //!
 //! ```text
 //!  export(request) --split.rs--> batches --send (non-blocking)--> librdkafka queue --> broker
@@ -21,7 +22,9 @@
 //!
 //! Records the appender could not stage (a malformed trace or span id) are refused here, with
 //! the appender's own message, as OTLP partial success: they never reach Kafka
-//! ([`split::check_and_split`]).
+//! ([`split::check_and_split`]). Spans and metric data points with malformed ids are refused the
+//! same way (`telemetry_lake_common::otlp::records`), so every record on the traces and metrics
+//! topics decodes in the OpenTelemetry Collector too.
 //!
 //! Accounting happens in the delivery callback, not in the awaiting request, so a client that
 //! disconnects mid-export cannot leave records counted as in flight forever.
@@ -45,7 +48,9 @@ use rdkafka::{
     producer::{Producer, ProducerContext, ThreadedProducer},
     util::IntoOpaque,
 };
-use telemetry_lake_common::otlp::{ExportError, ExportOutcome, LogsExporter, LogsRequest};
+use telemetry_lake_common::otlp::{
+    ExportError, ExportOutcome, Exporter, Logs, LogsRequest, Metrics, Traces, records, signal::Decoded,
+};
 #[cfg(test)]
 use telemetry_lake_common::{kafka, settings::KafkaSettings};
 use tokio::sync::Notify;
@@ -54,8 +59,11 @@ use crate::split::{self, Split};
 
 /// `content-type` header of every record.
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
-/// `telemetry-lake-schema` header of every record: what the value holds.
+/// `telemetry-lake-schema` header of every record of the logs topic: what the value holds.
 pub const SCHEMA: &str = "otlp-logs-v1";
+/// The same header on the traces and on the metrics topic.
+pub const TRACES_SCHEMA: &str = "otlp-traces-v1";
+pub const METRICS_SCHEMA: &str = "otlp-metrics-v1";
 /// librdkafka's own default `message.max.bytes`.
 const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// Requests with more records than this are split off the async workers.
@@ -244,11 +252,13 @@ impl ProducerContext for IngestContext {
 
 pub type IngestProducer = ThreadedProducer<IngestContext>;
 
-/// OTLP logs to the Kafka topic: the ingester's [`LogsExporter`].
+/// OTLP requests of one signal to its Kafka topic: the ingester's [`Exporter`] of that signal.
 pub struct KafkaExporter {
     pub producer: Arc<IngestProducer>,
     /// The topic, as librdkafka takes it (made once, not per record).
     pub topic: CString,
+    /// The `telemetry-lake-schema` header of its records ([`SCHEMA`] for logs).
+    pub schema: &'static str,
     pub budget: usize,
     pub counters: Arc<Counters>,
     pub broker: Arc<BrokerState>,
@@ -262,10 +272,10 @@ pub struct KafkaExporter {
 struct Headers(*mut rdsys::rd_kafka_headers_t);
 
 impl Headers {
-    /// `content-type` and `telemetry-lake-schema`.
-    fn new() -> Self {
+    /// `content-type` and `telemetry-lake-schema: {schema}`.
+    fn new(schema: &str) -> Self {
         let headers = Self(unsafe { rdsys::rd_kafka_headers_new(2) });
-        for (name, value) in [("content-type", CONTENT_TYPE), ("telemetry-lake-schema", SCHEMA)] {
+        for (name, value) in [("content-type", CONTENT_TYPE), ("telemetry-lake-schema", schema)] {
             // SAFETY: valid pointers with their lengths; librdkafka copies both.
             unsafe {
                 rdsys::rd_kafka_header_add(
@@ -367,7 +377,7 @@ impl KafkaExporter {
     /// headers are copied or taken over by librdkafka. Returns the error, after dropping
     /// `pending`, when the record was not queued.
     fn produce(&self, key: &str, pending: Box<Pending>) -> Result<(), KafkaError> {
-        let headers = Headers::new();
+        let headers = Headers::new(self.schema);
         let (value, value_len) = (pending.payload.as_ptr(), pending.payload.len());
         let opaque = pending.into_ptr();
         // SAFETY: the argument list is the one rdkafka's `BaseProducer::send` passes, without
@@ -408,51 +418,25 @@ impl KafkaExporter {
     }
 }
 
-impl LogsExporter for KafkaExporter {
-    async fn export(&self, request: LogsRequest) -> Result<ExportOutcome, ExportError> {
-        let received = request.records();
-        self.counters.records_received.fetch_add(received, Ordering::Relaxed);
-        if received == 0 {
-            return Ok(ExportOutcome::ok());
+impl KafkaExporter {
+    /// `Unavailable` while the broker watcher sees no broker: refused at once, not queued.
+    fn refuse_unless_ready(&self, received: u64) -> Result<(), ExportError> {
+        if self.broker.ready.load(Ordering::Relaxed) {
+            return Ok(());
         }
-        if !self.broker.ready.load(Ordering::Relaxed) {
-            return self.reject(
-                received,
-                ExportError::Unavailable {
-                    message: "no kafka broker is reachable".into(),
-                    retry_after: RETRY_UNAVAILABLE,
-                },
-            );
-        }
-        let budget = self.budget;
-        let split = match split::split_encoded(request.bytes(), request.walk(), budget) {
-            Some(split) => split,
-            None => {
-                let request = match request.decode() {
-                    Ok(request) => request,
-                    Err(error) => return self.reject(received, error),
-                };
-                if received > INLINE_SPLIT_RECORDS {
-                    match tokio::task::spawn_blocking(move || split::check_and_split(request, budget)).await {
-                        Ok(split) => split,
-                        Err(err) => {
-                            return self.reject(
-                                received,
-                                ExportError::Internal(format!("request split failed: {err}")),
-                            );
-                        }
-                    }
-                } else {
-                    split::check_and_split(request, budget)
-                }
-            }
-        };
+        self.counters.records_rejected.fetch_add(received, Ordering::Relaxed);
+        Err(ExportError::Unavailable {
+            message: "no kafka broker is reachable".into(),
+            retry_after: RETRY_UNAVAILABLE,
+        })
+    }
+
+    /// Produces the batches of `split` and waits until Kafka acknowledged every one of them:
+    /// the export's answer. `received` items came in, `split.rejected` of them were refused.
+    async fn deliver(&self, received: u64, split: Split) -> Result<ExportOutcome, ExportError> {
         let (rejected, rejection) = (split.rejected, split.rejection.clone());
         let deliveries = Deliveries::new();
         let failed = self.enqueue(split, &deliveries);
-        // The walk is not needed any more; the bytes live on in the records' values (slices of
-        // them) until Kafka acknowledged each.
-        drop(request);
         deliveries.settle();
         let waited = tokio::time::timeout(self.delivery_deadline, deliveries.settled.notified()).await;
         let failure = deliveries.failure.lock().expect("delivery failure lock").take();
@@ -469,10 +453,95 @@ impl LogsExporter for KafkaExporter {
         self.counters.records_accepted.fetch_add(received - rejected, Ordering::Relaxed);
         self.counters.records_rejected.fetch_add(rejected, Ordering::Relaxed);
         if rejected > 0 {
-            tracing::debug!(rejected, message = %rejection, "records refused: malformed, or too large for one kafka message");
+            tracing::debug!(rejected, message = %rejection, "items refused: malformed, or too large for one kafka message");
             return Ok(ExportOutcome::partial(rejected as i64, rejection));
         }
         Ok(ExportOutcome::ok())
+    }
+
+    /// Runs `split` inline, or on the blocking pool for a request of more than
+    /// [`INLINE_SPLIT_RECORDS`] items.
+    async fn split_off_workers(
+        items: u64,
+        split: impl FnOnce() -> Split + Send + 'static,
+    ) -> Result<Split, ExportError> {
+        if items <= INLINE_SPLIT_RECORDS {
+            return Ok(split());
+        }
+        tokio::task::spawn_blocking(split)
+            .await
+            .map_err(|err| ExportError::Internal(format!("request split failed: {err}")))
+    }
+
+    /// The export of traces and metrics: checked and split from the decoded request.
+    async fn export_decoded<L: split::Levels + Send + 'static>(
+        &self,
+        request: Decoded<L>,
+        drop_malformed: fn(&mut L) -> records::Checked,
+    ) -> Result<ExportOutcome, ExportError> {
+        let received = request.items();
+        self.counters.records_received.fetch_add(received, Ordering::Relaxed);
+        if received == 0 {
+            return Ok(ExportOutcome::ok());
+        }
+        self.refuse_unless_ready(received)?;
+        let (bytes, budget) = (request.bytes().clone(), self.budget);
+        let message = request.into_message();
+        let split = Self::split_off_workers(received, move || {
+            split::check_and_split_bytes(&bytes, message, received, budget, drop_malformed)
+        });
+        match split.await {
+            Ok(split) => self.deliver(received, split).await,
+            Err(error) => self.reject(received, error),
+        }
+    }
+}
+
+impl Exporter<Logs> for KafkaExporter {
+    async fn export(&self, request: LogsRequest) -> Result<ExportOutcome, ExportError> {
+        let received = request.records();
+        self.counters.records_received.fetch_add(received, Ordering::Relaxed);
+        if received == 0 {
+            return Ok(ExportOutcome::ok());
+        }
+        self.refuse_unless_ready(received)?;
+        let split = match split::split_encoded(request.bytes(), request.walk(), self.budget) {
+            Some(split) => split,
+            None => {
+                let decoded = match request.decode() {
+                    Ok(decoded) => decoded,
+                    Err(error) => return self.reject(received, error),
+                };
+                let budget = self.budget;
+                let split = move || split::check_and_split(decoded, budget, records::drop_malformed);
+                match Self::split_off_workers(received, split).await {
+                    Ok(split) => split,
+                    Err(error) => return self.reject(received, error),
+                }
+            }
+        };
+        // The walk is not needed any more; the bytes live on in the records' values (slices of
+        // them) until Kafka acknowledged each.
+        drop(request);
+        self.deliver(received, split).await
+    }
+}
+
+impl Exporter<Traces> for KafkaExporter {
+    async fn export(
+        &self,
+        request: <Traces as telemetry_lake_common::otlp::Signal>::Request,
+    ) -> Result<ExportOutcome, ExportError> {
+        self.export_decoded(request, records::drop_malformed_spans).await
+    }
+}
+
+impl Exporter<Metrics> for KafkaExporter {
+    async fn export(
+        &self,
+        request: <Metrics as telemetry_lake_common::otlp::Signal>::Request,
+    ) -> Result<ExportOutcome, ExportError> {
+        self.export_decoded(request, records::drop_malformed_points).await
     }
 }
 
@@ -526,6 +595,7 @@ pub(crate) mod tests {
         KafkaExporter {
             producer: Arc::new(producer),
             topic: c"otel-logs".into(),
+            schema: SCHEMA,
             budget: 900_000,
             counters,
             broker,
@@ -571,11 +641,12 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn known_outage_is_refused_at_once() {
         let exporter = unreachable_exporter(&[], false);
-        let err = exporter.export(request(&["a"])).await.unwrap_err();
+        let err = Exporter::<Logs>::export(&exporter, request(&["a"])).await.unwrap_err();
         assert_eq!(err.http_status().as_u16(), 503, "{err}");
         assert_eq!(exporter.counters.records_rejected.load(Ordering::Relaxed), 1);
         assert_eq!(
-            exporter.export(LogsRequest::encoded(&ExportLogsServiceRequest::default())).await,
+            Exporter::<Logs>::export(&exporter, LogsRequest::encoded(&ExportLogsServiceRequest::default()))
+                .await,
             Ok(ExportOutcome::ok())
         );
     }
@@ -584,7 +655,7 @@ pub(crate) mod tests {
     async fn undelivered_records_time_out_as_unavailable() {
         let exporter = unreachable_exporter(&[("message.timeout.ms", "500")], true);
         let started = std::time::Instant::now();
-        let err = exporter.export(request(&["a", "b"])).await.unwrap_err();
+        let err = Exporter::<Logs>::export(&exporter, request(&["a", "b"])).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(3), "held for {:?}", started.elapsed());
         assert_eq!(err.grpc_code(), tonic::Code::Unavailable, "{err}");
         let c = &exporter.counters;
@@ -605,7 +676,8 @@ pub(crate) mod tests {
         for resource in &mut request.resource_logs {
             resource.scope_logs[0].log_records[0].trace_id = vec![1, 2, 3];
         }
-        let outcome = exporter.export(LogsRequest::encoded(&request)).await.expect("answered");
+        let outcome =
+            Exporter::<Logs>::export(&exporter, LogsRequest::encoded(&request)).await.expect("answered");
         assert_eq!(outcome, ExportOutcome::partial(2, "trace_id must be 16 bytes, got 3"));
         let c = &exporter.counters;
         assert_eq!(c.records_rejected.load(Ordering::Relaxed), 2);
@@ -677,7 +749,7 @@ pub(crate) mod tests {
             &[("queue.buffering.max.messages", "1"), ("message.timeout.ms", "500")],
             true,
         );
-        let err = exporter.export(request(&["a", "b"])).await.unwrap_err();
+        let err = Exporter::<Logs>::export(&exporter, request(&["a", "b"])).await.unwrap_err();
         assert_eq!(err.http_status().as_u16(), 429, "{err}");
         assert_eq!(exporter.counters.queue_full.load(Ordering::Relaxed), 1);
     }

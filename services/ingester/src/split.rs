@@ -1,13 +1,15 @@
 //! How an OTLP export request becomes Kafka records: pure functions, no broker.
 //!
 //! ```text
-//!  ExportLogsServiceRequest --group by service.name--> one group per key (first-seen order)
-//!       each group --pack under the size budget--> ExportLogsServiceRequest payloads (Batch)
+//!  Export{Logs,Trace,Metrics}ServiceRequest --group by service.name--> one group per key (first-seen order)
+//!       each group --pack under the size budget--> payloads of the same message type (Batch)
 //! ```
 //!
 //! In: a decoded request and the largest value a Kafka record may carry. Out: [`Batch`]es, each
-//! an encoded `ExportLogsServiceRequest` (the OpenTelemetry Collector's `otlp_proto` Kafka
-//! encoding) whose resources all share one key, plus the records that could not be carried.
+//! an encoded request of the same signal (the OpenTelemetry Collector's `otlp_proto` Kafka
+//! encoding) whose resources all share one key, plus the items that could not be carried. The
+//! decoding path ([`split_request`]) works on any signal through [`Levels`]: resources, their
+//! scopes, the scopes' items (log records, spans, metrics).
 //! [`check_and_split`] first leaves out the records the appender could not stage (the shared
 //! check of `telemetry_lake_common::otlp::records`, with its messages), so nothing that reaches
 //! Kafka from here is refused later. [`split_encoded`] is the common case without decoding: a
@@ -16,28 +18,36 @@
 //! only empty scopes, which carry no log, may remain).
 //!
 //! Guarantees:
-//! - every log record of the request is in exactly one batch, or counted in
-//!   [`Split::rejected`]; a record is rejected only when it alone, wrapped in its resource and
-//!   scope, is larger than the budget;
+//! - every item of the request is in exactly one batch, or counted in [`Split::rejected`]; an
+//!   item is rejected only when it alone, wrapped in its resource and scope, is larger than the
+//!   budget (a metric is one item here: a metric larger than the budget is rejected with all its
+//!   data points, which are what `rejected` counts for metrics);
 //! - a batch never encodes to more than the budget;
 //! - records keep their order within a key: batches of one key come out in request order, so
 //!   producing them in order onto one partition keeps a service's order;
 //! - a resource or scope too large for one batch is split along scope and then record
 //!   boundaries; each piece carries a full copy of its resource and scope (attributes, schema
 //!   URL), so every batch is a self-contained request;
-//! - resources and scopes without records are dropped (they carry no log to land).
+//! - resources and scopes without items are dropped (they carry nothing to land).
 
 use std::collections::HashMap;
 
 use bytes::Bytes;
 
 use opentelemetry_proto::tonic::{
-    collector::logs::v1::ExportLogsServiceRequest,
+    collector::{
+        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+        trace::v1::ExportTraceServiceRequest,
+    },
     common::v1::any_value,
-    logs::v1::{ResourceLogs, ScopeLogs},
+    logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+    metrics::v1::{Metric, ResourceMetrics, ScopeMetrics},
+    resource::v1::Resource,
+    trace::v1::{ResourceSpans, ScopeSpans, Span},
 };
 use prost::{Message, encoding::encoded_len_varint};
 use telemetry_lake_common::otlp::records;
+use telemetry_lake_common::otlp::signal::data_points;
 use telemetry_lake_common::otlp::walk::{ResourceLogsRange, Walk};
 
 /// The key of resources without a `service.name`: the value OpenTelemetry SDKs report for an
@@ -49,10 +59,10 @@ pub const UNKNOWN_SERVICE: &str = "unknown_service";
 pub struct Batch {
     /// The resources' `service.name`.
     pub key: String,
-    /// An encoded `ExportLogsServiceRequest` (on the byte path, a slice of the request itself
-    /// when its resources are contiguous).
+    /// An encoded request of the signal (on the byte path, a slice of the request itself when
+    /// its resources are contiguous).
     pub payload: Bytes,
-    /// Log records in `payload`.
+    /// Items (log records, spans, data points) in `payload`.
     pub records: u64,
 }
 
@@ -60,17 +70,15 @@ pub struct Batch {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Split {
     pub batches: Vec<Batch>,
-    /// Records dropped because each alone is larger than the budget.
+    /// Items dropped: too large (each alone is larger than the budget) or malformed.
     pub rejected: u64,
     /// Why they were dropped (empty when none were).
     pub rejection: String,
 }
 
 /// The Kafka key of a resource: its `service.name` string value.
-pub fn resource_key(resource: &ResourceLogs) -> String {
+pub fn resource_key(resource: Option<&Resource>) -> String {
     resource
-        .resource
-        .as_ref()
         .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
         .and_then(|kv| kv.value.as_ref())
         .and_then(|v| match &v.value {
@@ -134,12 +142,46 @@ fn contiguous(group: &[&ResourceLogsRange]) -> Option<std::ops::Range<usize>> {
     group.windows(2).all(|w| w[0].field.end == w[1].field.start).then_some(first.field.start..last.field.end)
 }
 
-/// Leaves out the records the appender would refuse (a malformed trace or span id), then splits
+/// Leaves out the items `drop_malformed` removes (the shared id rule of
+/// `telemetry_lake_common::otlp::records`: for logs, what the appender would refuse), then splits
 /// the rest as [`split_request`] does. `rejected` counts both kinds of refusal; the message names
-/// the first malformed record's fault exactly as the appender words it, then the size refusal.
-pub fn check_and_split(mut request: ExportLogsServiceRequest, budget: usize) -> Split {
-    let checked = records::drop_malformed(&mut request);
-    let mut split = split_request(request, budget);
+/// the first malformed item's fault exactly as the shared check words it, then the size refusal.
+pub fn check_and_split<L: Levels>(
+    mut request: L,
+    budget: usize,
+    drop_malformed: fn(&mut L) -> records::Checked,
+) -> Split {
+    let checked = drop_malformed(&mut request);
+    with_malformed(split_request(request, budget), checked)
+}
+
+/// [`check_and_split`] for a request that came as `bytes` and holds `items`: when nothing in it
+/// is malformed, all its resources share one key and the bytes fit the budget, the batch is the
+/// bytes themselves (nothing re-encoded).
+pub fn check_and_split_bytes<L: Levels>(
+    bytes: &Bytes,
+    mut request: L,
+    items: u64,
+    budget: usize,
+    drop_malformed: fn(&mut L) -> records::Checked,
+) -> Split {
+    let checked = drop_malformed(&mut request);
+    if checked.rejected == 0 && bytes.len() <= budget {
+        let mut keys = request.resources().iter().map(|r| resource_key(L::resource(r)));
+        if let Some(key) = keys.next()
+            && keys.all(|other| other == key)
+        {
+            return Split {
+                batches: vec![Batch { key, payload: bytes.clone(), records: items }],
+                ..Split::default()
+            };
+        }
+    }
+    with_malformed(split_request(request, budget), checked)
+}
+
+/// `split` with the malformed items of `checked` counted and named first.
+fn with_malformed(mut split: Split, checked: records::Checked) -> Split {
     if checked.rejected > 0 {
         split.rejected += checked.rejected;
         split.rejection = if split.rejection.is_empty() {
@@ -151,12 +193,95 @@ pub fn check_and_split(mut request: ExportLogsServiceRequest, budget: usize) -> 
     split
 }
 
+/// The levels of an export request the decoding path splits along: the request's resources,
+/// their scopes and the scopes' items.
+pub trait Levels: Message + Default + Sized {
+    type Resource: Message + Clone;
+    type Scope: Message + Clone;
+    type Item: Message;
+    /// What the signal's items are called in a rejection.
+    const ITEMS: &'static str;
+
+    fn resources(&self) -> &[Self::Resource];
+    fn into_resources(self) -> Vec<Self::Resource>;
+    fn from_resources(resources: Vec<Self::Resource>) -> Self;
+    fn resource(resource: &Self::Resource) -> Option<&Resource>;
+    fn scopes(resource: &mut Self::Resource) -> &mut Vec<Self::Scope>;
+    fn items(scope: &mut Self::Scope) -> &mut Vec<Self::Item>;
+    /// The signal's items one item holds: 1, or a metric's data points.
+    fn weight(_item: &Self::Item) -> u64 {
+        1
+    }
+}
+
+macro_rules! levels {
+    ($request:ty, $resources:ident: $resource:ty, $scopes:ident: $scope:ty, $items:ident: $item:ty, $noun:literal) => {
+        impl Levels for $request {
+            type Resource = $resource;
+            type Scope = $scope;
+            type Item = $item;
+            const ITEMS: &'static str = $noun;
+
+            fn resources(&self) -> &[$resource] {
+                &self.$resources
+            }
+            fn into_resources(self) -> Vec<$resource> {
+                self.$resources
+            }
+            fn from_resources($resources: Vec<$resource>) -> Self {
+                Self { $resources }
+            }
+            fn resource(resource: &$resource) -> Option<&Resource> {
+                resource.resource.as_ref()
+            }
+            fn scopes(resource: &mut $resource) -> &mut Vec<$scope> {
+                &mut resource.$scopes
+            }
+            fn items(scope: &mut $scope) -> &mut Vec<$item> {
+                &mut scope.$items
+            }
+        }
+    };
+}
+
+levels!(ExportLogsServiceRequest, resource_logs: ResourceLogs, scope_logs: ScopeLogs, log_records: LogRecord, "log record(s)");
+levels!(ExportTraceServiceRequest, resource_spans: ResourceSpans, scope_spans: ScopeSpans, spans: Span, "span(s)");
+
+impl Levels for ExportMetricsServiceRequest {
+    type Resource = ResourceMetrics;
+    type Scope = ScopeMetrics;
+    type Item = Metric;
+    const ITEMS: &'static str = "data point(s)";
+
+    fn resources(&self) -> &[ResourceMetrics] {
+        &self.resource_metrics
+    }
+    fn into_resources(self) -> Vec<ResourceMetrics> {
+        self.resource_metrics
+    }
+    fn from_resources(resource_metrics: Vec<ResourceMetrics>) -> Self {
+        Self { resource_metrics }
+    }
+    fn resource(resource: &ResourceMetrics) -> Option<&Resource> {
+        resource.resource.as_ref()
+    }
+    fn scopes(resource: &mut ResourceMetrics) -> &mut Vec<ScopeMetrics> {
+        &mut resource.scope_metrics
+    }
+    fn items(scope: &mut ScopeMetrics) -> &mut Vec<Metric> {
+        &mut scope.metrics
+    }
+    fn weight(metric: &Metric) -> u64 {
+        data_points(metric)
+    }
+}
+
 /// Splits `request` into batches of at most `budget` encoded bytes, grouped by key.
-pub fn split_request(request: ExportLogsServiceRequest, budget: usize) -> Split {
-    let mut order: Vec<(String, Vec<ResourceLogs>)> = Vec::new();
+pub fn split_request<L: Levels>(request: L, budget: usize) -> Split {
+    let mut order: Vec<(String, Vec<L::Resource>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
-    for resource in request.resource_logs {
-        let key = resource_key(&resource);
+    for resource in request.into_resources() {
+        let key = resource_key(L::resource(&resource));
         let slot = *index.entry(key.clone()).or_insert_with(|| {
             order.push((key, Vec::new()));
             order.len() - 1
@@ -169,29 +294,31 @@ pub fn split_request(request: ExportLogsServiceRequest, budget: usize) -> Split 
     for (key, resources) in order {
         let mut pieces = Vec::new();
         for resource in resources {
-            let (fitting, rejected, largest) = fit_resource(resource, budget);
+            let (fitting, rejected, largest) = fit_resource::<L>(resource, budget);
             pieces.extend(fitting);
             split.rejected += rejected;
             too_large = too_large.max(largest);
         }
-        for group in pack(pieces, budget, |r| field_len(r.encoded_len())) {
-            let request = ExportLogsServiceRequest { resource_logs: group };
-            let records = count(&request);
-            split.batches.push(Batch { key: key.clone(), payload: request.encode_to_vec().into(), records });
+        for mut group in pack(pieces, budget, |r| field_len(r.encoded_len())) {
+            let records = group.iter_mut().map(resource_items::<L>).sum();
+            let payload = L::from_resources(group).encode_to_vec().into();
+            split.batches.push(Batch { key: key.clone(), payload, records });
         }
     }
     if let Some(largest) = too_large {
         split.rejection = format!(
-            "{} log record(s) dropped: each is larger than the kafka message limit of {budget} bytes \
+            "{} {} dropped: each is larger than the kafka message limit of {budget} bytes \
              (largest {largest} bytes with its resource and scope)",
-            split.rejected
+            split.rejected,
+            L::ITEMS,
         );
     }
     split
 }
 
-fn count(request: &ExportLogsServiceRequest) -> u64 {
-    request.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len() as u64).sum()
+/// Items in `resource`, as the signal counts them.
+fn resource_items<L: Levels>(resource: &mut L::Resource) -> u64 {
+    L::scopes(resource).iter_mut().map(|scope| L::items(scope).iter().map(L::weight).sum::<u64>()).sum()
 }
 
 /// Groups `items` in order into runs whose summed `len` stays within `budget`; an item larger
@@ -215,17 +342,20 @@ fn pack<T>(items: Vec<T>, budget: usize, len: impl Fn(&T) -> usize) -> Vec<Vec<T
     runs
 }
 
-/// Pieces of `resource` that each fit `budget` as a field of the request, the records
+/// Pieces of `resource` that each fit `budget` as a field of the request, the items
 /// rejected and the size of the largest rejected one.
-fn fit_resource(mut resource: ResourceLogs, budget: usize) -> (Vec<ResourceLogs>, u64, Option<usize>) {
-    resource.scope_logs.retain(|s| !s.log_records.is_empty());
-    if resource.scope_logs.is_empty() {
+fn fit_resource<L: Levels>(
+    mut resource: L::Resource,
+    budget: usize,
+) -> (Vec<L::Resource>, u64, Option<usize>) {
+    L::scopes(&mut resource).retain_mut(|s| !L::items(s).is_empty());
+    if L::scopes(&mut resource).is_empty() {
         return (Vec::new(), 0, None);
     }
     if field_len(resource.encoded_len()) <= budget {
         return (vec![resource], 0, None);
     }
-    let scopes = std::mem::take(&mut resource.scope_logs);
+    let scopes = std::mem::take(L::scopes(&mut resource));
     let shell_len = resource.encoded_len();
     let inner = budget.saturating_sub(shell_len + NESTING_OVERHEAD);
     let (mut fitting, mut rejected, mut largest) = (Vec::new(), 0, None);
@@ -234,48 +364,56 @@ fn fit_resource(mut resource: ResourceLogs, budget: usize) -> (Vec<ResourceLogs>
             fitting.push(scope);
             continue;
         }
-        let (pieces, dropped, big) = fit_scope(scope, inner, shell_len);
+        let (pieces, dropped, big) = fit_scope::<L>(scope, inner, shell_len);
         fitting.extend(pieces);
         rejected += dropped;
         largest = largest.max(big);
     }
     let pieces = pack(fitting, inner, |s| field_len(s.encoded_len()))
         .into_iter()
-        .map(|scope_logs| ResourceLogs { scope_logs, ..resource.clone() })
+        .map(|scopes| {
+            let mut piece = resource.clone();
+            *L::scopes(&mut piece) = scopes;
+            piece
+        })
         .collect();
     (pieces, rejected, largest)
 }
 
 /// Pieces of `scope` that each fit `budget` as a field of its resource; `outer` is what the
-/// resource around it adds, for the size reported for a rejected record.
-fn fit_scope(mut scope: ScopeLogs, budget: usize, outer: usize) -> (Vec<ScopeLogs>, u64, Option<usize>) {
-    let records = std::mem::take(&mut scope.log_records);
+/// resource around it adds, for the size reported for a rejected item.
+fn fit_scope<L: Levels>(
+    mut scope: L::Scope,
+    budget: usize,
+    outer: usize,
+) -> (Vec<L::Scope>, u64, Option<usize>) {
+    let items = std::mem::take(L::items(&mut scope));
     let shell_len = scope.encoded_len();
     let inner = budget.saturating_sub(shell_len + NESTING_OVERHEAD);
-    let (mut fitting, mut rejected, mut largest) = (Vec::with_capacity(records.len()), 0, None);
-    for record in records {
-        let len = field_len(record.encoded_len());
+    let (mut fitting, mut rejected, mut largest) = (Vec::with_capacity(items.len()), 0, None);
+    for item in items {
+        let len = field_len(item.encoded_len());
         if len <= inner {
-            fitting.push(record);
+            fitting.push(item);
         } else {
-            rejected += 1;
+            rejected += L::weight(&item);
             largest = largest.max(Some(len + shell_len + outer + 2 * NESTING_OVERHEAD));
         }
     }
     let pieces = pack(fitting, inner, |r| field_len(r.encoded_len()))
         .into_iter()
-        .map(|log_records| ScopeLogs { log_records, ..scope.clone() })
+        .map(|items| {
+            let mut piece = scope.clone();
+            *L::items(&mut piece) = items;
+            piece
+        })
         .collect();
     (pieces, rejected, largest)
 }
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_proto::tonic::{
-        common::v1::{AnyValue, InstrumentationScope, KeyValue},
-        logs::v1::LogRecord,
-        resource::v1::Resource,
-    };
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
 
     use super::*;
 
@@ -320,9 +458,13 @@ mod tests {
         let mut out = Vec::new();
         for batch in &split.batches {
             let request = ExportLogsServiceRequest::decode(batch.payload.as_ref()).expect("valid protobuf");
-            assert_eq!(count(&request), batch.records);
+            assert_eq!(telemetry_lake_common::otlp::count_records(&request), batch.records);
             for r in &request.resource_logs {
-                assert_eq!(resource_key(r), batch.key, "every resource of a batch has its key");
+                assert_eq!(
+                    resource_key(r.resource.as_ref()),
+                    batch.key,
+                    "every resource of a batch has its key"
+                );
                 for s in &r.scope_logs {
                     let scope = s.scope.as_ref().map(|s| s.name.clone()).unwrap_or_default();
                     for body in bodies(&s.log_records) {
@@ -340,10 +482,10 @@ mod tests {
 
     #[test]
     fn keys_come_from_service_name_with_a_fallback() {
-        assert_eq!(resource_key(&resource(Some("checkout"), vec![])), "checkout");
-        assert_eq!(resource_key(&resource(None, vec![])), UNKNOWN_SERVICE);
-        assert_eq!(resource_key(&resource(Some(""), vec![])), UNKNOWN_SERVICE);
-        assert_eq!(resource_key(&ResourceLogs::default()), UNKNOWN_SERVICE);
+        assert_eq!(resource_key(resource(Some("checkout"), vec![]).resource.as_ref()), "checkout");
+        assert_eq!(resource_key(resource(None, vec![]).resource.as_ref()), UNKNOWN_SERVICE);
+        assert_eq!(resource_key(resource(Some(""), vec![]).resource.as_ref()), UNKNOWN_SERVICE);
+        assert_eq!(resource_key(ResourceLogs::default().resource.as_ref()), UNKNOWN_SERVICE);
     }
 
     #[test]
@@ -456,7 +598,7 @@ mod tests {
             ],
         };
         let expected = records::check(&request);
-        let split = check_and_split(request, 900_000);
+        let split = check_and_split(request, 900_000, records::drop_malformed);
         assert_eq!(split.rejected, 2);
         assert_eq!(split.rejection, "trace_id must be 16 bytes, got 3");
         assert_eq!(split.rejection, expected.rejection, "the appender's words");
@@ -471,6 +613,7 @@ mod tests {
                 resource_logs: vec![resource(Some("svc"), vec![("s", vec![only_bad])])],
             },
             900_000,
+            records::drop_malformed,
         );
         assert!(split.batches.is_empty());
         assert_eq!((split.rejected, split.rejection.as_str()), (1, "span_id must be 8 bytes, got 5"));
@@ -484,6 +627,7 @@ mod tests {
         let split = check_and_split(
             ExportLogsServiceRequest { resource_logs: vec![resource(Some("svc"), vec![("s", records)])] },
             1_000,
+            records::drop_malformed,
         );
         assert_eq!(split.rejected, 2);
         assert!(
@@ -531,7 +675,10 @@ mod tests {
     fn split_both_ways(request: &ExportLogsServiceRequest, budget: usize) -> (Option<Split>, Split) {
         let bytes = Bytes::from(request.encode_to_vec());
         let walk = telemetry_lake_common::otlp::walk::walk_logs_request(&bytes).expect("valid request");
-        (split_encoded(&bytes, &walk, budget), check_and_split(request.clone(), budget))
+        (
+            split_encoded(&bytes, &walk, budget),
+            check_and_split(request.clone(), budget, records::drop_malformed),
+        )
     }
 
     #[test]
@@ -575,5 +722,111 @@ mod tests {
         let (fast, slow) = split_both_ways(&large, 4096);
         assert_eq!(fast, None);
         assert!(slow.batches.len() > 1);
+    }
+
+    fn service(name: &str) -> Option<Resource> {
+        Some(Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: string(name),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    fn spans(service_name: &str, names: &[String]) -> ResourceSpans {
+        let spans = names
+            .iter()
+            .map(|name| Span {
+                name: name.clone(),
+                trace_id: vec![1; 16],
+                span_id: vec![2; 8],
+                ..Default::default()
+            })
+            .collect();
+        ResourceSpans {
+            resource: service(service_name),
+            scope_spans: vec![ScopeSpans { spans, ..Default::default() }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn traces_split_by_service_under_the_budget_and_keep_every_span() {
+        let names = |prefix: &str, n: usize| -> Vec<String> {
+            (0..n).map(|i| format!("{prefix}-{i:04}-{}", "s".repeat(50))).collect()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![spans("checkout", &names("c", 200)), spans("cart", &names("k", 3))],
+        };
+        let bytes = Bytes::from(request.encode_to_vec());
+        let split = check_and_split_bytes(&bytes, request.clone(), 203, 4096, records::drop_malformed_spans);
+        assert_eq!(split.rejected, 0);
+        assert!(split.batches.len() > 2);
+        assert!(split.batches.iter().all(|b| b.payload.len() <= 4096));
+        let mut seen = Vec::new();
+        for batch in &split.batches {
+            let decoded = ExportTraceServiceRequest::decode(batch.payload.as_ref()).unwrap();
+            let resource = &decoded.resource_spans[0];
+            assert_eq!(resource_key(resource.resource.as_ref()), batch.key);
+            assert_eq!(telemetry_lake_common::otlp::signal::count_spans(&decoded), batch.records);
+            seen.extend(
+                decoded.resource_spans.iter().flat_map(|r| &r.scope_spans[0].spans).map(|s| s.name.clone()),
+            );
+        }
+        let mut expected = names("c", 200);
+        expected.extend(names("k", 3));
+        assert_eq!(seen, expected, "every span once, in order within its service");
+    }
+
+    #[test]
+    fn a_request_of_one_service_that_fits_goes_out_as_it_came() {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![spans("checkout", &["a".into()]), spans("checkout", &["b".into()])],
+        };
+        let bytes = Bytes::from(request.encode_to_vec());
+        let split = check_and_split_bytes(&bytes, request.clone(), 2, 900_000, records::drop_malformed_spans);
+        assert_eq!(split.batches, vec![Batch { key: "checkout".into(), payload: bytes.clone(), records: 2 }]);
+
+        // Two services, or a malformed span: cut from the decoded request instead.
+        let mut two = request.clone();
+        two.resource_spans[1] = spans("cart", &["b".into()]);
+        let two_bytes = Bytes::from(two.encode_to_vec());
+        let split = check_and_split_bytes(&two_bytes, two, 2, 900_000, records::drop_malformed_spans);
+        assert_eq!(split.batches.iter().map(|b| b.key.as_str()).collect::<Vec<_>>(), ["checkout", "cart"]);
+        let mut bad = request;
+        bad.resource_spans[1].scope_spans[0].spans[0].span_id = vec![1; 3];
+        let split = check_and_split_bytes(&bytes, bad, 2, 900_000, records::drop_malformed_spans);
+        assert_eq!((split.rejected, split.rejection.as_str()), (1, "span_id must be 8 bytes, got 3"));
+        assert_eq!(split.batches.iter().map(|b| b.records).sum::<u64>(), 1);
+    }
+
+    #[test]
+    fn metrics_count_data_points_and_a_metric_over_the_budget_is_refused_whole() {
+        use opentelemetry_proto::tonic::metrics::v1::{Gauge, NumberDataPoint, metric::Data};
+        let gauge = |name: &str, points: usize| Metric {
+            name: name.into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: vec![NumberDataPoint { time_unix_nano: 1, ..Default::default() }; points],
+            })),
+            ..Default::default()
+        };
+        let request = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: service("api"),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![gauge("small", 3), gauge("huge", 2_000), gauge("also small", 4)],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let bytes = Bytes::from(request.encode_to_vec());
+        let split = check_and_split_bytes(&bytes, request, 2_007, 1_000, records::drop_malformed_points);
+        assert_eq!(split.rejected, 2_000);
+        assert!(split.rejection.starts_with("2000 data point(s) dropped"), "{}", split.rejection);
+        assert_eq!(split.batches.iter().map(|b| b.records).sum::<u64>(), 7);
+        assert!(split.batches.iter().all(|b| b.payload.len() <= 1_000));
     }
 }

@@ -20,7 +20,7 @@ use std::{
 use prost::Message as _;
 use telemetry_lake_common::{
     health::{Health, Reason},
-    otlp::{ExportError, ExportOutcome, LogsExporter, LogsRequest, records},
+    otlp::{ExportError, ExportOutcome, Exporter, Logs, LogsRequest, records},
 };
 
 use crate::{
@@ -52,7 +52,7 @@ fn now_micros() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64
 }
 
-impl LogsExporter for EmbeddedExporter {
+impl Exporter<Logs> for EmbeddedExporter {
     async fn export(&self, request: LogsRequest) -> Result<ExportOutcome, ExportError> {
         let received = request.records();
         self.totals.received.fetch_add(received, Ordering::Relaxed);

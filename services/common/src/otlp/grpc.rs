@@ -1,22 +1,24 @@
-//! The OTLP/gRPC logs receiver: `opentelemetry.proto.collector.logs.v1.LogsService/Export`.
+//! The OTLP/gRPC receivers: `Export` of `opentelemetry.proto.collector.{logs,trace,metrics}.v1`
+//! `LogsService`, `TraceService` and `MetricsService`, one [`OtlpGrpcServer`] per signal.
 //!
 //! In: unary `Export` calls, optionally gzip or zstd compressed. tonic unframes and decompresses
 //! them with `max_decoding_message_size = otlp.max_recv_msg_size` (checked on the frame and again
 //! after decompression, so an oversized or bomb request is refused without being buffered) and
-//! hands over the message as the bytes it arrived as (`RawRequestCodec`); the export path walks
-//! them (`LogsRequest`) and the service decides how much of them to decode. Out: the exporter's answer as an
-//! `ExportLogsServiceResponse` (partial success only when something was rejected), or its
-//! [`ExportError`] as a status with `RetryInfo` when retryable.
+//! hands over the message as the bytes it arrived as (`RawRequestCodec`); the export path checks
+//! them ([`Signal::check`]) and the service decides how much of them to decode. Out: the
+//! exporter's answer as the signal's `Export*ServiceResponse` (partial success only when
+//! something was rejected), or its [`ExportError`] as a status with `RetryInfo` when retryable.
 //!
 //! tonic fails a request it cannot unframe before our handler runs, with codes the OTLP retry
 //! table makes retryable (`OUT_OF_RANGE` for a frame over the limit) or that some SDKs retry
 //! (`RESOURCE_EXHAUSTED` after decompression, `INTERNAL` for corrupt compression).
-//! [`LogsGrpcServer`] turns those into `INVALID_ARGUMENT`, so a client never retries a request
+//! [`OtlpGrpcServer`] turns those into `INVALID_ARGUMENT`, so a client never retries a request
 //! that can never succeed, and counts them as client errors. Malformed protobuf is found by the
 //! export path and answered `INVALID_ARGUMENT` too.
 
 use std::{
     convert::Infallible,
+    marker::PhantomData,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -33,54 +35,60 @@ use tonic::{
 };
 use tonic_prost::ProstEncoder;
 
-use super::{
-    ExportError, ExportLogsServiceResponse, LogsExporter, ReceiverMetrics, Transport, export_request,
-    walk_request,
-};
+use super::{ExportError, Exporter, ReceiverMetrics, Signal, Transport, check_request, export_request};
 use crate::config::OtlpConfig;
 
-/// The one method of `LogsService`.
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
-
-/// The gRPC `LogsService` of a service, ready for `tonic::transport::Server::add_service`.
-pub fn logs_service<E: LogsExporter>(
+/// The gRPC service of signal `S`, ready for `tonic::transport::Server::add_service`.
+pub fn service<S: Signal, E: Exporter<S>>(
     exporter: Arc<E>,
     config: &OtlpConfig,
     metrics: Arc<ReceiverMetrics>,
-) -> LogsGrpcServer<E> {
-    LogsGrpcServer { exporter, metrics, limit: config.max_recv_msg_size.as_u64() }
+) -> OtlpGrpcServer<S, E> {
+    metrics.serve::<S>();
+    OtlpGrpcServer { exporter, metrics, limit: config.max_recv_msg_size.as_u64(), signal: PhantomData }
 }
 
-/// `LogsService/Export` with the request handed over as the protobuf bytes it arrived as (tonic
-/// only unframes and decompresses them), so the exporter decides how much of it to decode; plus
-/// the mapping of tonic's own failures to non-retryable `INVALID_ARGUMENT` (see the module docs).
-pub struct LogsGrpcServer<E> {
+/// `Export` of signal `S` with the request handed over as the protobuf bytes it arrived as
+/// (tonic only unframes and decompresses them), so the exporter decides how much of it to
+/// decode; plus the mapping of tonic's own failures to non-retryable `INVALID_ARGUMENT` (see the
+/// module docs).
+pub struct OtlpGrpcServer<S, E> {
     exporter: Arc<E>,
     metrics: Arc<ReceiverMetrics>,
     limit: u64,
+    signal: PhantomData<fn() -> S>,
 }
 
-impl<E> Clone for LogsGrpcServer<E> {
+impl<S, E> Clone for OtlpGrpcServer<S, E> {
     fn clone(&self) -> Self {
-        Self { exporter: Arc::clone(&self.exporter), metrics: Arc::clone(&self.metrics), limit: self.limit }
+        Self {
+            exporter: Arc::clone(&self.exporter),
+            metrics: Arc::clone(&self.metrics),
+            limit: self.limit,
+            signal: PhantomData,
+        }
     }
 }
 
-impl<E> std::fmt::Debug for LogsGrpcServer<E> {
+impl<S: Signal, E> std::fmt::Debug for OtlpGrpcServer<S, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LogsGrpcServer").field("limit", &self.limit).finish_non_exhaustive()
+        f.debug_struct("OtlpGrpcServer")
+            .field("signal", &S::NAME)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
     }
 }
 
-impl<E> NamedService for LogsGrpcServer<E> {
-    const NAME: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
+impl<S: Signal, E> NamedService for OtlpGrpcServer<S, E> {
+    const NAME: &'static str = S::GRPC_SERVICE;
 }
 
 type GrpcResponse = http::Response<Body>;
 
-impl<E, B> tower::Service<http::Request<B>> for LogsGrpcServer<E>
+impl<S, E, B> tower::Service<http::Request<B>> for OtlpGrpcServer<S, E>
 where
-    E: LogsExporter,
+    S: Signal,
+    E: Exporter<S>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<tonic::codegen::StdError> + Send,
 {
@@ -93,25 +101,26 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        if request.uri().path() != EXPORT_PATH {
+        if request.uri().path() != S::GRPC_EXPORT_PATH {
             return Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) });
         }
         let reached = Arc::new(AtomicBool::new(false));
-        let handler = ExportHandler {
+        let handler = ExportHandler::<S, E> {
             exporter: Arc::clone(&self.exporter),
             metrics: Arc::clone(&self.metrics),
             reached: Arc::clone(&reached),
+            signal: PhantomData,
         };
         let metrics = Arc::clone(&self.metrics);
         let limit = self.limit;
         Box::pin(async move {
-            let mut grpc = Grpc::new(RawRequestCodec)
+            let mut grpc = Grpc::new(RawRequestCodec::<S::Response>(PhantomData))
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(usize::try_from(limit).unwrap_or(usize::MAX));
             let mut response = grpc.unary(handler, request).await;
             if !reached.load(Ordering::Relaxed) {
-                map_decode_failure(&mut response, &metrics, limit);
+                map_decode_failure(&mut response, &metrics, S::NAME, limit);
             }
             Ok(response)
         })
@@ -119,44 +128,44 @@ where
 }
 
 /// Runs one `Export` call on the bytes tonic unframed.
-struct ExportHandler<E> {
+struct ExportHandler<S, E> {
     exporter: Arc<E>,
     metrics: Arc<ReceiverMetrics>,
     /// Set once the call got this far, so the server knows an earlier failure was tonic's.
     reached: Arc<AtomicBool>,
+    signal: PhantomData<fn() -> S>,
 }
 
-impl<E: LogsExporter> UnaryService<Bytes> for ExportHandler<E> {
-    type Response = ExportLogsServiceResponse;
+impl<S: Signal, E: Exporter<S>> UnaryService<Bytes> for ExportHandler<S, E> {
+    type Response = S::Response;
     type Future = tonic::codegen::BoxFuture<tonic::Response<Self::Response>, Status>;
 
     fn call(&mut self, request: tonic::Request<Bytes>) -> Self::Future {
         self.reached.store(true, Ordering::Relaxed);
         let (exporter, metrics) = (Arc::clone(&self.exporter), Arc::clone(&self.metrics));
         Box::pin(async move {
-            let request = match walk_request(request.into_inner()).await {
+            let request = match check_request::<S>(request.into_inner()).await {
                 Ok(request) => request,
                 Err(error) => {
-                    metrics.undecodable(Transport::Grpc, &error);
+                    metrics.undecodable(S::NAME, Transport::Grpc, &error);
                     return Err(error.to_status());
                 }
             };
-            export_request(&*exporter, request, Transport::Grpc, &metrics)
+            export_request::<S, E>(&*exporter, request, Transport::Grpc, &metrics)
                 .await
-                .map(tonic::Response::new)
+                .map(|outcome| tonic::Response::new(S::response(outcome)))
                 .map_err(|e| e.to_status())
         })
     }
 }
 
-/// Requests pass through as bytes; answers are encoded by prost.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawRequestCodec;
+/// Requests pass through as bytes; answers (`R`) are encoded by prost.
+struct RawRequestCodec<R>(PhantomData<fn() -> R>);
 
-impl Codec for RawRequestCodec {
-    type Encode = ExportLogsServiceResponse;
+impl<R: prost::Message + Default + Send + 'static> Codec for RawRequestCodec<R> {
+    type Encode = R;
     type Decode = Bytes;
-    type Encoder = ProstEncoder<ExportLogsServiceResponse>;
+    type Encoder = ProstEncoder<R>;
     type Decoder = RawDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
@@ -182,7 +191,12 @@ impl Decoder for RawDecoder {
 }
 
 /// Rewrites the trailers-only status of a request that failed before the handler ran.
-fn map_decode_failure(response: &mut GrpcResponse, metrics: &ReceiverMetrics, limit: u64) {
+fn map_decode_failure(
+    response: &mut GrpcResponse,
+    metrics: &ReceiverMetrics,
+    signal: &'static str,
+    limit: u64,
+) {
     let headers = response.headers_mut();
     let Some(code) = headers
         .get("grpc-status")
@@ -208,7 +222,7 @@ fn map_decode_failure(response: &mut GrpcResponse, metrics: &ReceiverMetrics, li
         // The details, if any, describe the old code; drop them rather than contradict it.
         headers.remove("grpc-status-details-bin");
     }
-    metrics.undecodable(Transport::Grpc, &error);
+    metrics.undecodable(signal, Transport::Grpc, &error);
 }
 
 #[cfg(test)]
@@ -223,7 +237,7 @@ mod tests {
     use tonic_types::StatusExt;
 
     use super::*;
-    use crate::otlp::{ExportOutcome, test_support::*};
+    use crate::otlp::{ExportOutcome, Logs, test_support::*};
 
     async fn serve(
         exporter: Arc<MockExporter>,
@@ -231,7 +245,7 @@ mod tests {
     ) -> (LogsServiceClient<Channel>, Arc<ReceiverMetrics>) {
         let metrics = ReceiverMetrics::register(&mut Registry::default());
         let config = OtlpConfig { max_recv_msg_size: limit, ..OtlpConfig::default() };
-        let service = logs_service(exporter, &config, Arc::clone(&metrics));
+        let service = service::<Logs, _>(exporter, &config, Arc::clone(&metrics));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
@@ -323,7 +337,7 @@ mod tests {
         use tower::ServiceExt;
         let exporter = MockExporter::ok();
         let metrics = ReceiverMetrics::register(&mut Registry::default());
-        let service = logs_service(Arc::clone(&exporter), &OtlpConfig::default(), Arc::clone(&metrics));
+        let service = service::<Logs, _>(Arc::clone(&exporter), &OtlpConfig::default(), Arc::clone(&metrics));
         // Field 1 (resource_logs) holding three bytes that are not a ResourceLogs.
         let message = [0x0a, 0x03, 0xff, 0xff, 0xff];
         let mut frame = vec![0u8];

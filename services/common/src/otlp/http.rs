@@ -1,16 +1,17 @@
-//! The OTLP/HTTP logs receiver: `POST /v1/logs`.
+//! The OTLP/HTTP receivers: `POST /v1/logs`, `/v1/traces` and `/v1/metrics`, one [`router`] per
+//! signal.
 //!
 //! In: a body in `application/x-protobuf` or `application/json` (OTLP/JSON: hex ids, int64 as
 //! string or number, unknown fields ignored), with `Content-Encoding` identity, `gzip` or
 //! `zstd`. The body is decompressed as it streams in and refused with 413 as soon as it passes
 //! `otlp.max_recv_msg_size` (after decompression; the raw body is limited too), so memory per
-//! request stays below the limit plus a little. Out: 200 with an `ExportLogsServiceResponse`
-//! in the request's content type (`partialSuccess` only when something was rejected), or the
+//! request stays below the limit plus a little. Out: 200 with the signal's
+//! `Export*ServiceResponse` in the request's content type (`partialSuccess` only when something was rejected), or the
 //! [`ExportError`]'s status with a `google.rpc.Status` body in the request's content type
 //! (JSON when the content type itself was refused) and `Retry-After` on 429/503. Other methods
-//! on `/v1/logs` get 405, other paths 404.
+//! on a signal's path get 405, other paths (a switched-off signal's included) 404.
 
-use std::sync::Arc;
+use std::{marker::PhantomData, sync::Arc};
 
 use axum::{
     Router,
@@ -24,15 +25,11 @@ use http::{HeaderMap, HeaderValue, header};
 use prost::Message;
 
 use super::{
-    ExportError, ExportLogsServiceRequest, ExportLogsServiceResponse, LogsExporter, LogsRequest,
-    ReceiverMetrics, Transport,
+    ExportError, ExportOutcome, Exporter, ReceiverMetrics, Signal, Transport,
     body::{Encoding, read_body},
-    export_request, walk_request,
+    check_request, export_request,
 };
 use crate::config::OtlpConfig;
-
-/// The path of the OTLP/HTTP logs endpoint.
-pub const LOGS_PATH: &str = "/v1/logs";
 
 /// JSON bodies larger than this are decoded on the blocking pool: decoding megabytes of JSON
 /// takes tens of milliseconds, too long to hold an async worker.
@@ -41,20 +38,23 @@ const DECODE_INLINE_MAX: usize = 256 * 1024;
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
 
-/// The OTLP/HTTP router of a service: serves `POST /v1/logs`.
-pub fn router<E: LogsExporter>(
+/// The OTLP/HTTP router of signal `S`: serves `POST` on its path (`/v1/logs`).
+pub fn router<S: Signal, E: Exporter<S>>(
     exporter: Arc<E>,
     config: &OtlpConfig,
     metrics: Arc<ReceiverMetrics>,
 ) -> Router {
-    let receiver = Receiver { exporter, metrics, limit: config.max_recv_msg_size.as_u64() };
-    Router::new().route(LOGS_PATH, post(export_logs::<E>)).with_state(Arc::new(receiver))
+    metrics.serve::<S>();
+    let receiver =
+        Receiver::<S, E> { exporter, metrics, limit: config.max_recv_msg_size.as_u64(), signal: PhantomData };
+    Router::new().route(S::HTTP_PATH, post(export::<S, E>)).with_state(Arc::new(receiver))
 }
 
-struct Receiver<E> {
+struct Receiver<S, E> {
     exporter: Arc<E>,
     metrics: Arc<ReceiverMetrics>,
     limit: u64,
+    signal: PhantomData<fn() -> S>,
 }
 
 /// The wire format of a request, and so of its response.
@@ -91,45 +91,45 @@ impl Format {
     }
 
     /// OTLP/JSON goes through prost's structs, then on as protobuf like every other request.
-    fn decode_json(body: &[u8]) -> Result<LogsRequest, ExportError> {
-        let request: ExportLogsServiceRequest = serde_json::from_slice(body)
+    fn decode_json<S: Signal>(body: &[u8]) -> Result<S::Request, ExportError> {
+        let message: S::Message = serde_json::from_slice(body)
             .map_err(|e| ExportError::InvalidArgument(format!("malformed otlp/json: {e}")))?;
-        Ok(LogsRequest::encoded(&request))
+        Ok(S::encoded(&message))
     }
 
-    fn encode_response(self, response: &ExportLogsServiceResponse) -> Bytes {
+    fn encode_response<S: Signal>(self, outcome: ExportOutcome) -> Bytes {
         match self {
-            Self::Protobuf => response.encode_to_vec().into(),
-            Self::Json => json_bytes(&response_json(response)),
+            Self::Protobuf => S::response(outcome).encode_to_vec().into(),
+            Self::Json => json_bytes(&response_json(S::REJECTED_JSON, outcome)),
         }
     }
 }
 
-async fn export_logs<E: LogsExporter>(
-    State(receiver): State<Arc<Receiver<E>>>,
+async fn export<S: Signal, E: Exporter<S>>(
+    State(receiver): State<Arc<Receiver<S, E>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let format = match Format::from_headers(&headers) {
         Ok(format) => format,
-        Err(error) => return refuse(&receiver.metrics, Format::Json, &error),
+        Err(error) => return refuse(&receiver.metrics, S::NAME, Format::Json, &error),
     };
     let request = match read_request(&receiver, format, &headers, body).await {
         Ok(request) => request,
-        Err(error) => return refuse(&receiver.metrics, format, &error),
+        Err(error) => return refuse(&receiver.metrics, S::NAME, format, &error),
     };
-    match export_request(&*receiver.exporter, request, Transport::Http, &receiver.metrics).await {
-        Ok(response) => ok_response(format, &response),
+    match export_request::<S, E>(&*receiver.exporter, request, Transport::Http, &receiver.metrics).await {
+        Ok(outcome) => ok_response::<S>(format, outcome),
         Err(error) => error_response(format, &error),
     }
 }
 
-async fn read_request<E>(
-    receiver: &Receiver<E>,
+async fn read_request<S: Signal, E>(
+    receiver: &Receiver<S, E>,
     format: Format,
     headers: &HeaderMap,
     body: Body,
-) -> Result<LogsRequest, ExportError> {
+) -> Result<S::Request, ExportError> {
     let encoding = match headers.get(header::CONTENT_ENCODING) {
         None => Encoding::Identity,
         Some(value) => Encoding::parse(Some(
@@ -147,22 +147,22 @@ async fn read_request<E>(
     }
     let bytes = read_body(body, encoding, limit).await?;
     match format {
-        Format::Protobuf => walk_request(bytes).await,
-        Format::Json if bytes.len() <= DECODE_INLINE_MAX => Format::decode_json(&bytes),
-        Format::Json => tokio::task::spawn_blocking(move || Format::decode_json(&bytes))
+        Format::Protobuf => check_request::<S>(bytes).await,
+        Format::Json if bytes.len() <= DECODE_INLINE_MAX => Format::decode_json::<S>(&bytes),
+        Format::Json => tokio::task::spawn_blocking(move || Format::decode_json::<S>(&bytes))
             .await
             .map_err(|e| ExportError::Internal(format!("decoding task failed: {e}")))?,
     }
 }
 
 /// Counts and logs a request refused before it reached the exporter, and answers it.
-fn refuse(metrics: &ReceiverMetrics, format: Format, error: &ExportError) -> Response {
-    metrics.undecodable(Transport::Http, error);
+fn refuse(metrics: &ReceiverMetrics, signal: &'static str, format: Format, error: &ExportError) -> Response {
+    metrics.undecodable(signal, Transport::Http, error);
     error_response(format, error)
 }
 
-fn ok_response(format: Format, response: &ExportLogsServiceResponse) -> Response {
-    let body = format.encode_response(response);
+fn ok_response<S: Signal>(format: Format, outcome: ExportOutcome) -> Response {
+    let body = format.encode_response::<S>(outcome);
     ([(header::CONTENT_TYPE, format.content_type())], body).into_response()
 }
 
@@ -180,16 +180,17 @@ fn error_response(format: Format, error: &ExportError) -> Response {
 }
 
 /// The OTLP/JSON form of the response: lowerCamelCase, int64 as a decimal string (the proto3
-/// JSON mapping, as the Collector writes it), default values omitted.
-fn response_json(response: &ExportLogsServiceResponse) -> serde_json::Value {
+/// JSON mapping, as the Collector writes it), default values omitted. `rejected_name` is the
+/// signal's count field (`rejectedLogRecords`).
+fn response_json(rejected_name: &str, outcome: ExportOutcome) -> serde_json::Value {
     let mut object = serde_json::Map::new();
-    if let Some(partial) = &response.partial_success {
+    if let Some((rejected, message)) = outcome.to_report() {
         let mut partial_json = serde_json::Map::new();
-        if partial.rejected_log_records != 0 {
-            partial_json.insert("rejectedLogRecords".into(), partial.rejected_log_records.to_string().into());
+        if rejected != 0 {
+            partial_json.insert(rejected_name.into(), rejected.to_string().into());
         }
-        if !partial.error_message.is_empty() {
-            partial_json.insert("errorMessage".into(), partial.error_message.clone().into());
+        if !message.is_empty() {
+            partial_json.insert("errorMessage".into(), message.into());
         }
         object.insert("partialSuccess".into(), partial_json.into());
     }
@@ -213,7 +214,9 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::otlp::{ExportOutcome, test_support::*};
+    use crate::otlp::{ExportLogsServiceRequest, ExportLogsServiceResponse, Logs, test_support::*};
+
+    const LOGS_PATH: &str = Logs::HTTP_PATH;
 
     struct Harness {
         router: Router,
@@ -224,7 +227,7 @@ mod tests {
     fn harness(exporter: Arc<MockExporter>, limit: ByteSize) -> Harness {
         let metrics = ReceiverMetrics::register(&mut Registry::default());
         let config = OtlpConfig { max_recv_msg_size: limit, ..OtlpConfig::default() };
-        let router = router(Arc::clone(&exporter), &config, Arc::clone(&metrics));
+        let router = router::<Logs, _>(Arc::clone(&exporter), &config, Arc::clone(&metrics));
         Harness { router, exporter, metrics }
     }
 

@@ -1,32 +1,33 @@
-//! The OTLP logs receivers both services share, and the one export path behind them.
+//! The OTLP receivers both services share (logs, traces, metrics), and the one export path
+//! behind them.
 //!
 //! ```text
-//!  OTLP/gRPC Export --(grpc.rs: tonic unframes, gzip/zstd, size limit)--------+  protobuf bytes
-//!                                                                             +--> LogsRequest::walked
-//!  OTLP/HTTP POST /v1/logs --(http.rs: media type, streaming inflate, limit)--+   (JSON: serde, encode)
-//!                                                                                       v
-//!                                                                                export_request
-//!                                                                                       |
-//!                                                                                       v
-//!                                                                          LogsExporter::export
-//!  Ok(ExportOutcome)  -> ExportLogsServiceResponse (partial_success only if something was rejected)
+//!  OTLP/gRPC {Logs,Trace,Metrics}Service/Export --(grpc.rs: tonic unframes, gzip/zstd, limit)--+
+//!                                                                   protobuf bytes            +--> Signal::check
+//!  OTLP/HTTP POST /v1/{logs,traces,metrics} --(http.rs: media type, streaming inflate, limit)--+   (JSON: serde, encode)
+//!                                                                                                   v
+//!                                                                                      export_request -> Exporter<S>::export
+//!  Ok(ExportOutcome)  -> Export*ServiceResponse (partial_success only if something was rejected)
 //!  Err(ExportError)   -> gRPC status / HTTP 4xx-5xx with a google.rpc.Status body
 //! ```
 //!
-//! Requests reach the exporter as a [`LogsRequest`]: the protobuf bytes as they arrived plus
-//! what [`walk::walk_logs_request`] found in them (validity exactly as prost decides it, record
-//! counts, malformed ids, each resource's byte range and `service.name`), so a service can
-//! forward or stage the bytes untouched and decode only what it must change.
+//! What differs between the signals is in [`signal`]. Logs reach the exporter as a
+//! [`LogsRequest`]: the protobuf bytes as they arrived plus what [`walk::walk_logs_request`]
+//! found in them (validity exactly as prost decides it, record counts, malformed ids, each
+//! resource's byte range and `service.name`), so a service can forward or stage the bytes
+//! untouched and decode only what it must change. Traces and metrics reach it decoded by prost,
+//! with their bytes ([`signal::Decoded`]).
 //!
-//! Guarantee: a receiver answers success only after the service's [`LogsExporter::export`]
-//! returned `Ok`, which the exporter promises only once the records are durable. Every
-//! request is counted in [`ReceiverMetrics`]; server faults are logged, client faults counted
-//! and logged at debug.
+//! Guarantee: a receiver answers success only after the service's [`Exporter::export`]
+//! returned `Ok`, which the exporter promises only once the items are durable. Every request
+//! is counted in [`ReceiverMetrics`]; server faults are logged, client faults counted and
+//! logged at debug.
 
 pub mod error;
 pub mod grpc;
 pub mod http;
 pub mod records;
+pub mod signal;
 pub mod walk;
 pub mod wire;
 
@@ -47,49 +48,44 @@ pub use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use prost::Message as _;
+pub use signal::{Logs, Metrics, Signal, Traces};
 use walk::Walk;
 
-/// What an exporter accepted: everything, or all but `rejected_log_records` (OTLP partial
-/// success).
+/// What an exporter accepted: everything, or all but `rejected` items (OTLP partial success).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExportOutcome {
-    /// Records that were dropped for good; 0 when all were accepted.
-    pub rejected_log_records: i64,
+    /// Items (log records, spans, data points) that were dropped for good; 0 when all were
+    /// accepted.
+    pub rejected: i64,
     /// Why they were rejected, for the client's developer; may be empty.
     pub error_message: String,
 }
 
 impl ExportOutcome {
-    /// Every record was accepted.
+    /// Every item was accepted.
     pub fn ok() -> Self {
         Self::default()
     }
 
-    /// `rejected` records were rejected, for `message`.
+    /// `rejected` items were rejected, for `message`.
     pub fn partial(rejected: i64, message: impl Into<String>) -> Self {
-        Self { rejected_log_records: rejected, error_message: message.into() }
+        Self { rejected, error_message: message.into() }
     }
 
-    /// The OTLP response: `partial_success` is set only when something was rejected or there
-    /// is a message to pass on.
-    pub fn into_response(self) -> ExportLogsServiceResponse {
-        let partial_success = (self.rejected_log_records != 0 || !self.error_message.is_empty()).then_some(
-            ExportLogsPartialSuccess {
-                rejected_log_records: self.rejected_log_records,
-                error_message: self.error_message,
-            },
-        );
-        ExportLogsServiceResponse { partial_success }
+    /// What the response's `partial_success` says: set only when something was rejected or
+    /// there is a message to pass on.
+    pub fn to_report(self) -> Option<(i64, String)> {
+        (self.rejected != 0 || !self.error_message.is_empty()).then_some((self.rejected, self.error_message))
     }
 }
 
-/// The service side of the OTLP receivers: one implementation per service, called by both the
-/// gRPC and the HTTP receiver.
-pub trait LogsExporter: Send + Sync + 'static {
-    /// Answer only once the records are durable (the service decides what that means).
+/// The service side of the OTLP receivers of signal `S`: one implementation per service and
+/// signal, called by both the gRPC and the HTTP receiver.
+pub trait Exporter<S: Signal>: Send + Sync + 'static {
+    /// Answer only once the items are durable (the service decides what that means).
     fn export(
         &self,
-        request: LogsRequest,
+        request: S::Request,
     ) -> impl std::future::Future<Output = Result<ExportOutcome, ExportError>> + Send;
 }
 
@@ -177,23 +173,27 @@ impl EncodeLabelValue for Outcome {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
+    signal: &'static str,
     transport: Transport,
     outcome: Outcome,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct TransportLabels {
+    signal: &'static str,
     transport: Transport,
 }
 
-/// Counters of the OTLP receivers, registered once per process and shared by both transports.
+/// Counters of the OTLP receivers, registered once per process and shared by both transports
+/// and every signal. `signal` is `logs`, `traces` or `metrics`; records are that signal's items
+/// (log records, spans, data points).
 ///
-/// - `otlp_requests_total{transport, outcome}`: outcome is `ok` (including partial success),
-///   `client_error`, `server_error` or `retryable`.
-/// - `otlp_records_received_total{transport}`: records in requests that were decoded.
-/// - `otlp_records_accepted_total{transport}`: records the exporter accepted.
-/// - `otlp_records_rejected_total{transport}`: partial-success rejections plus the records of
-///   requests that failed.
+/// - `otlp_requests_total{signal, transport, outcome}`: outcome is `ok` (including partial
+///   success), `client_error`, `server_error` or `retryable`.
+/// - `otlp_records_received_total{signal, transport}`: items in requests that were decoded.
+/// - `otlp_records_accepted_total{signal, transport}`: items the exporter accepted.
+/// - `otlp_records_rejected_total{signal, transport}`: partial-success rejections plus the items
+///   of requests that failed.
 #[derive(Debug, Default)]
 pub struct ReceiverMetrics {
     requests: Family<RequestLabels, Counter>,
@@ -213,48 +213,66 @@ impl ReceiverMetrics {
         );
         registry.register(
             "otlp_records_received",
-            "Log records in decoded OTLP export requests",
+            "Items (log records, spans, data points) in decoded OTLP export requests",
             metrics.records_received.clone(),
         );
         registry.register(
             "otlp_records_accepted",
-            "Log records accepted by the exporter",
+            "Items accepted by the exporter",
             metrics.records_accepted.clone(),
         );
         registry.register(
             "otlp_records_rejected",
-            "Log records rejected by partial success or failed requests",
+            "Items rejected by partial success or failed requests",
             metrics.records_rejected.clone(),
         );
-        // Series exist from the start, so rate() works before the first request.
-        for transport in [Transport::Grpc, Transport::Http] {
-            let labels = TransportLabels { transport };
-            let _ = metrics.records_received.get_or_create(&labels);
-            let _ = metrics.records_accepted.get_or_create(&labels);
-            let _ = metrics.records_rejected.get_or_create(&labels);
-            let _ = metrics.requests.get_or_create(&RequestLabels { transport, outcome: Outcome::Ok });
-        }
         Arc::new(metrics)
     }
 
-    fn request(&self, transport: Transport, outcome: Outcome) {
-        self.requests.get_or_create(&RequestLabels { transport, outcome }).inc();
+    /// Makes the series of signal `S` exist, so rate() works before its first request.
+    pub(crate) fn serve<S: Signal>(&self) {
+        for transport in [Transport::Grpc, Transport::Http] {
+            let labels = TransportLabels { signal: S::NAME, transport };
+            let _ = self.records_received.get_or_create(&labels);
+            let _ = self.records_accepted.get_or_create(&labels);
+            let _ = self.records_rejected.get_or_create(&labels);
+            let _ = self.requests.get_or_create(&RequestLabels {
+                signal: S::NAME,
+                transport,
+                outcome: Outcome::Ok,
+            });
+        }
     }
 
-    fn records(family: &Family<TransportLabels, Counter>, transport: Transport, n: u64) {
+    fn request(&self, signal: &'static str, transport: Transport, outcome: Outcome) {
+        self.requests.get_or_create(&RequestLabels { signal, transport, outcome }).inc();
+    }
+
+    fn records(
+        family: &Family<TransportLabels, Counter>,
+        signal: &'static str,
+        transport: Transport,
+        n: u64,
+    ) {
         if n > 0 {
-            family.get_or_create(&TransportLabels { transport }).inc_by(n);
+            family.get_or_create(&TransportLabels { signal, transport }).inc_by(n);
         }
     }
 
     /// Counts a request that failed before it could be decoded (or while decoding) and logs it.
-    pub(crate) fn undecodable(&self, transport: Transport, error: &ExportError) {
-        self.request(transport, error.outcome());
-        log_failure(transport, 0, error);
+    pub(crate) fn undecodable(&self, signal: &'static str, transport: Transport, error: &ExportError) {
+        self.request(signal, transport, error.outcome());
+        log_failure(signal, transport, 0, error);
+    }
+
+    /// Requests of logs by transport and outcome.
+    #[cfg(test)]
+    pub(crate) fn requests_count(&self, transport: Transport, outcome: &str) -> u64 {
+        self.requests_of(Logs::NAME, transport, outcome)
     }
 
     #[cfg(test)]
-    pub(crate) fn requests_count(&self, transport: Transport, outcome: &str) -> u64 {
+    pub(crate) fn requests_of(&self, signal: &'static str, transport: Transport, outcome: &str) -> u64 {
         let outcome = match outcome {
             "ok" => Outcome::Ok,
             "client_error" => Outcome::ClientError,
@@ -262,32 +280,38 @@ impl ReceiverMetrics {
             "retryable" => Outcome::Retryable,
             other => panic!("unknown outcome {other}"),
         };
-        self.requests.get_or_create(&RequestLabels { transport, outcome }).get()
+        self.requests.get_or_create(&RequestLabels { signal, transport, outcome }).get()
+    }
+
+    /// Log records by transport and kind.
+    #[cfg(test)]
+    pub(crate) fn records_count(&self, transport: Transport, kind: &str) -> u64 {
+        self.records_of(Logs::NAME, transport, kind)
     }
 
     #[cfg(test)]
-    pub(crate) fn records_count(&self, transport: Transport, kind: &str) -> u64 {
+    pub(crate) fn records_of(&self, signal: &'static str, transport: Transport, kind: &str) -> u64 {
         let family = match kind {
             "received" => &self.records_received,
             "accepted" => &self.records_accepted,
             "rejected" => &self.records_rejected,
             other => panic!("unknown kind {other}"),
         };
-        family.get_or_create(&TransportLabels { transport }).get()
+        family.get_or_create(&TransportLabels { signal, transport }).get()
     }
 }
 
-fn log_failure(transport: Transport, records: u64, error: &ExportError) {
+fn log_failure(signal: &'static str, transport: Transport, records: u64, error: &ExportError) {
     let transport = transport.as_str();
     match error.outcome() {
         Outcome::ClientError => {
-            tracing::debug!(transport, records, error = %error, "rejected otlp request")
+            tracing::debug!(signal, transport, records, error = %error, "rejected otlp request")
         }
         Outcome::Retryable => {
-            tracing::warn!(transport, records, error = %error, "otlp export failed, client asked to retry")
+            tracing::warn!(signal, transport, records, error = %error, "otlp export failed, client asked to retry")
         }
         Outcome::ServerError | Outcome::Ok => {
-            tracing::error!(transport, records, error = %error, "otlp export failed")
+            tracing::error!(signal, transport, records, error = %error, "otlp export failed")
         }
     }
 }
@@ -296,35 +320,36 @@ fn log_failure(transport: Transport, records: u64, error: &ExportError) {
 /// milliseconds, too long to hold an async worker.
 const WALK_INLINE_MAX: usize = 1024 * 1024;
 
-/// Walks the protobuf bytes of a request, as both receivers got them.
-pub(crate) async fn walk_request(bytes: Bytes) -> Result<LogsRequest, ExportError> {
+/// Checks the protobuf bytes of a request, as both receivers got them.
+pub(crate) async fn check_request<S: Signal>(bytes: Bytes) -> Result<S::Request, ExportError> {
     if bytes.len() <= WALK_INLINE_MAX {
-        return LogsRequest::walked(bytes);
+        return S::check(bytes);
     }
-    tokio::task::spawn_blocking(move || LogsRequest::walked(bytes))
+    tokio::task::spawn_blocking(move || S::check(bytes))
         .await
-        .map_err(|e| ExportError::Internal(format!("walking the request failed: {e}")))?
+        .map_err(|e| ExportError::Internal(format!("checking the request failed: {e}")))?
 }
 
-/// The export path both receivers call once they have a decoded request: count, export, count
+/// The export path both receivers call once they have a checked request: count, export, count
 /// the outcome, log faults.
-pub(crate) async fn export_request<E: LogsExporter>(
+pub(crate) async fn export_request<S: Signal, E: Exporter<S>>(
     exporter: &E,
-    request: LogsRequest,
+    request: S::Request,
     transport: Transport,
     metrics: &ReceiverMetrics,
-) -> Result<ExportLogsServiceResponse, ExportError> {
-    let records = request.records();
-    ReceiverMetrics::records(&metrics.records_received, transport, records);
+) -> Result<ExportOutcome, ExportError> {
+    let (signal, records) = (S::NAME, S::items(&request));
+    ReceiverMetrics::records(&metrics.records_received, signal, transport, records);
     match exporter.export(request).await {
         Ok(outcome) => {
             // A misbehaving exporter must not make the counters go backwards or overflow.
-            let rejected = u64::try_from(outcome.rejected_log_records).unwrap_or(0).min(records);
-            metrics.request(transport, Outcome::Ok);
-            ReceiverMetrics::records(&metrics.records_accepted, transport, records - rejected);
-            ReceiverMetrics::records(&metrics.records_rejected, transport, rejected);
+            let rejected = u64::try_from(outcome.rejected).unwrap_or(0).min(records);
+            metrics.request(signal, transport, Outcome::Ok);
+            ReceiverMetrics::records(&metrics.records_accepted, signal, transport, records - rejected);
+            ReceiverMetrics::records(&metrics.records_rejected, signal, transport, rejected);
             if rejected > 0 {
                 tracing::debug!(
+                    signal,
                     transport = transport.as_str(),
                     records,
                     rejected,
@@ -332,12 +357,12 @@ pub(crate) async fn export_request<E: LogsExporter>(
                     "otlp export partially accepted"
                 );
             }
-            Ok(outcome.into_response())
+            Ok(outcome)
         }
         Err(error) => {
-            metrics.request(transport, error.outcome());
-            ReceiverMetrics::records(&metrics.records_rejected, transport, records);
-            log_failure(transport, records, &error);
+            metrics.request(signal, transport, error.outcome());
+            ReceiverMetrics::records(&metrics.records_rejected, signal, transport, records);
+            log_failure(signal, transport, records, &error);
             Err(error)
         }
     }
@@ -377,7 +402,7 @@ pub(crate) mod test_support {
         }
     }
 
-    impl LogsExporter for MockExporter {
+    impl Exporter<Logs> for MockExporter {
         async fn export(&self, request: LogsRequest) -> Result<ExportOutcome, ExportError> {
             self.received.lock().unwrap().push(request.decode().expect("a walked request decodes"));
             self.answer.lock().unwrap().clone()
@@ -420,8 +445,9 @@ mod tests {
 
     #[test]
     fn partial_success_only_when_something_to_say() {
-        assert_eq!(ExportOutcome::ok().into_response().partial_success, None);
-        let resp = ExportOutcome::partial(2, "too old").into_response();
+        assert_eq!(Logs::response(ExportOutcome::ok()).partial_success, None);
+        assert!(Logs::response(ExportOutcome::partial(0, "a warning")).partial_success.is_some());
+        let resp = Logs::response(ExportOutcome::partial(2, "too old"));
         let partial = resp.partial_success.expect("partial success");
         assert_eq!(partial.rejected_log_records, 2);
         assert_eq!(partial.error_message, "too old");
@@ -431,9 +457,10 @@ mod tests {
     async fn export_request_counts_outcomes() {
         let mut registry = Registry::default();
         let metrics = ReceiverMetrics::register(&mut registry);
+        metrics.serve::<Logs>();
 
         let exporter = MockExporter::answering(Ok(ExportOutcome::partial(1, "bad record")));
-        export_request(&*exporter, LogsRequest::encoded(&request(3)), Transport::Http, &metrics)
+        export_request::<Logs, _>(&*exporter, LogsRequest::encoded(&request(3)), Transport::Http, &metrics)
             .await
             .unwrap();
         assert_eq!(metrics.requests_count(Transport::Http, "ok"), 1);
@@ -442,9 +469,14 @@ mod tests {
         assert_eq!(metrics.records_count(Transport::Http, "rejected"), 1);
 
         let failing = MockExporter::answering(Err(ExportError::Internal("disk on fire".into())));
-        let err = export_request(&*failing, LogsRequest::encoded(&request(5)), Transport::Grpc, &metrics)
-            .await
-            .unwrap_err();
+        let err = export_request::<Logs, _>(
+            &*failing,
+            LogsRequest::encoded(&request(5)),
+            Transport::Grpc,
+            &metrics,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err, ExportError::Internal("disk on fire".into()));
         assert_eq!(metrics.requests_count(Transport::Grpc, "server_error"), 1);
         assert_eq!(metrics.records_count(Transport::Grpc, "rejected"), 5);
@@ -452,7 +484,10 @@ mod tests {
 
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains(r#"otlp_requests_total{transport="grpc",outcome="server_error"} 1"#), "{text}");
-        assert!(text.contains(r#"otlp_records_accepted_total{transport="http"} 2"#), "{text}");
+        assert!(
+            text.contains(r#"otlp_requests_total{signal="logs",transport="grpc",outcome="server_error"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"otlp_records_accepted_total{signal="logs",transport="http"} 2"#), "{text}");
     }
 }

@@ -1,5 +1,7 @@
 //! Which log records the lake takes: the one check both services apply, so the ingester refuses
-//! exactly what the appender could not stage.
+//! exactly what the appender could not stage. Spans and metric data points get the same id rule
+//! ([`drop_malformed_spans`], [`drop_malformed_points`]): it is also what the OpenTelemetry
+//! Collector's decoder accepts, so every record on a topic can be read by it.
 //!
 //! In: an `ExportLogsServiceRequest`. Out: how many of its records pass, how many do not, and
 //! why the first one did not ([`Checked`]); [`drop_malformed`] also removes the failing records
@@ -10,8 +12,13 @@
 //! and any other validator of these records must produce the same ones.
 
 use opentelemetry_proto::tonic::{
-    collector::logs::v1::ExportLogsServiceRequest,
+    collector::{
+        logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+        trace::v1::ExportTraceServiceRequest,
+    },
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
+    metrics::v1::{Exemplar, metric::Data},
+    trace::v1::Span,
 };
 
 /// What checking a request's records found: how many pass, how many fail, and why the first
@@ -25,7 +32,12 @@ pub struct Checked {
 
 impl Checked {
     fn count(&mut self, record: &LogRecord) -> bool {
-        match check_record(record) {
+        self.tally(check_record(record))
+    }
+
+    /// Counts one item by `verdict`; whether it passed.
+    fn tally(&mut self, verdict: Result<(), String>) -> bool {
+        match verdict {
             Ok(()) => {
                 self.accepted += 1;
                 true
@@ -44,13 +56,61 @@ impl Checked {
 /// Why `record` cannot be staged, if it cannot: a trace id that is neither empty nor 16 bytes,
 /// or a span id that is neither empty nor 8 bytes.
 pub fn check_record(record: &LogRecord) -> Result<(), String> {
-    if !matches!(record.trace_id.len(), 0 | 16) {
-        return Err(format!("trace_id must be 16 bytes, got {}", record.trace_id.len()));
+    check_ids("", &record.trace_id, &record.span_id)
+}
+
+/// The id rule, for ids named with `prefix` (`links.`, `exemplars.`).
+fn check_ids(prefix: &str, trace_id: &[u8], span_id: &[u8]) -> Result<(), String> {
+    if !matches!(trace_id.len(), 0 | 16) {
+        return Err(format!("{prefix}trace_id must be 16 bytes, got {}", trace_id.len()));
     }
-    if !matches!(record.span_id.len(), 0 | 8) {
-        return Err(format!("span_id must be 8 bytes, got {}", record.span_id.len()));
+    if !matches!(span_id.len(), 0 | 8) {
+        return Err(format!("{prefix}span_id must be 8 bytes, got {}", span_id.len()));
     }
     Ok(())
+}
+
+/// Why `span` cannot be carried, if it cannot: the id rule for its own ids, its parent's and
+/// those of its links.
+pub fn check_span(span: &Span) -> Result<(), String> {
+    check_ids("", &span.trace_id, &span.span_id)?;
+    if !matches!(span.parent_span_id.len(), 0 | 8) {
+        return Err(format!("parent_span_id must be 8 bytes, got {}", span.parent_span_id.len()));
+    }
+    span.links.iter().try_for_each(|link| check_ids("links.", &link.trace_id, &link.span_id))
+}
+
+/// Removes from `request` the spans that fail [`check_span`] (OTLP partial success).
+pub fn drop_malformed_spans(request: &mut ExportTraceServiceRequest) -> Checked {
+    let mut checked = Checked::default();
+    for scope in request.resource_spans.iter_mut().flat_map(|r| &mut r.scope_spans) {
+        scope.spans.retain(|span| checked.tally(check_span(span)));
+    }
+    checked
+}
+
+/// Removes from `request` the data points with an exemplar that fails the id rule (OTLP partial
+/// success); a metric left without points stays, empty.
+pub fn drop_malformed_points(request: &mut ExportMetricsServiceRequest) -> Checked {
+    fn exemplars(exemplars: &[Exemplar]) -> Result<(), String> {
+        exemplars.iter().try_for_each(|e| check_ids("exemplars.", &e.trace_id, &e.span_id))
+    }
+    let mut checked = Checked::default();
+    let metrics =
+        request.resource_metrics.iter_mut().flat_map(|r| &mut r.scope_metrics).flat_map(|s| &mut s.metrics);
+    for metric in metrics {
+        match &mut metric.data {
+            Some(Data::Gauge(gauge)) => gauge.data_points.retain(|p| checked.tally(exemplars(&p.exemplars))),
+            Some(Data::Sum(sum)) => sum.data_points.retain(|p| checked.tally(exemplars(&p.exemplars))),
+            Some(Data::Histogram(h)) => h.data_points.retain(|p| checked.tally(exemplars(&p.exemplars))),
+            Some(Data::ExponentialHistogram(h)) => {
+                h.data_points.retain(|p| checked.tally(exemplars(&p.exemplars)))
+            }
+            Some(Data::Summary(summary)) => checked.accepted += summary.data_points.len() as u64,
+            None => {}
+        }
+    }
+    checked
 }
 
 /// Counts the records of `request` that pass and fail [`check_record`].
@@ -233,5 +293,82 @@ mod tests {
         assert_eq!(checked, Checked { accepted: 1, rejected: 0, rejection: String::new() });
         assert_eq!(request, original);
         assert_eq!(malformed, ExportLogsServiceRequest::default());
+    }
+
+    #[test]
+    fn spans_and_data_points_follow_the_same_id_rule() {
+        use opentelemetry_proto::tonic::{
+            metrics::v1::{
+                Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Summary, SummaryDataPoint,
+            },
+            trace::v1::{ResourceSpans, ScopeSpans, span::Link},
+        };
+        let span = |name: &str, trace_id: usize, parent: usize, link_span: usize| Span {
+            name: name.into(),
+            trace_id: vec![1; trace_id],
+            span_id: vec![2; 8],
+            parent_span_id: vec![3; parent],
+            links: vec![Link { trace_id: vec![4; 16], span_id: vec![5; link_span], ..Default::default() }],
+            ..Default::default()
+        };
+        let mut traces = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![
+                        span("ok", 16, 8, 8),
+                        span("root", 0, 0, 0),
+                        span("bad", 3, 8, 8),
+                        span("bad link", 16, 0, 2),
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let checked = drop_malformed_spans(&mut traces);
+        assert_eq!((checked.accepted, checked.rejected), (2, 2));
+        assert_eq!(checked.rejection, "trace_id must be 16 bytes, got 3");
+        let names: Vec<_> =
+            traces.resource_spans[0].scope_spans[0].spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["ok", "root"]);
+        assert_eq!(check_span(&span("p", 16, 5, 8)).unwrap_err(), "parent_span_id must be 8 bytes, got 5");
+        assert_eq!(check_span(&span("l", 16, 8, 2)).unwrap_err(), "links.span_id must be 8 bytes, got 2");
+
+        let point = |value: f64, exemplar_trace_id: usize| NumberDataPoint {
+            value: Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(value)),
+            exemplars: vec![Exemplar { trace_id: vec![6; exemplar_trace_id], ..Default::default() }],
+            ..Default::default()
+        };
+        let mut metrics = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![
+                        Metric {
+                            name: "g".into(),
+                            data: Some(Data::Gauge(Gauge {
+                                data_points: vec![point(1.0, 16), point(2.0, 9), point(3.0, 0)],
+                            })),
+                            ..Default::default()
+                        },
+                        Metric {
+                            name: "s".into(),
+                            data: Some(Data::Summary(Summary {
+                                data_points: vec![SummaryDataPoint::default()],
+                            })),
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let checked = drop_malformed_points(&mut metrics);
+        assert_eq!((checked.accepted, checked.rejected), (3, 1));
+        assert_eq!(checked.rejection, "exemplars.trace_id must be 16 bytes, got 9");
+        let Some(Data::Gauge(gauge)) = &metrics.resource_metrics[0].scope_metrics[0].metrics[0].data else {
+            panic!("gauge kept")
+        };
+        assert_eq!(gauge.data_points.len(), 2);
     }
 }
