@@ -130,6 +130,8 @@ $health
 [kafka]
 brokers = "127.0.0.1:$kafka_port"
 topic = "otel-logs"
+traces_topic = "otel-spans"
+metrics_topic = "otel-metrics"
 replication_factor = 1
 
 [staging]
@@ -278,7 +280,7 @@ if ((tls)); then
     cat <<EOF
 telemetry-lake is running with TLS and bearer tokens; Ctrl-C (or SIGTERM to pid $$) stops it.
   send OTLP logs   gRPC $probe_host:$ing_grpc    HTTP https://$probe_host:$ing_http/v1/logs   (the ingester)
-  kafka            127.0.0.1:$kafka_port, topic otel-logs
+  kafka            127.0.0.1:$kafka_port, topics otel-logs, otel-spans, otel-metrics (traces and metrics stop there for now)
   ingester admin   gRPC $probe_host:$ing_admin_grpc    HTTP https://$probe_host:$ing_admin_http  (/stats /metrics)
   appender admin   gRPC $probe_host:$app_admin_grpc   HTTP https://$probe_host:$app_admin_http (POST /flush, /stats)
   probe ports      ingester $probe_host:$ing_health, appender $probe_host:$app_health (plain text, no token, health only)
@@ -297,7 +299,7 @@ else
     cat <<EOF
 telemetry-lake is running; Ctrl-C (or SIGTERM to pid $$) stops it.
   send OTLP logs   gRPC $probe_host:$ing_grpc    HTTP http://$probe_host:$ing_http/v1/logs   (the ingester)
-  kafka            127.0.0.1:$kafka_port, topic otel-logs
+  kafka            127.0.0.1:$kafka_port, topics otel-logs, otel-spans, otel-metrics (traces and metrics stop there for now)
   ingester admin   gRPC $probe_host:$ing_admin_grpc    HTTP http://$probe_host:$ing_admin_http  (/stats /metrics /readyz)
   appender admin   gRPC $probe_host:$app_admin_grpc   HTTP http://$probe_host:$app_admin_http (POST /flush, /stats)
   iceberg table    default.logs: catalog sqlite://$data_dir/catalog.db, warehouse $data_dir/warehouse

@@ -18,16 +18,16 @@
 //! only empty scopes, which carry no log, may remain).
 //!
 //! Guarantees:
-//! - every item of the request is in exactly one batch, or counted in [`Split::rejected`]; an
-//!   item is rejected only when it alone, wrapped in its resource and scope, is larger than the
-//!   budget (a metric is one item here: a metric larger than the budget is rejected with all its
-//!   data points, which are what `rejected` counts for metrics);
+//! - every item of the request (log record, span, data point) is in exactly one batch, or
+//!   counted in [`Split::rejected`]; an item is rejected only when it alone, wrapped in its
+//!   resource and scope (and metric), is larger than the budget;
 //! - a batch never encodes to more than the budget;
 //! - records keep their order within a key: batches of one key come out in request order, so
 //!   producing them in order onto one partition keeps a service's order;
 //! - a resource or scope too large for one batch is split along scope and then record
-//!   boundaries; each piece carries a full copy of its resource and scope (attributes, schema
-//!   URL), so every batch is a self-contained request;
+//!   boundaries (for metrics: metrics, then a metric's data points); each piece carries a full
+//!   copy of its resource and scope (attributes, schema URL) and metric (name, unit, type), so
+//!   every batch is a self-contained request;
 //! - resources and scopes without items are dropped (they carry nothing to land).
 
 use std::collections::HashMap;
@@ -41,7 +41,7 @@ use opentelemetry_proto::tonic::{
     },
     common::v1::any_value,
     logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
-    metrics::v1::{Metric, ResourceMetrics, ScopeMetrics},
+    metrics::v1::{Metric, ResourceMetrics, ScopeMetrics, metric::Data},
     resource::v1::Resource,
     trace::v1::{ResourceSpans, ScopeSpans, Span},
 };
@@ -212,6 +212,12 @@ pub trait Levels: Message + Default + Sized {
     fn weight(_item: &Self::Item) -> u64 {
         1
     }
+    /// An item whose field is larger than `budget`: the pieces of it that fit, the signal's
+    /// items rejected and the field size of the largest rejected part. By default the item is
+    /// the smallest part (a log record, a span) and is rejected whole.
+    fn fit_item(item: Self::Item, _budget: usize) -> (Vec<Self::Item>, u64, Option<usize>) {
+        (Vec::new(), Self::weight(&item), Some(field_len(item.encoded_len())))
+    }
 }
 
 macro_rules! levels {
@@ -274,6 +280,54 @@ impl Levels for ExportMetricsServiceRequest {
     fn weight(metric: &Metric) -> u64 {
         data_points(metric)
     }
+    /// A metric is cut along its data points: each piece is the metric (name, unit, type,
+    /// temporality...) with some of its points.
+    fn fit_item(mut metric: Metric, budget: usize) -> (Vec<Metric>, u64, Option<usize>) {
+        macro_rules! cut {
+            ($variant:ident, $data:ident) => {{
+                let points = std::mem::take(&mut $data.data_points);
+                let shell = Metric { data: Some(Data::$variant($data.clone())), ..metric.clone() };
+                let inner = budget.saturating_sub(shell.encoded_len() + 2 * NESTING_OVERHEAD);
+                let (runs, rejected, largest) = fit_points(points, inner);
+                let pieces = runs
+                    .into_iter()
+                    .map(|data_points| {
+                        let mut piece = shell.clone();
+                        if let Some(Data::$variant(data)) = &mut piece.data {
+                            data.data_points = data_points;
+                        }
+                        piece
+                    })
+                    .collect();
+                (pieces, rejected, largest)
+            }};
+        }
+        match metric.data.take() {
+            Some(Data::Gauge(mut data)) => cut!(Gauge, data),
+            Some(Data::Sum(mut data)) => cut!(Sum, data),
+            Some(Data::Histogram(mut data)) => cut!(Histogram, data),
+            Some(Data::ExponentialHistogram(mut data)) => cut!(ExponentialHistogram, data),
+            Some(Data::Summary(mut data)) => cut!(Summary, data),
+            // No points: nothing to cut, and nothing of the signal's to count.
+            None => (Vec::new(), 0, Some(field_len(metric.encoded_len()))),
+        }
+    }
+}
+
+/// Data points packed in runs whose fields fit `budget`, the points rejected (each alone
+/// larger) and the field size of the largest of those.
+fn fit_points<P: Message>(points: Vec<P>, budget: usize) -> (Vec<Vec<P>>, u64, Option<usize>) {
+    let (mut fitting, mut rejected, mut largest) = (Vec::with_capacity(points.len()), 0, None);
+    for point in points {
+        let len = field_len(point.encoded_len());
+        if len <= budget {
+            fitting.push(point);
+        } else {
+            rejected += 1;
+            largest = largest.max(Some(len));
+        }
+    }
+    (pack(fitting, budget, |p| field_len(p.encoded_len())), rejected, largest)
 }
 
 /// Splits `request` into batches of at most `budget` encoded bytes, grouped by key.
@@ -392,13 +446,14 @@ fn fit_scope<L: Levels>(
     let inner = budget.saturating_sub(shell_len + NESTING_OVERHEAD);
     let (mut fitting, mut rejected, mut largest) = (Vec::with_capacity(items.len()), 0, None);
     for item in items {
-        let len = field_len(item.encoded_len());
-        if len <= inner {
+        if field_len(item.encoded_len()) <= inner {
             fitting.push(item);
-        } else {
-            rejected += L::weight(&item);
-            largest = largest.max(Some(len + shell_len + outer + 2 * NESTING_OVERHEAD));
+            continue;
         }
+        let (pieces, dropped, big) = L::fit_item(item, inner);
+        fitting.extend(pieces);
+        rejected += dropped;
+        largest = largest.max(big.map(|len| len + shell_len + outer + 2 * NESTING_OVERHEAD));
     }
     let pieces = pack(fitting, inner, |r| field_len(r.encoded_len()))
         .into_iter()
@@ -803,30 +858,73 @@ mod tests {
     }
 
     #[test]
-    fn metrics_count_data_points_and_a_metric_over_the_budget_is_refused_whole() {
-        use opentelemetry_proto::tonic::metrics::v1::{Gauge, NumberDataPoint, metric::Data};
-        let gauge = |name: &str, points: usize| Metric {
-            name: name.into(),
-            data: Some(Data::Gauge(Gauge {
-                data_points: vec![NumberDataPoint { time_unix_nano: 1, ..Default::default() }; points],
-            })),
+    fn a_metric_over_the_budget_is_cut_along_its_data_points() {
+        use opentelemetry_proto::tonic::metrics::v1::{Gauge, NumberDataPoint, Sum};
+        let point = |i: u64, note: &str| NumberDataPoint {
+            time_unix_nano: i,
+            attributes: vec![KeyValue { key: "note".into(), value: string(note), ..Default::default() }],
             ..Default::default()
         };
+        let metric = |name: &str, data| Metric {
+            name: name.into(),
+            unit: "ms".into(),
+            data: Some(data),
+            ..Default::default()
+        };
+        let mut huge: Vec<NumberDataPoint> = (0..2_000).map(|i| point(i, "n")).collect();
+        huge[7] = point(7, &"too big alone ".repeat(100));
         let request = ExportMetricsServiceRequest {
             resource_metrics: vec![ResourceMetrics {
                 resource: service("api"),
                 scope_metrics: vec![ScopeMetrics {
-                    metrics: vec![gauge("small", 3), gauge("huge", 2_000), gauge("also small", 4)],
+                    metrics: vec![
+                        metric(
+                            "small",
+                            Data::Gauge(Gauge { data_points: (0..3).map(|i| point(i, "s")).collect() }),
+                        ),
+                        metric(
+                            "huge",
+                            Data::Sum(Sum {
+                                data_points: huge,
+                                aggregation_temporality: 2,
+                                is_monotonic: true,
+                            }),
+                        ),
+                    ],
                     ..Default::default()
                 }],
                 ..Default::default()
             }],
         };
         let bytes = Bytes::from(request.encode_to_vec());
-        let split = check_and_split_bytes(&bytes, request, 2_007, 1_000, records::drop_malformed_points);
-        assert_eq!(split.rejected, 2_000);
-        assert!(split.rejection.starts_with("2000 data point(s) dropped"), "{}", split.rejection);
-        assert_eq!(split.batches.iter().map(|b| b.records).sum::<u64>(), 7);
+        let split = check_and_split_bytes(&bytes, request, 2_003, 1_000, records::drop_malformed_points);
+        assert_eq!(split.rejected, 1, "only the point too large on its own");
+        assert!(split.rejection.starts_with("1 data point(s) dropped"), "{}", split.rejection);
+        assert!(split.batches.len() > 10);
         assert!(split.batches.iter().all(|b| b.payload.len() <= 1_000));
+        assert_eq!(split.batches.iter().map(|b| b.records).sum::<u64>(), 2_002);
+        let mut times = Vec::new();
+        for batch in &split.batches {
+            let decoded = ExportMetricsServiceRequest::decode(batch.payload.as_ref()).unwrap();
+            assert_eq!(telemetry_lake_common::otlp::signal::count_data_points(&decoded), batch.records);
+            for metric in
+                decoded.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics)
+            {
+                match &metric.data {
+                    Some(Data::Sum(sum)) => {
+                        assert_eq!((metric.name.as_str(), metric.unit.as_str()), ("huge", "ms"));
+                        assert_eq!(
+                            (sum.aggregation_temporality, sum.is_monotonic),
+                            (2, true),
+                            "every piece keeps its type"
+                        );
+                        times.extend(sum.data_points.iter().map(|p| p.time_unix_nano));
+                    }
+                    Some(Data::Gauge(gauge)) => assert_eq!(gauge.data_points.len(), 3),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(times, (0..2_000).filter(|&i| i != 7).collect::<Vec<u64>>(), "every point once, in order");
     }
 }
