@@ -232,7 +232,8 @@ def test_health_stats_flush_and_sigterm(broker: Broker, make_ingester: MakeInges
     assert ingester.stats()["last_flush"]["outcome"] == "ok"
     assert ingester.stats()["ingester"]["flushes"] == 2
     metrics = ingester.metrics()
-    assert "ingester_kafka_records_delivered_total 200" in metrics, metrics
+    assert 'ingester_kafka_records_delivered_total{signal="logs"} 200' in metrics, metrics
+    assert 'ingester_kafka_records_delivered_total{signal="traces"} 0' in metrics, metrics
     assert "ingester_producer_queue_messages 0" in metrics
 
     assert ingester.stop() == 0

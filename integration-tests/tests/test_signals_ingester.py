@@ -11,6 +11,7 @@ every record (its `otlp_proto` encoding). `[signals]` switches a signal off: UNI
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,7 +67,11 @@ class MakeIngester(Protocol):
 def make_ingester(request: pytest.FixtureRequest, tmp_path: Path, broker: Broker) -> Iterator[MakeIngester]:
     """Ingesters on topics of the test's own, started and ready; closed by conftest.py."""
     created: list[Any] = request.node.stash.setdefault(APPENDERS, [])
-    base = "sig-" + re.sub(r"[^a-zA-Z0-9]+", "-", request.node.name).strip("-")[:70]
+    # Unique per test and parameter (a parameter at the end of a long name would be cut off).
+    name = request.node.name
+    base = (
+        "sig-" + re.sub(r"[^a-zA-Z0-9]+", "-", name).strip("-")[:50] + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+    )
 
     def make(config: dict[str, Any] | None = None) -> Ingester:
         ingester = Ingester(tmp_path / f"ingester-{len(created)}", broker, f"{base}-{len(created)}", config)
@@ -211,7 +216,15 @@ def test_sdk_spans_and_metrics_land_on_their_own_topics(
     assert {name for _, name in got_points} == {"requests", "in_flight", "latency", "temperature"}
 
     assert broker.records(ingester.topic) == [], "no span or point on the logs topic"
-    assert ingester.stats()["ingester"]["records_accepted"] == len(spans) + sum(map(len, got_points.values()))
+    points = sum(map(len, got_points.values()))
+    stats = ingester.stats()["ingester"]
+    assert stats["records_accepted"] == len(spans) + points
+    per_signal = {s["signal"]: (s["received"], s["accepted"], s["rejected"], s["delivered"]) for s in stats["signals"]}
+    assert per_signal == {
+        "logs": (0, 0, 0, 0),
+        "traces": (len(spans),) * 2 + (0, len(spans)),
+        "metrics": (points,) * 2 + (0, points),
+    }
 
 
 def grpc_call(ingester: Ingester, method: str, payload: bytes) -> tuple[grpc.StatusCode, bytes]:

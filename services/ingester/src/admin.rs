@@ -7,7 +7,9 @@
 //! shutdown), which waits until every queued record is delivered; the `ingester` section
 //! ([`IngesterStats`]) the running totals and the producer's queue depth (Kafka messages
 //! handed to the producer and not yet acknowledged or failed; also the
-//! `ingester_producer_queue_messages` gauge of `/metrics`).
+//! `ingester_producer_queue_messages` gauge of `/metrics`). Records are the items of every signal
+//! together (log records, spans, data points); `signals` and the `signal` label of
+//! `ingester_records_*` have them per signal served.
 
 use std::{
     sync::{
@@ -24,7 +26,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use telemetry_lake_admin_proto::v1::{
-    FlushResponse, IngesterStats, LastFlush, StatsResponse, stats_response::Service,
+    FlushResponse, IngesterStats, LastFlush, SignalStats, StatsResponse, stats_response::Service,
 };
 use telemetry_lake_common::{
     admin::{AdminHandler, FlushTrigger},
@@ -32,7 +34,7 @@ use telemetry_lake_common::{
     otlp::ExportError,
 };
 
-use crate::producer::{self, BrokerState, Counters, IngestProducer};
+use crate::producer::{self, BrokerState, Counters, IngestProducer, SignalKind};
 
 /// The last flush and when the last successful one ended.
 pub struct FlushState {
@@ -55,6 +57,8 @@ impl Default for FlushState {
 pub struct IngesterAdmin {
     pub producer: Arc<IngestProducer>,
     pub counters: Arc<Counters>,
+    /// The signals served, whose counters `Stats` shows.
+    pub served: Vec<SignalKind>,
     pub health: Health,
     pub flush_timeout: Duration,
     pub state: FlushState,
@@ -132,6 +136,20 @@ impl AdminHandler for IngesterAdmin {
                 queue_full: get(&c.queue_full),
                 producer_queue_messages: get(&c.messages_in_flight),
                 flushes: get(&self.state.flushes),
+                signals: self
+                    .served
+                    .iter()
+                    .map(|&signal| {
+                        let s = c.signal(signal);
+                        SignalStats {
+                            signal: signal.name().into(),
+                            received: get(&s.received),
+                            accepted: get(&s.accepted),
+                            rejected: get(&s.rejected),
+                            delivered: get(&s.delivered),
+                        }
+                    })
+                    .collect(),
             })),
         }
     }
@@ -141,6 +159,15 @@ impl AdminHandler for IngesterAdmin {
 struct IngesterCollector {
     counters: Arc<Counters>,
     broker: Arc<BrokerState>,
+    served: Vec<SignalKind>,
+}
+
+/// Which counter of a signal's a metric shows.
+type SignalField = fn(&producer::SignalCounters) -> &AtomicU64;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelSet)]
+struct SignalLabel {
+    signal: &'static str,
 }
 
 impl std::fmt::Debug for IngesterCollector {
@@ -153,12 +180,31 @@ impl Collector for IngesterCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let counters: [(&str, &str, u64); 6] = [
+        let per_signal: [(&str, &str, SignalField); 2] = [
             (
                 "ingester_kafka_records_delivered",
-                "Log records acknowledged by Kafka",
-                get(&c.records_delivered),
+                "Items (log records, spans, data points) acknowledged by Kafka, by signal",
+                |s| &s.delivered,
             ),
+            (
+                "ingester_records_rejected",
+                "Items (log records, spans, data points) refused by the ingester, by signal",
+                |s| &s.rejected,
+            ),
+        ];
+        for (name, help, field) in per_signal {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for &signal in &self.served {
+                let metric = ConstCounter::new(get(field(c.signal(signal))));
+                metric.encode(family.encode_family(&SignalLabel { signal: signal.name() })?)?;
+            }
+        }
+        let counters: [(&str, &str, u64); 4] = [
             (
                 "ingester_kafka_bytes_delivered",
                 "Encoded bytes acknowledged by Kafka",
@@ -175,7 +221,6 @@ impl Collector for IngesterCollector {
                 "Exports refused because the producer queue was full",
                 get(&c.queue_full),
             ),
-            ("ingester_records_rejected", "Log records refused by the ingester", get(&c.records_rejected)),
         ];
         for (name, help, value) in counters {
             let metric = ConstCounter::new(value);
@@ -184,7 +229,7 @@ impl Collector for IngesterCollector {
         let gauges: [(&str, &str, i64); 4] = [
             (
                 "ingester_records_in_flight",
-                "Log records handed to the producer, not yet acknowledged",
+                "Items handed to the producer, not yet acknowledged",
                 get(&c.records_in_flight) as i64,
             ),
             (
@@ -211,9 +256,14 @@ impl Collector for IngesterCollector {
     }
 }
 
-/// Registers the ingester's metrics in `registry`.
-pub fn register_metrics(registry: &mut Registry, counters: Arc<Counters>, broker: Arc<BrokerState>) {
-    registry.register_collector(Box::new(IngesterCollector { counters, broker }));
+/// Registers the ingester's metrics in `registry`; per-signal series for the `served` signals.
+pub fn register_metrics(
+    registry: &mut Registry,
+    counters: Arc<Counters>,
+    broker: Arc<BrokerState>,
+    served: Vec<SignalKind>,
+) {
+    registry.register_collector(Box::new(IngesterCollector { counters, broker, served }));
 }
 
 #[cfg(test)]
@@ -239,15 +289,24 @@ mod tests {
         let exporter = Arc::new(KafkaExporter {
             producer: producer.clone(),
             topic: c"otel-logs".into(),
+            signal: crate::producer::SignalKind::Logs,
             schema: crate::producer::SCHEMA,
             budget: 900_000,
             counters: counters.clone(),
             broker,
             delivery_deadline: Duration::from_secs(3),
         });
+        let mut registry = Registry::default();
+        register_metrics(
+            &mut registry,
+            counters.clone(),
+            Arc::new(BrokerState::default()),
+            vec![SignalKind::Logs, SignalKind::Traces],
+        );
         let admin = IngesterAdmin {
             producer,
             counters,
+            served: vec![SignalKind::Logs, SignalKind::Traces],
             health: Health::default(),
             flush_timeout: Duration::from_secs(3),
             state: FlushState::default(),
@@ -280,5 +339,16 @@ mod tests {
         assert_eq!(stats.producer_queue_messages, 0);
         assert_eq!(buffered, 0);
         assert_eq!(stats.delivery_errors, 3, "three delivery errors");
+        let per_signal: Vec<_> = stats
+            .signals
+            .iter()
+            .map(|s| (s.signal.as_str(), s.received, s.accepted, s.rejected, s.delivered))
+            .collect();
+        assert_eq!(per_signal, [("logs", 3, 0, 3, 0), ("traces", 0, 0, 0, 0)]);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("ingester_records_rejected_total{signal=\"logs\"} 3"), "{text}");
+        assert!(text.contains("ingester_kafka_records_delivered_total{signal=\"traces\"} 0"), "{text}");
+        assert!(!text.contains("signal=\"metrics\""), "only the signals served: {text}");
     }
 }

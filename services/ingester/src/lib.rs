@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin::{FlushState, IngesterAdmin},
-    producer::{BrokerState, Counters, IngestContext, IngestProducer, KafkaExporter},
+    producer::{BrokerState, Counters, IngestContext, IngestProducer, KafkaExporter, SignalKind},
 };
 
 /// Extra time a flush gets beyond `message.timeout.ms`, after which every queued record has
@@ -69,6 +69,15 @@ pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
     telemetry_lake_common::kafka::producer_config(kafka, "telemetry-lake-ingester", &PRODUCER_DEFAULTS)
 }
 
+/// The config key, the topic and the `telemetry-lake-schema` header of `signal`'s records.
+fn signal_topic(kafka: &KafkaSettings, signal: SignalKind) -> (&'static str, &str, &'static str) {
+    match signal {
+        SignalKind::Logs => ("kafka.topic", &kafka.topic, producer::SCHEMA),
+        SignalKind::Traces => ("kafka.traces_topic", &kafka.traces_topic, producer::TRACES_SCHEMA),
+        SignalKind::Metrics => ("kafka.metrics_topic", &kafka.metrics_topic, producer::METRICS_SCHEMA),
+    }
+}
+
 /// Runs the ingester until `shutdown`, then drains, flushes the producer and returns.
 /// `flush_signal` is notified on SIGUSR1.
 pub async fn run(
@@ -90,31 +99,26 @@ pub async fn run(
 
     let health = Health::default();
     health.add(Reason::KafkaUnreachable).await;
-    let mut registry = Registry::default();
-    admin::register_metrics(&mut registry, counters.clone(), broker.clone());
-
-    let signals = config.signals;
-    let topics: Vec<String> = [
-        (signals.logs, &kafka.topic),
-        (signals.traces, &kafka.traces_topic),
-        (signals.metrics, &kafka.metrics_topic),
-    ]
-    .into_iter()
-    .filter(|(on, _)| *on)
-    .map(|(_, topic)| topic.clone())
-    .collect();
-    if topics.is_empty() {
+    let served: Vec<SignalKind> =
+        SignalKind::ALL.into_iter().filter(|signal| config.signals.serves(signal.name())).collect();
+    if served.is_empty() {
         anyhow::bail!(
             "[signals] logs, traces and metrics are all false: the ingester would take nothing; switch at \
              least one on"
         );
     }
+    let mut registry = Registry::default();
+    admin::register_metrics(&mut registry, counters.clone(), broker.clone(), served.clone());
+
+    let topics = served.iter().map(|&signal| signal_topic(kafka, signal).1.to_owned()).collect();
     let watcher =
         tokio::spawn(broker::watch(kafka.clone(), topics, broker.clone(), health.clone(), shutdown.clone()));
-    let exporter = |key: &str, topic: &str, schema: &'static str| -> anyhow::Result<Arc<KafkaExporter>> {
+    let exporter = |signal: SignalKind| -> anyhow::Result<Arc<KafkaExporter>> {
+        let (key, topic, schema) = signal_topic(kafka, signal);
         Ok(Arc::new(KafkaExporter {
             producer: producer.clone(),
             topic: CString::new(topic).map_err(|_| anyhow::anyhow!("{key} = {topic:?} holds a NUL byte"))?,
+            signal,
             schema,
             budget: producer::payload_budget(&kafka.producer),
             counters: counters.clone(),
@@ -123,16 +127,13 @@ pub async fn run(
         }))
     };
     let receivers = Receivers::new(config, &mut registry)
-        .serve::<Logs, _>(exporter("kafka.topic", &kafka.topic, producer::SCHEMA)?)
-        .serve::<Traces, _>(exporter("kafka.traces_topic", &kafka.traces_topic, producer::TRACES_SCHEMA)?)
-        .serve::<Metrics, _>(exporter(
-            "kafka.metrics_topic",
-            &kafka.metrics_topic,
-            producer::METRICS_SCHEMA,
-        )?);
+        .serve::<Logs, _>(exporter(SignalKind::Logs)?)
+        .serve::<Traces, _>(exporter(SignalKind::Traces)?)
+        .serve::<Metrics, _>(exporter(SignalKind::Metrics)?);
     let admin = Arc::new(IngesterAdmin {
         producer,
         counters,
+        served,
         health: health.clone(),
         flush_timeout,
         state: FlushState::default(),

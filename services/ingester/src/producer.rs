@@ -112,6 +112,69 @@ pub struct Counters {
     pub delivery_errors: AtomicU64,
     /// Exports refused because the producer queue was full.
     pub queue_full: AtomicU64,
+    /// The record counts above per signal, indexed by [`SignalKind::index`].
+    pub signals: [SignalCounters; 3],
+}
+
+/// One signal's items through the ingester (`Stats.ingester.signals`, `/metrics`).
+#[derive(Debug, Default)]
+pub struct SignalCounters {
+    pub received: AtomicU64,
+    pub accepted: AtomicU64,
+    pub rejected: AtomicU64,
+    pub delivered: AtomicU64,
+}
+
+/// Which signal an exporter and its records carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignalKind {
+    Logs,
+    Traces,
+    Metrics,
+}
+
+impl SignalKind {
+    pub const ALL: [Self; 3] = [Self::Logs, Self::Traces, Self::Metrics];
+
+    /// `logs`, `traces`, `metrics`: as in `[signals]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Logs => "logs",
+            Self::Traces => "traces",
+            Self::Metrics => "metrics",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Counters {
+    /// The counters of `signal`.
+    pub fn signal(&self, signal: SignalKind) -> &SignalCounters {
+        &self.signals[signal.index()]
+    }
+
+    fn received(&self, signal: SignalKind, n: u64) {
+        self.records_received.fetch_add(n, Ordering::Relaxed);
+        self.signal(signal).received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn accepted(&self, signal: SignalKind, n: u64) {
+        self.records_accepted.fetch_add(n, Ordering::Relaxed);
+        self.signal(signal).accepted.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn rejected(&self, signal: SignalKind, n: u64) {
+        self.records_rejected.fetch_add(n, Ordering::Relaxed);
+        self.signal(signal).rejected.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn delivered(&self, signal: SignalKind, n: u64) {
+        self.records_delivered.fetch_add(n, Ordering::Relaxed);
+        self.signal(signal).delivered.fetch_add(n, Ordering::Relaxed);
+    }
 }
 
 /// Whether Kafka can take records now, as seen by the broker watcher and librdkafka.
@@ -125,6 +188,7 @@ pub struct BrokerState {
 
 /// What the delivery callback needs to settle one batch: the delivery opaque of its record.
 pub struct Pending {
+    signal: SignalKind,
     records: u64,
     bytes: u64,
     /// The record's value. librdkafka reads it where it is (it is produced without
@@ -222,7 +286,7 @@ impl ProducerContext for IngestContext {
     type DeliveryOpaque = Box<Pending>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
-        let Pending { records, bytes, payload, deliveries } = *pending;
+        let Pending { signal, records, bytes, payload, deliveries } = *pending;
         // librdkafka is done with the value: the delivery report is final.
         drop(payload);
         let c = &self.counters;
@@ -231,7 +295,7 @@ impl ProducerContext for IngestContext {
         c.messages_in_flight.fetch_sub(1, Ordering::Relaxed);
         match result {
             Ok(_) => {
-                c.records_delivered.fetch_add(records, Ordering::Relaxed);
+                c.delivered(signal, records);
                 c.bytes_delivered.fetch_add(bytes, Ordering::Relaxed);
                 c.messages_delivered.fetch_add(1, Ordering::Relaxed);
             }
@@ -257,7 +321,9 @@ pub struct KafkaExporter {
     pub producer: Arc<IngestProducer>,
     /// The topic, as librdkafka takes it (made once, not per record).
     pub topic: CString,
-    /// The `telemetry-lake-schema` header of its records ([`SCHEMA`] for logs).
+    /// The signal, for the counters, and the `telemetry-lake-schema` header of its records
+    /// ([`SCHEMA`] for logs).
+    pub signal: SignalKind,
     pub schema: &'static str,
     pub budget: usize,
     pub counters: Arc<Counters>,
@@ -335,7 +401,7 @@ fn delivery_error(error: &KafkaError) -> ExportError {
 
 impl KafkaExporter {
     fn reject(&self, records: u64, error: ExportError) -> Result<ExportOutcome, ExportError> {
-        self.counters.records_rejected.fetch_add(records, Ordering::Relaxed);
+        self.counters.rejected(self.signal, records);
         Err(error)
     }
 
@@ -346,6 +412,7 @@ impl KafkaExporter {
             let bytes = batch.payload.len() as u64;
             let records = batch.records;
             let pending = Box::new(Pending {
+                signal: self.signal,
                 records,
                 bytes,
                 payload: batch.payload,
@@ -424,7 +491,7 @@ impl KafkaExporter {
         if self.broker.ready.load(Ordering::Relaxed) {
             return Ok(());
         }
-        self.counters.records_rejected.fetch_add(received, Ordering::Relaxed);
+        self.counters.rejected(self.signal, received);
         Err(ExportError::Unavailable {
             message: "no kafka broker is reachable".into(),
             retry_after: RETRY_UNAVAILABLE,
@@ -450,8 +517,8 @@ impl KafkaExporter {
         if let Some(error) = first_error {
             return self.reject(received, error);
         }
-        self.counters.records_accepted.fetch_add(received - rejected, Ordering::Relaxed);
-        self.counters.records_rejected.fetch_add(rejected, Ordering::Relaxed);
+        self.counters.accepted(self.signal, received - rejected);
+        self.counters.rejected(self.signal, rejected);
         if rejected > 0 {
             tracing::debug!(rejected, message = %rejection, "items refused: malformed, or too large for one kafka message");
             return Ok(ExportOutcome::partial(rejected as i64, rejection));
@@ -480,7 +547,7 @@ impl KafkaExporter {
         drop_malformed: fn(&mut L) -> records::Checked,
     ) -> Result<ExportOutcome, ExportError> {
         let received = request.items();
-        self.counters.records_received.fetch_add(received, Ordering::Relaxed);
+        self.counters.received(self.signal, received);
         if received == 0 {
             return Ok(ExportOutcome::ok());
         }
@@ -500,7 +567,7 @@ impl KafkaExporter {
 impl Exporter<Logs> for KafkaExporter {
     async fn export(&self, request: LogsRequest) -> Result<ExportOutcome, ExportError> {
         let received = request.records();
-        self.counters.records_received.fetch_add(received, Ordering::Relaxed);
+        self.counters.received(self.signal, received);
         if received == 0 {
             return Ok(ExportOutcome::ok());
         }
@@ -595,6 +662,7 @@ pub(crate) mod tests {
         KafkaExporter {
             producer: Arc::new(producer),
             topic: c"otel-logs".into(),
+            signal: SignalKind::Logs,
             schema: SCHEMA,
             budget: 900_000,
             counters,
