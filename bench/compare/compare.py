@@ -329,7 +329,13 @@ class IngesterService:
     name = "ingester"
 
     def __init__(self, workdir: Path, setup: Setup, broker: Broker, topic: str) -> None:
-        self.ingester = Ingester(workdir, broker, topic, ingester_config(setup))
+        key = SIGNALS[setup.signal][0]
+        if key == "topic":
+            self.ingester = Ingester(workdir, broker, topic, ingester_config(setup))
+        else:
+            # `topic` is the signal's; the logs topic (unused) gets a name of its own.
+            config = deep_merge(ingester_config(setup), {"kafka": {key: topic}})
+            self.ingester = Ingester(workdir, broker, f"{topic}-logs", config)
         self.ingester.binary = setup.bin_dir / "ingester"
         self.ingester.start_and_wait()
 
@@ -383,16 +389,17 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
     return merged
 
 
-def collector_config(bootstrap: str, topic: str, batch: int, synchronous: bool) -> dict[str, Any]:
-    """The Collector: otlp receiver -> [batch] -> kafka exporter (otlp_proto, all-replica acks).
+def collector_config(bootstrap: str, topic: str, batch: int, synchronous: bool, signal: str = "logs") -> dict[str, Any]:
+    """The Collector: otlp receiver -> [batch] -> kafka exporter (otlp_proto, all-replica acks),
+    one pipeline of `signal`.
 
     `synchronous`: no batch processor and no sending queue, so an export is answered only after
     Kafka acknowledged it, the ingester's guarantee. Otherwise the answer comes as soon as the
     batch processor has the records."""
     exporter: dict[str, Any] = {
         "brokers": [bootstrap],
-        "logs": {"topic": topic, "encoding": "otlp_proto"},
-        "partition_logs_by_resource_attributes": True,
+        signal: {"topic": topic, "encoding": "otlp_proto"},
+        SIGNALS[signal][1]: True,
         "producer": {"required_acks": -1, "compression": "zstd", "max_message_bytes": 1_000_000},
     }
     if synchronous:
@@ -403,7 +410,7 @@ def collector_config(bootstrap: str, topic: str, batch: int, synchronous: bool) 
         "exporters": {"kafka": exporter},
         "service": {
             "pipelines": {
-                "logs": {"receivers": ["otlp"], "processors": [] if synchronous else ["batch"], "exporters": ["kafka"]}
+                signal: {"receivers": ["otlp"], "processors": [] if synchronous else ["batch"], "exporters": ["kafka"]}
             }
         },
     }
@@ -413,11 +420,19 @@ class CollectorService:
     """The OpenTelemetry Collector writing to `topic`, counting with its own metrics."""
 
     def __init__(
-        self, workdir: Path, broker: Broker, topic: str, batch: int, synchronous: bool, partitions: int
+        self,
+        workdir: Path,
+        broker: Broker,
+        topic: str,
+        batch: int,
+        synchronous: bool,
+        partitions: int,
+        signal: str = "logs",
     ) -> None:
         del partitions  # the topic is created beforehand; the exporter does not create topics
         self.name = "collector-sync" if synchronous else "collector"
-        self.config = collector_config(broker.bootstrap, topic, batch, synchronous)
+        self.noun = SIGNALS[signal][2]
+        self.config = collector_config(broker.bootstrap, topic, batch, synchronous, signal)
         self.collector = Collector(workdir, self.config)
         self.collector.start_and_wait(timeout=60)
 
@@ -441,23 +456,23 @@ class CollectorService:
         return [total(name) for name in names]
 
     def delivered(self) -> int:
-        return int(self.counters("otelcol_exporter_sent_log_records")[0])
+        return int(self.counters(f"otelcol_exporter_sent_{self.noun}")[0])
 
     def drained(self) -> bool:
         accepted, sent, failed, enqueue_failed = self.counters(
-            "otelcol_receiver_accepted_log_records",
-            "otelcol_exporter_sent_log_records",
-            "otelcol_exporter_send_failed_log_records",
-            "otelcol_exporter_enqueue_failed_log_records",
+            f"otelcol_receiver_accepted_{self.noun}",
+            f"otelcol_exporter_sent_{self.noun}",
+            f"otelcol_exporter_send_failed_{self.noun}",
+            f"otelcol_exporter_enqueue_failed_{self.noun}",
         )
         return accepted > 0 and sent + failed + enqueue_failed >= accepted
 
     def service_errors(self) -> dict[str, float]:
         names = (
-            "otelcol_receiver_refused_log_records",
-            "otelcol_receiver_failed_log_records",
-            "otelcol_exporter_send_failed_log_records",
-            "otelcol_exporter_enqueue_failed_log_records",
+            f"otelcol_receiver_refused_{self.noun}",
+            f"otelcol_receiver_failed_{self.noun}",
+            f"otelcol_exporter_send_failed_{self.noun}",
+            f"otelcol_exporter_enqueue_failed_{self.noun}",
         )
         return {name.removeprefix("otelcol_"): value for name, value in zip(names, self.counters(*names), strict=True)}
 
@@ -489,6 +504,18 @@ class Setup:
     partitions: int
     workdir: Path
     ingester_overrides: dict[str, Any] = field(default_factory=dict)
+    # What the load carries: "logs", "traces" (a span per Loghub line) or "metrics" (a data
+    # point per line); records are then those items (`signals.py`).
+    signal: str = "logs"
+
+
+# Per signal: the ingester's topic key, the Collector's exporter section, partitioning option
+# and the noun of its own counters (otelcol_exporter_sent_<noun>, ...).
+SIGNALS: dict[str, tuple[str, str, str]] = {
+    "logs": ("topic", "partition_logs_by_resource_attributes", "log_records"),
+    "traces": ("traces_topic", "partition_traces_by_id", "spans"),
+    "metrics": ("metrics_topic", "partition_metrics_by_resource_attributes", "metric_points"),
+}
 
 
 @dataclass
@@ -507,7 +534,9 @@ def start_service(system: str, setup: Setup, broker: Broker, topic: str, workdir
     if system == "ingester":
         return IngesterService(workdir, setup, broker, topic)
     if system in ("collector", "collector-sync"):
-        return CollectorService(workdir, broker, topic, setup.batch, system == "collector-sync", setup.partitions)
+        return CollectorService(
+            workdir, broker, topic, setup.batch, system == "collector-sync", setup.partitions, setup.signal
+        )
     raise ValueError(f"unknown system {system!r}; one of {sorted(SYSTEM_LABELS)}")
 
 
@@ -540,6 +569,8 @@ def run_loadgen(
         args += ["--rate", str(rate)]
     if freshness:
         args.append("--freshness")
+    if setup.signal != "logs":
+        args += ["--signal", setup.signal]
     log = out.with_suffix(".log")
     with log.open("w") as stderr:
         process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=stderr, stderr=subprocess.STDOUT)

@@ -179,6 +179,7 @@ impl Cli {
             concurrency: self.concurrency as usize,
             rate: self.rate,
             total: self.total,
+            signal: telemetry_lake_bench_workload::signals::Signal::Logs,
         }
     }
 }

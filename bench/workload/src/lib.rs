@@ -5,8 +5,10 @@
 //!
 //! - [`workload`]: real Loghub lines turned into OTLP `ExportLogsServiceRequest`s of `batch`
 //!   records (~200-byte bodies, 8 services, 3 attributes), encoded before the clock starts.
+//! - [`signals`]: the same lines as spans or metric data points, one per line.
 //! - [`load`]: `concurrency` HTTP/2 connections with one export in flight each, at saturation or
 //!   paced to a rate, every answer logged with its time and latency.
 
 pub mod load;
+pub mod signals;
 pub mod workload;

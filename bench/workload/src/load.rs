@@ -24,9 +24,8 @@ use tonic::{
 };
 use tonic_prost::ProstCodec;
 
-use crate::workload::PreEncoded;
+use crate::{signals::Signal, workload::PreEncoded};
 
-const EXPORT_PATH: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
 /// Pause of a worker after an error, so a refusing server is not hammered in a tight loop.
 const ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -39,6 +38,8 @@ pub struct LoadPlan {
     pub rate: Option<f64>,
     /// Stop once this many records are sent.
     pub total: Option<u64>,
+    /// The signal the requests are of (and so the gRPC method they go to).
+    pub signal: Signal,
 }
 
 /// One answered export.
@@ -93,6 +94,40 @@ pub async fn check_endpoint(addr: SocketAddr, request: ExportLogsServiceRequest)
     let response = client.export(request).await.context("warm-up export failed")?.into_inner();
     if let Some(partial) = response.partial_success.filter(|p| p.rejected_log_records > 0) {
         anyhow::bail!("warm-up export was partly rejected: {}", partial.error_message);
+    }
+    Ok(())
+}
+
+/// [`check_endpoint`] for a request of any signal, with the signal's typed client.
+pub async fn check_signal_endpoint(
+    addr: SocketAddr,
+    signal: Signal,
+    request: &PreEncoded,
+) -> anyhow::Result<()> {
+    use opentelemetry_proto::tonic::collector::{
+        metrics::v1::{ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient},
+        trace::v1::{ExportTraceServiceRequest, trace_service_client::TraceServiceClient},
+    };
+    use prost::Message;
+    let rejected = match signal {
+        Signal::Logs => {
+            return check_endpoint(addr, ExportLogsServiceRequest::decode(request.bytes.clone())?).await;
+        }
+        Signal::Traces => {
+            let mut client = TraceServiceClient::connect(format!("http://{addr}")).await?;
+            let typed = ExportTraceServiceRequest::decode(request.bytes.clone())?;
+            let response = client.export(typed).await.context("warm-up export failed")?.into_inner();
+            response.partial_success.map(|p| (p.rejected_spans, p.error_message))
+        }
+        Signal::Metrics => {
+            let mut client = MetricsServiceClient::connect(format!("http://{addr}")).await?;
+            let typed = ExportMetricsServiceRequest::decode(request.bytes.clone())?;
+            let response = client.export(typed).await.context("warm-up export failed")?.into_inner();
+            response.partial_success.map(|p| (p.rejected_data_points, p.error_message))
+        }
+    };
+    if let Some((count, message)) = rejected.filter(|(count, _)| *count > 0) {
+        anyhow::bail!("warm-up export was partly rejected ({count}): {message}");
     }
     Ok(())
 }
@@ -202,10 +237,13 @@ impl Worker {
         Answer { done_at: done - self.start, latency: done - sent_at, records, acknowledged, error }
     }
 
+    /// One export. The answer is read as an `ExportLogsServiceResponse`: the traces and metrics
+    /// responses have the same fields under the same numbers (`partial_success` = 1: rejected
+    /// count = 1, error message = 2).
     async fn call(&mut self, request: PreEncoded) -> Result<ExportLogsServiceResponse, tonic::Status> {
         self.client.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
         let codec = ProstCodec::<PreEncoded, ExportLogsServiceResponse>::default();
-        let path = PathAndQuery::from_static(EXPORT_PATH);
+        let path = PathAndQuery::from_static(self.plan.signal.export_path());
         let response = self.client.unary(tonic::Request::new(request), path, codec).await?;
         Ok(response.into_inner())
     }

@@ -7,6 +7,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use crate::signals::{self, Signal};
 use anyhow::{Context, bail};
 use opentelemetry_proto::tonic::{
     collector::logs::v1::ExportLogsServiceRequest,
@@ -123,14 +124,30 @@ fn system_name(file: &Path) -> String {
 /// Requests of `batch` records each, covering every line at least once and at least
 /// `min_requests` requests, encoded.
 pub fn build_requests(lines: &[Line], batch: usize, min_requests: usize) -> Vec<PreEncoded> {
+    build_signal_requests(Signal::Logs, lines, batch, min_requests)
+}
+
+/// [`build_requests`] for any signal: `batch` log records, spans or metric data points (one per
+/// line, see [`crate::signals`]) per request.
+pub fn build_signal_requests(
+    signal: Signal,
+    lines: &[Line],
+    batch: usize,
+    min_requests: usize,
+) -> Vec<PreEncoded> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
     let count = lines.len().div_ceil(batch).max(min_requests);
     (0..count)
         .map(|r| {
             let records: Vec<(usize, &Line)> =
                 (0..batch).map(|i| r * batch + i).map(|n| (n, &lines[n % lines.len()])).collect();
-            let request = request_of(&records, now + r as u64 * 1_000_000);
-            PreEncoded { bytes: Bytes::from(request.encode_to_vec()), records: batch as u64 }
+            let time = now + r as u64 * 1_000_000;
+            let bytes = match signal {
+                Signal::Logs => request_of(&records, time).encode_to_vec(),
+                Signal::Traces => signals::spans_request(&records, time).encode_to_vec(),
+                Signal::Metrics => signals::metrics_request(&records, time).encode_to_vec(),
+            };
+            PreEncoded { bytes: Bytes::from(bytes), records: batch as u64 }
         })
         .collect()
 }
@@ -231,7 +248,7 @@ pub fn severity_of(line: &str) -> (SeverityNumber, &'static str) {
 }
 
 /// Deterministic, non-zero id bytes (splitmix64 of `seed`).
-fn id_bytes(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn id_bytes(seed: u64, len: usize) -> Vec<u8> {
     let mut state = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut out = Vec::with_capacity(len);
     while out.len() < len {
@@ -246,7 +263,7 @@ fn id_bytes(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
-fn string_attribute(key: &str, value: &str) -> KeyValue {
+pub(crate) fn string_attribute(key: &str, value: &str) -> KeyValue {
     KeyValue {
         key: key.into(),
         value: Some(AnyValue { value: Some(Value::StringValue(value.into())) }),
@@ -254,7 +271,7 @@ fn string_attribute(key: &str, value: &str) -> KeyValue {
     }
 }
 
-fn int_attribute(key: &str, value: i64) -> KeyValue {
+pub(crate) fn int_attribute(key: &str, value: i64) -> KeyValue {
     KeyValue {
         key: key.into(),
         value: Some(AnyValue { value: Some(Value::IntValue(value)) }),

@@ -555,7 +555,7 @@ impl KafkaExporter {
         let (bytes, budget) = (request.bytes().clone(), self.budget);
         let message = request.into_message();
         let split = Self::split_off_workers(received, move || {
-            split::check_and_split_bytes(&bytes, message, received, budget, drop_malformed)
+            split::check_and_split_bytes(&bytes, message, budget, drop_malformed)
         });
         match split.await {
             Ok(split) => self.deliver(received, split).await,

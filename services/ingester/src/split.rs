@@ -30,7 +30,7 @@
 //!   every batch is a self-contained request;
 //! - resources and scopes without items are dropped (they carry nothing to land).
 
-use std::collections::HashMap;
+use std::{collections::HashMap, ops::Range};
 
 use bytes::Bytes;
 
@@ -49,6 +49,7 @@ use prost::{Message, encoding::encoded_len_varint};
 use telemetry_lake_common::otlp::records;
 use telemetry_lake_common::otlp::signal::data_points;
 use telemetry_lake_common::otlp::walk::{ResourceLogsRange, Walk};
+use telemetry_lake_common::otlp::wire::Cursor;
 
 /// The key of resources without a `service.name`: the value OpenTelemetry SDKs report for an
 /// unnamed service, so they still share one partition and keep their order.
@@ -108,38 +109,75 @@ pub fn split_encoded(bytes: &Bytes, walk: &Walk, budget: usize) -> Option<Split>
     if walk.malformed > 0 || walk.resources.iter().any(|r| r.field.len() > budget) {
         return None;
     }
-    let mut order: Vec<(&str, Vec<&ResourceLogsRange>)> = Vec::new();
-    for resource in walk.resources.iter().filter(|r| r.records > 0) {
-        let key = resource.service(bytes).unwrap_or(UNKNOWN_SERVICE);
-        match order.iter_mut().find(|(k, _)| *k == key) {
-            Some((_, resources)) => resources.push(resource),
-            None => order.push((key, vec![resource])),
+    let fields = walk.resources.iter().map(|resource: &ResourceLogsRange| Field {
+        key: resource.service(bytes).unwrap_or(UNKNOWN_SERVICE),
+        range: resource.field.clone(),
+        items: resource.records,
+    });
+    Some(pack_fields(bytes, fields.collect(), budget))
+}
+
+/// One resource's whole field encoding in a request (key, length, body), its Kafka key and the
+/// items it holds.
+struct Field<'a> {
+    key: &'a str,
+    range: Range<usize>,
+    items: u64,
+}
+
+/// Batches of whole resource fields of one key, in request order, packed under `budget` (each
+/// field fits it); fields without items are left out. A batch is a slice of `bytes` when its
+/// fields follow each other there.
+fn pack_fields(bytes: &Bytes, fields: Vec<Field<'_>>, budget: usize) -> Split {
+    let mut order: Vec<(&str, Vec<Field<'_>>)> = Vec::new();
+    for field in fields.into_iter().filter(|f| f.items > 0) {
+        match order.iter_mut().find(|(k, _)| *k == field.key) {
+            Some((_, same_key)) => same_key.push(field),
+            None => order.push((field.key, vec![field])),
         }
     }
     let mut split = Split::default();
-    for (key, resources) in order {
-        for group in pack(resources, budget, |r| r.field.len()) {
+    for (key, same_key) in order {
+        for group in pack(same_key, budget, |f| f.range.len()) {
             let payload = match contiguous(&group) {
                 Some(range) => bytes.slice(range),
                 None => {
-                    let mut payload = Vec::with_capacity(group.iter().map(|r| r.field.len()).sum());
-                    for resource in &group {
-                        payload.extend_from_slice(&bytes[resource.field.clone()]);
+                    let mut payload = Vec::with_capacity(group.iter().map(|f| f.range.len()).sum());
+                    for field in &group {
+                        payload.extend_from_slice(&bytes[field.range.clone()]);
                     }
                     Bytes::from(payload)
                 }
             };
-            let records = group.iter().map(|r| r.records).sum();
+            let records = group.iter().map(|f| f.items).sum();
             split.batches.push(Batch { key: key.to_owned(), payload, records });
         }
     }
-    Some(split)
+    split
 }
 
 /// The one range the fields of `group` cover, if they follow each other in the request.
-fn contiguous(group: &[&ResourceLogsRange]) -> Option<std::ops::Range<usize>> {
+fn contiguous(group: &[Field<'_>]) -> Option<Range<usize>> {
     let (first, last) = (group.first()?, group.last()?);
-    group.windows(2).all(|w| w[0].field.end == w[1].field.start).then_some(first.field.start..last.field.end)
+    group.windows(2).all(|w| w[0].range.end == w[1].range.start).then_some(first.range.start..last.range.end)
+}
+
+/// The whole encodings (key, length, body) of the request's resources (field 1 of every OTLP
+/// export request), in order; `None` if `bytes` do not scan (they decoded, so they do).
+fn resource_fields(bytes: &[u8]) -> Option<Vec<Range<usize>>> {
+    let mut cursor = Cursor::new(bytes);
+    let mut fields = Vec::new();
+    while !cursor.done() {
+        let start = cursor.pos();
+        let (tag, wire) = cursor.key().ok()?;
+        if tag == 1 {
+            cursor.bytes(wire).ok()?;
+            fields.push(start..cursor.pos());
+        } else {
+            cursor.skip(wire, tag, 0).ok()?;
+        }
+    }
+    Some(fields)
 }
 
 /// Leaves out the items `drop_malformed` removes (the shared id rule of
@@ -155,27 +193,31 @@ pub fn check_and_split<L: Levels>(
     with_malformed(split_request(request, budget), checked)
 }
 
-/// [`check_and_split`] for a request that came as `bytes` and holds `items`: when nothing in it
-/// is malformed, all its resources share one key and the bytes fit the budget, the batch is the
-/// bytes themselves (nothing re-encoded).
+/// [`check_and_split`] for a decoded request that came as `bytes`: when nothing in it is
+/// malformed and each resource fits the budget, the batches are cut from `bytes` as
+/// [`split_encoded`] cuts logs (whole resource fields, nothing re-encoded; the keys and item
+/// counts from the decoded request, whose resources are those fields in the same order).
 pub fn check_and_split_bytes<L: Levels>(
     bytes: &Bytes,
     mut request: L,
-    items: u64,
     budget: usize,
     drop_malformed: fn(&mut L) -> records::Checked,
 ) -> Split {
     let checked = drop_malformed(&mut request);
-    if checked.rejected == 0 && bytes.len() <= budget {
-        let mut keys = request.resources().iter().map(|r| resource_key(L::resource(r)));
-        if let Some(key) = keys.next()
-            && keys.all(|other| other == key)
-        {
-            return Split {
-                batches: vec![Batch { key, payload: bytes.clone(), records: items }],
-                ..Split::default()
-            };
-        }
+    if checked.rejected == 0
+        && let Some(ranges) = resource_fields(bytes)
+        && ranges.len() == request.resources().len()
+        && ranges.iter().all(|range| range.len() <= budget)
+    {
+        let mut resources = request.into_resources();
+        let keys: Vec<String> = resources.iter().map(|r| resource_key(L::resource(r))).collect();
+        let fields = ranges
+            .into_iter()
+            .zip(&keys)
+            .zip(resources.iter_mut())
+            .map(|((range, key), resource)| Field { key, range, items: resource_items::<L>(resource) })
+            .collect();
+        return pack_fields(bytes, fields, budget);
     }
     with_malformed(split_request(request, budget), checked)
 }
@@ -816,7 +858,7 @@ mod tests {
             resource_spans: vec![spans("checkout", &names("c", 200)), spans("cart", &names("k", 3))],
         };
         let bytes = Bytes::from(request.encode_to_vec());
-        let split = check_and_split_bytes(&bytes, request.clone(), 203, 4096, records::drop_malformed_spans);
+        let split = check_and_split_bytes(&bytes, request.clone(), 4096, records::drop_malformed_spans);
         assert_eq!(split.rejected, 0);
         assert!(split.batches.len() > 2);
         assert!(split.batches.iter().all(|b| b.payload.len() <= 4096));
@@ -841,18 +883,24 @@ mod tests {
             resource_spans: vec![spans("checkout", &["a".into()]), spans("checkout", &["b".into()])],
         };
         let bytes = Bytes::from(request.encode_to_vec());
-        let split = check_and_split_bytes(&bytes, request.clone(), 2, 900_000, records::drop_malformed_spans);
+        let split = check_and_split_bytes(&bytes, request.clone(), 900_000, records::drop_malformed_spans);
         assert_eq!(split.batches, vec![Batch { key: "checkout".into(), payload: bytes.clone(), records: 2 }]);
 
-        // Two services, or a malformed span: cut from the decoded request instead.
+        // Two services: one batch each, each the resource's own bytes.
         let mut two = request.clone();
         two.resource_spans[1] = spans("cart", &["b".into()]);
         let two_bytes = Bytes::from(two.encode_to_vec());
-        let split = check_and_split_bytes(&two_bytes, two, 2, 900_000, records::drop_malformed_spans);
+        let split = check_and_split_bytes(&two_bytes, two.clone(), 900_000, records::drop_malformed_spans);
         assert_eq!(split.batches.iter().map(|b| b.key.as_str()).collect::<Vec<_>>(), ["checkout", "cart"]);
+        let concatenated: Vec<u8> = split.batches.iter().flat_map(|b| b.payload.iter().copied()).collect();
+        assert_eq!(concatenated, two_bytes.to_vec(), "slices of the request, nothing re-encoded");
+        // The same batches as the decoding path would cut.
+        assert_eq!(split, check_and_split(two, 900_000, records::drop_malformed_spans));
+
+        // A malformed span: cut from the decoded request.
         let mut bad = request;
         bad.resource_spans[1].scope_spans[0].spans[0].span_id = vec![1; 3];
-        let split = check_and_split_bytes(&bytes, bad, 2, 900_000, records::drop_malformed_spans);
+        let split = check_and_split_bytes(&bytes, bad, 900_000, records::drop_malformed_spans);
         assert_eq!((split.rejected, split.rejection.as_str()), (1, "span_id must be 8 bytes, got 3"));
         assert_eq!(split.batches.iter().map(|b| b.records).sum::<u64>(), 1);
     }
@@ -897,7 +945,7 @@ mod tests {
             }],
         };
         let bytes = Bytes::from(request.encode_to_vec());
-        let split = check_and_split_bytes(&bytes, request, 2_003, 1_000, records::drop_malformed_points);
+        let split = check_and_split_bytes(&bytes, request, 1_000, records::drop_malformed_points);
         assert_eq!(split.rejected, 1, "only the point too large on its own");
         assert!(split.rejection.starts_with("1 data point(s) dropped"), "{}", split.rejection);
         assert!(split.batches.len() > 10);

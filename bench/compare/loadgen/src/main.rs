@@ -42,6 +42,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use telemetry_lake_bench_workload::{
     load::{self, Answer, LiveCounters, LoadPlan},
+    signals::Signal,
     workload,
 };
 
@@ -78,6 +79,20 @@ struct Cli {
     /// Where to write the JSON summary.
     #[arg(long)]
     out: PathBuf,
+    /// What the requests carry: `logs`, `traces` (a span per line) or `metrics` (a data point
+    /// per line); `--batch` counts those items.
+    #[arg(long, default_value = "logs", value_parser = ["logs", "traces", "metrics"])]
+    signal: String,
+}
+
+impl Cli {
+    fn signal(&self) -> Signal {
+        match self.signal.as_str() {
+            "traces" => Signal::Traces,
+            "metrics" => Signal::Metrics,
+            _ => Signal::Logs,
+        }
+    }
 }
 
 /// The JSON summary.
@@ -140,18 +155,28 @@ async fn main() -> anyhow::Result<()> {
     if cli.freshness && cli.rate.is_none() {
         bail!("--freshness needs --rate (records per second)");
     }
+    if cli.freshness && cli.signal() != Signal::Logs {
+        bail!("--freshness sends logs only");
+    }
     let lines = workload::load_lines(&cli.loghub)?;
-    let requests = workload::build_requests(&lines, cli.batch as usize, cli.concurrency as usize * 4);
+    let requests = workload::build_signal_requests(
+        cli.signal(),
+        &lines,
+        cli.batch as usize,
+        cli.concurrency as usize * 4,
+    );
     let request_bytes_avg =
         requests.iter().map(|r| r.bytes.len() as u64).sum::<u64>() / requests.len() as u64;
-    let first = ExportLogsServiceRequest::decode(requests[0].bytes.clone())?;
-    load::check_endpoint(cli.target, first).await.context("the warm-up export failed")?;
+    load::check_signal_endpoint(cli.target, cli.signal(), &requests[0])
+        .await
+        .context("the warm-up export failed")?;
     let warmup_records = requests[0].records;
     let plan = LoadPlan {
         duration: cli.duration,
         concurrency: cli.concurrency as usize,
         rate: cli.rate,
         total: None,
+        signal: cli.signal(),
     };
     eprintln!(
         "compare-loadgen: {} requests of {} records ({} bytes on average) to {}, {} connections, {} for {:?}",
