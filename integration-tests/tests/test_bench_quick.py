@@ -146,3 +146,31 @@ def test_quick_run_writes_the_table_and_a_real_chart(quick_results: Path) -> Non
         assert width >= 800 and height >= 400, image.size
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
         assert colours is not None and len(colours) > 50, "the chart looks blank"
+
+
+SIGNALS_BENCH = REPO_DIR / "bench" / "compare" / "signals.py"
+
+
+@pytest.mark.timeout(PREPARE_TIMEOUT + QUICK_TIMEOUT)
+def test_signals_bench_measures_every_signal(quick_results: Path, tmp_path: Path) -> None:
+    """`signals.py` (CPU-s per million log records, spans and data points) runs end to end on
+    the binaries under test, and the ingester delivers every item of every signal it accepted.
+    (`quick_results` first: it builds the load generator and the tools.)"""
+    out = tmp_path / "signals.json"
+    args = ["--bin-dir", str(bin_dir()), "--systems", "ingester", "--repeats", "1", "--duration", "3"]
+    result = subprocess.run(
+        [sys.executable, str(SIGNALS_BENCH), *args, "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=QUICK_TIMEOUT,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        f"signals.py exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["signal"] for r in runs] == ["logs", "traces", "metrics"]
+    for run in runs:
+        assert all(finite_positive(run[key]) for key in ("delivered", "cpu_s_per_million", "peak_rss_mib")), run
+        assert run["lost_records"] == 0 and run["failed_calls"] == 0, run
+    assert "| traces | ingester |" in result.stdout and "| metrics | ingester |" in result.stdout

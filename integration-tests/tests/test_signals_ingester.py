@@ -50,7 +50,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link
 
 from harness.clients import GRPC_CHANNEL_OPTIONS, http_session
-from harness.collector import Collector, run_tool
+from harness.collector import COLLECTOR_CONFIGS, Collector, run_tool
 from harness.kafka import Broker, Ingester, KafkaRecord
 from harness.lake import APPENDERS
 from harness.wait import wait_until
@@ -415,3 +415,41 @@ def test_telemetrygen_traces_and_metrics_reach_the_collector_s_kafka_receiver(
     )
     assert collector.metric_sum("otelcol_receiver_refused_spans") == 0
     assert collector.running
+
+
+def topic_counts(broker: Broker, ingester: Ingester) -> tuple[int, int]:
+    """Spans on the traces topic, data points on the metrics topic."""
+    spans = sum(len(spans_of(r)) for r in broker.records(ingester.traces_topic))
+    points = sum(map(len, data_points([r.metrics() for r in broker.records(ingester.metrics_topic)]).values()))
+    return spans, points
+
+
+@pytest.mark.parametrize("http", [False, True], ids=["grpc", "http"])
+def test_a_collector_in_front_forwards_traces_and_metrics(
+    http: bool, broker: Broker, tmp_path: Path, make_ingester: MakeIngester, request: pytest.FixtureRequest
+) -> None:
+    """The README's copy-paste Collector configs (otlp receiver -> batch -> otlp_grpc /
+    otlp_http exporter) forward telemetrygen's traces and metrics to the ingester."""
+    ingester = make_ingester()
+    if http:
+        config = COLLECTOR_CONFIGS / "otlp-http-to-ingester.yaml"
+        overrides = {"exporters.otlp_http.endpoint": f"http://127.0.0.1:{ingester.ports.otlp_http}"}
+    else:
+        config = COLLECTOR_CONFIGS / "otlp-grpc-to-ingester.yaml"
+        overrides = {"exporters.otlp_grpc.endpoint": ingester.ports.otlp_grpc_target}
+    collector = Collector(tmp_path / "collector", config, overrides)
+    request.node.stash[APPENDERS].append(collector)
+    collector.start_and_wait()
+    target = ["--otlp-insecure", "--otlp-endpoint", collector.ports.otlp_grpc_target, "--rate", "0"]
+    run_tool("telemetrygen", "traces", *target, "--traces", "100", "--service", "front", timeout=120, check=True)
+    run_tool(
+        "telemetrygen", "metrics", *target, "--metrics", "120", "--metric-type", "Histogram", timeout=120, check=True
+    )
+    wait_until(
+        lambda: topic_counts(broker, ingester) == (200, 120),
+        timeout=60,
+        what="200 spans and 120 data points on the ingester's topics",
+        interval=1,
+    )
+    assert collector.metric_sum("otelcol_exporter_send_failed_spans") == 0
+    assert collector.metric_sum("otelcol_exporter_send_failed_metric_points") == 0
