@@ -719,6 +719,49 @@ pub(crate) mod tests {
         );
     }
 
+    /// Traces and metrics get the same retryable answer, counted under their own signal.
+    #[tokio::test]
+    async fn known_outage_refuses_traces_and_metrics_at_once_too() {
+        use opentelemetry_proto::tonic::{
+            collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
+            metrics::v1::{Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric::Data},
+            trace::v1::{ResourceSpans, ScopeSpans, Span},
+        };
+        use telemetry_lake_common::otlp::Signal;
+        let mut exporter = unreachable_exporter(&[], false);
+        exporter.signal = SignalKind::Traces;
+        let spans = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans { spans: vec![Span::default(); 3], ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        let err = Exporter::<Traces>::export(&exporter, Traces::encoded(&spans)).await.unwrap_err();
+        assert_eq!((err.http_status().as_u16(), err.retry_after_header().is_some()), (503, true), "{err}");
+
+        exporter.signal = SignalKind::Metrics;
+        let gauge = Metric {
+            data: Some(Data::Gauge(Gauge { data_points: vec![NumberDataPoint::default(); 2] })),
+            ..Default::default()
+        };
+        let points = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics { metrics: vec![gauge], ..Default::default() }],
+                ..Default::default()
+            }],
+        };
+        let err = Exporter::<Metrics>::export(&exporter, Metrics::encoded(&points)).await.unwrap_err();
+        assert_eq!(err.http_status().as_u16(), 503, "{err}");
+
+        let c = &exporter.counters;
+        let rejected = |signal| c.signal(signal).rejected.load(Ordering::Relaxed);
+        assert_eq!(
+            (rejected(SignalKind::Logs), rejected(SignalKind::Traces), rejected(SignalKind::Metrics)),
+            (0, 3, 2)
+        );
+        assert_eq!(c.records_rejected.load(Ordering::Relaxed), 5);
+    }
+
     #[tokio::test]
     async fn undelivered_records_time_out_as_unavailable() {
         let exporter = unreachable_exporter(&[("message.timeout.ms", "500")], true);
