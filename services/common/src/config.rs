@@ -176,13 +176,13 @@ impl Default for SignalsConfig {
 }
 
 impl SignalsConfig {
-    /// Whether the signal called `name` (`logs`, `traces`, `metrics`) is on.
-    pub fn serves(&self, name: &str) -> bool {
-        match name {
-            "logs" => self.logs,
-            "traces" => self.traces,
-            "metrics" => self.metrics,
-            _ => false,
+    /// Whether `signal` is on.
+    pub fn serves(&self, signal: crate::otlp::SignalKind) -> bool {
+        use crate::otlp::SignalKind;
+        match signal {
+            SignalKind::Logs => self.logs,
+            SignalKind::Traces => self.traces,
+            SignalKind::Metrics => self.metrics,
         }
     }
 }

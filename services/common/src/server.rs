@@ -75,7 +75,7 @@ impl Receivers {
 
     /// Serves signal `S` with `exporter`, unless `[signals]` switched it off.
     pub fn serve<S: Signal, E: Exporter<S>>(mut self, exporter: Arc<E>) -> Self {
-        if !self.signals.serves(S::NAME) {
+        if !self.signals.serves(S::KIND) {
             return self;
         }
         let metrics = Arc::clone(&self.metrics);

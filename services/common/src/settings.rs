@@ -82,6 +82,18 @@ pub struct KafkaSettings {
     pub consumer: BTreeMap<String, String>,
 }
 
+impl KafkaSettings {
+    /// The topic of `signal`, and the key that sets it.
+    pub fn topic_of(&self, signal: crate::otlp::SignalKind) -> (&'static str, &str) {
+        use crate::otlp::SignalKind;
+        match signal {
+            SignalKind::Logs => ("kafka.topic", &self.topic),
+            SignalKind::Traces => ("kafka.traces_topic", &self.traces_topic),
+            SignalKind::Metrics => ("kafka.metrics_topic", &self.metrics_topic),
+        }
+    }
+}
+
 /// `[staging]`, checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StagingSettings {

@@ -34,7 +34,9 @@ use telemetry_lake_common::{
     otlp::ExportError,
 };
 
-use crate::producer::{self, BrokerState, Counters, IngestProducer, SignalKind};
+use telemetry_lake_common::otlp::SignalKind;
+
+use crate::producer::{self, BrokerState, Counters, IngestProducer};
 
 /// The last flush and when the last successful one ended.
 pub struct FlushState {
@@ -289,8 +291,7 @@ mod tests {
         let exporter = Arc::new(KafkaExporter {
             producer: producer.clone(),
             topic: c"otel-logs".into(),
-            signal: crate::producer::SignalKind::Logs,
-            schema: crate::producer::SCHEMA,
+            signal: SignalKind::Logs,
             budget: 900_000,
             counters: counters.clone(),
             broker,

@@ -29,7 +29,7 @@ use rdkafka::ClientConfig;
 use telemetry_lake_common::{
     admin::FlushTrigger,
     health::{Health, Reason},
-    otlp::{Logs, Metrics, Traces},
+    otlp::{Logs, Metrics, SignalKind, Traces},
     server::{self, BoundAddrs, Receivers, Service},
     settings::{KafkaSettings, Settings},
 };
@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     admin::{FlushState, IngesterAdmin},
-    producer::{BrokerState, Counters, IngestContext, IngestProducer, KafkaExporter, SignalKind},
+    producer::{BrokerState, Counters, IngestContext, IngestProducer, KafkaExporter},
 };
 
 /// Extra time a flush gets beyond `message.timeout.ms`, after which every queued record has
@@ -69,15 +69,6 @@ pub fn producer_config(kafka: &KafkaSettings) -> ClientConfig {
     telemetry_lake_common::kafka::producer_config(kafka, "telemetry-lake-ingester", &PRODUCER_DEFAULTS)
 }
 
-/// The config key, the topic and the `telemetry-lake-schema` header of `signal`'s records.
-fn signal_topic(kafka: &KafkaSettings, signal: SignalKind) -> (&'static str, &str, &'static str) {
-    match signal {
-        SignalKind::Logs => ("kafka.topic", &kafka.topic, producer::SCHEMA),
-        SignalKind::Traces => ("kafka.traces_topic", &kafka.traces_topic, producer::TRACES_SCHEMA),
-        SignalKind::Metrics => ("kafka.metrics_topic", &kafka.metrics_topic, producer::METRICS_SCHEMA),
-    }
-}
-
 /// Runs the ingester until `shutdown`, then drains, flushes the producer and returns.
 /// `flush_signal` is notified on SIGUSR1.
 pub async fn run(
@@ -100,7 +91,7 @@ pub async fn run(
     let health = Health::default();
     health.add(Reason::KafkaUnreachable).await;
     let served: Vec<SignalKind> =
-        SignalKind::ALL.into_iter().filter(|signal| config.signals.serves(signal.name())).collect();
+        SignalKind::ALL.into_iter().filter(|&signal| config.signals.serves(signal)).collect();
     if served.is_empty() {
         anyhow::bail!(
             "[signals] logs, traces and metrics are all false: the ingester would take nothing; switch at \
@@ -110,16 +101,15 @@ pub async fn run(
     let mut registry = Registry::default();
     admin::register_metrics(&mut registry, counters.clone(), broker.clone(), served.clone());
 
-    let topics = served.iter().map(|&signal| signal_topic(kafka, signal).1.to_owned()).collect();
+    let topics = served.iter().map(|&signal| kafka.topic_of(signal).1.to_owned()).collect();
     let watcher =
         tokio::spawn(broker::watch(kafka.clone(), topics, broker.clone(), health.clone(), shutdown.clone()));
     let exporter = |signal: SignalKind| -> anyhow::Result<Arc<KafkaExporter>> {
-        let (key, topic, schema) = signal_topic(kafka, signal);
+        let (key, topic) = kafka.topic_of(signal);
         Ok(Arc::new(KafkaExporter {
             producer: producer.clone(),
             topic: CString::new(topic).map_err(|_| anyhow::anyhow!("{key} = {topic:?} holds a NUL byte"))?,
             signal,
-            schema,
             budget: producer::payload_budget(&kafka.producer),
             counters: counters.clone(),
             broker: broker.clone(),

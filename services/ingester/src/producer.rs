@@ -40,6 +40,9 @@ use std::{
 };
 
 use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest,
+};
 use rdkafka::{
     ClientConfig, ClientContext, bindings as rdsys,
     config::RDKafkaLogLevel,
@@ -49,7 +52,8 @@ use rdkafka::{
     util::IntoOpaque,
 };
 use telemetry_lake_common::otlp::{
-    ExportError, ExportOutcome, Exporter, Logs, LogsRequest, Metrics, Traces, records, signal::Decoded,
+    ExportError, ExportOutcome, Exporter, Logs, LogsRequest, Metrics, SignalKind, Traces, records,
+    signal::Decoded,
 };
 #[cfg(test)]
 use telemetry_lake_common::{kafka, settings::KafkaSettings};
@@ -61,9 +65,15 @@ use crate::split::{self, Split};
 pub const CONTENT_TYPE: &str = "application/x-protobuf";
 /// `telemetry-lake-schema` header of every record of the logs topic: what the value holds.
 pub const SCHEMA: &str = "otlp-logs-v1";
-/// The same header on the traces and on the metrics topic.
-pub const TRACES_SCHEMA: &str = "otlp-traces-v1";
-pub const METRICS_SCHEMA: &str = "otlp-metrics-v1";
+
+/// The `telemetry-lake-schema` header of `signal`'s records: [`SCHEMA`] for logs.
+pub fn schema(signal: SignalKind) -> &'static str {
+    match signal {
+        SignalKind::Logs => SCHEMA,
+        SignalKind::Traces => "otlp-traces-v1",
+        SignalKind::Metrics => "otlp-metrics-v1",
+    }
+}
 /// librdkafka's own default `message.max.bytes`.
 const LIBRDKAFKA_MESSAGE_MAX_BYTES: usize = 1_000_000;
 /// Requests with more records than this are split off the async workers.
@@ -112,7 +122,7 @@ pub struct Counters {
     pub delivery_errors: AtomicU64,
     /// Exports refused because the producer queue was full.
     pub queue_full: AtomicU64,
-    /// The record counts above per signal, indexed by [`SignalKind::index`].
+    /// The record counts above per signal, in the order of [`SignalKind::ALL`].
     pub signals: [SignalCounters; 3],
 }
 
@@ -125,35 +135,10 @@ pub struct SignalCounters {
     pub delivered: AtomicU64,
 }
 
-/// Which signal an exporter and its records carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SignalKind {
-    Logs,
-    Traces,
-    Metrics,
-}
-
-impl SignalKind {
-    pub const ALL: [Self; 3] = [Self::Logs, Self::Traces, Self::Metrics];
-
-    /// `logs`, `traces`, `metrics`: as in `[signals]`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Logs => "logs",
-            Self::Traces => "traces",
-            Self::Metrics => "metrics",
-        }
-    }
-
-    pub fn index(self) -> usize {
-        self as usize
-    }
-}
-
 impl Counters {
     /// The counters of `signal`.
     pub fn signal(&self, signal: SignalKind) -> &SignalCounters {
-        &self.signals[signal.index()]
+        &self.signals[signal as usize]
     }
 
     fn received(&self, signal: SignalKind, n: u64) {
@@ -321,10 +306,8 @@ pub struct KafkaExporter {
     pub producer: Arc<IngestProducer>,
     /// The topic, as librdkafka takes it (made once, not per record).
     pub topic: CString,
-    /// The signal, for the counters, and the `telemetry-lake-schema` header of its records
-    /// ([`SCHEMA`] for logs).
+    /// The signal: its counters and its records' `telemetry-lake-schema` header ([`schema`]).
     pub signal: SignalKind,
-    pub schema: &'static str,
     pub budget: usize,
     pub counters: Arc<Counters>,
     pub broker: Arc<BrokerState>,
@@ -444,7 +427,7 @@ impl KafkaExporter {
     /// headers are copied or taken over by librdkafka. Returns the error, after dropping
     /// `pending`, when the record was not queued.
     fn produce(&self, key: &str, pending: Box<Pending>) -> Result<(), KafkaError> {
-        let headers = Headers::new(self.schema);
+        let headers = Headers::new(schema(self.signal));
         let (value, value_len) = (pending.payload.as_ptr(), pending.payload.len());
         let opaque = pending.into_ptr();
         // SAFETY: the argument list is the one rdkafka's `BaseProducer::send` passes, without
@@ -597,7 +580,7 @@ impl Exporter<Logs> for KafkaExporter {
 impl Exporter<Traces> for KafkaExporter {
     async fn export(
         &self,
-        request: <Traces as telemetry_lake_common::otlp::Signal>::Request,
+        request: Decoded<ExportTraceServiceRequest>,
     ) -> Result<ExportOutcome, ExportError> {
         self.export_decoded(request, records::drop_malformed_spans).await
     }
@@ -606,7 +589,7 @@ impl Exporter<Traces> for KafkaExporter {
 impl Exporter<Metrics> for KafkaExporter {
     async fn export(
         &self,
-        request: <Metrics as telemetry_lake_common::otlp::Signal>::Request,
+        request: Decoded<ExportMetricsServiceRequest>,
     ) -> Result<ExportOutcome, ExportError> {
         self.export_decoded(request, records::drop_malformed_points).await
     }
@@ -663,7 +646,6 @@ pub(crate) mod tests {
             producer: Arc::new(producer),
             topic: c"otel-logs".into(),
             signal: SignalKind::Logs,
-            schema: SCHEMA,
             budget: 900_000,
             counters,
             broker,

@@ -48,7 +48,7 @@ pub use opentelemetry_proto::tonic::collector::logs::v1::{
     ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
 };
 use prost::Message as _;
-pub use signal::{Logs, Metrics, Signal, Traces};
+pub use signal::{Logs, Metrics, Signal, SignalKind, Traces};
 use walk::Walk;
 
 /// What an exporter accepted: everything, or all but `rejected` items (OTLP partial success).

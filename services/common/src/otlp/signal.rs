@@ -26,10 +26,33 @@ use super::{
     ExportOutcome, LogsRequest,
 };
 
+/// The three signals as values, for what is configured or counted per signal (`[signals]`,
+/// topics, counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SignalKind {
+    Logs,
+    Traces,
+    Metrics,
+}
+
+impl SignalKind {
+    pub const ALL: [Self; 3] = [Self::Logs, Self::Traces, Self::Metrics];
+
+    /// `logs`, `traces` or `metrics`: the `[signals]` key and the `signal` label of metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Logs => "logs",
+            Self::Traces => "traces",
+            Self::Metrics => "metrics",
+        }
+    }
+}
+
 /// One OTLP signal: its endpoints, its messages and how a request is checked and counted.
 pub trait Signal: Send + Sync + 'static {
-    /// `logs`, `traces` or `metrics`: the `[signals]` key and the `signal` label of metrics.
-    const NAME: &'static str;
+    const KIND: SignalKind;
+    /// [`SignalKind::name`] of [`Signal::KIND`].
+    const NAME: &'static str = Self::KIND.name();
     /// What the signal's items are called in messages: `log records`, `spans`, `data points`.
     const ITEMS: &'static str;
     /// The gRPC service (`opentelemetry.proto.collector.logs.v1.LogsService`).
@@ -72,7 +95,7 @@ pub struct Traces;
 pub struct Metrics;
 
 impl Signal for Logs {
-    const NAME: &'static str = "logs";
+    const KIND: SignalKind = SignalKind::Logs;
     const ITEMS: &'static str = "log records";
     const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.logs.v1.LogsService";
     const GRPC_EXPORT_PATH: &'static str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
@@ -105,7 +128,7 @@ impl Signal for Logs {
 }
 
 impl Signal for Traces {
-    const NAME: &'static str = "traces";
+    const KIND: SignalKind = SignalKind::Traces;
     const ITEMS: &'static str = "spans";
     const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.trace.v1.TraceService";
     const GRPC_EXPORT_PATH: &'static str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -138,7 +161,7 @@ impl Signal for Traces {
 }
 
 impl Signal for Metrics {
-    const NAME: &'static str = "metrics";
+    const KIND: SignalKind = SignalKind::Metrics;
     const ITEMS: &'static str = "data points";
     const GRPC_SERVICE: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
     const GRPC_EXPORT_PATH: &'static str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
