@@ -1,7 +1,10 @@
-//! Compiles log_row.proto with a vendored protoc and keeps its descriptor set, from which the
-//! crate derives the DuckDB, Arrow and Iceberg schemas at run time.
+//! Compiles the row definitions (log_row.proto, span_row.proto, metric_rows.proto) with a
+//! vendored protoc and keeps their descriptor set, from which the crate derives the DuckDB,
+//! Arrow and Iceberg schemas at run time.
 
 use std::{env, path::PathBuf};
+
+const PROTOS: [&str; 3] = ["proto/log_row.proto", "proto/span_row.proto", "proto/metric_rows.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded.
@@ -11,8 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(false)
-        .file_descriptor_set_path(out_dir.join("log_row_descriptor.bin"))
-        .compile_protos(&[PathBuf::from("proto/log_row.proto")], &[PathBuf::from("proto"), include])?;
-    println!("cargo:rerun-if-changed=proto/log_row.proto");
+        .file_descriptor_set_path(out_dir.join("row_descriptor.bin"))
+        .compile_protos(&PROTOS.map(PathBuf::from), &[PathBuf::from("proto"), include])?;
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
     Ok(())
 }

@@ -29,10 +29,11 @@ use prometheus_client::registry::Registry;
 use telemetry_lake_common::{
     admin::FlushTrigger,
     health::Health,
-    otlp::Logs,
+    otlp::{Logs, Metrics, SignalKind, Traces},
     server::{self, BoundAddrs, Receivers, Service},
     settings::{IcebergSettings, Mode, Settings},
 };
+use telemetry_lake_proto::RowTable;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -48,22 +49,39 @@ use crate::{
     staging::Staging,
 };
 
-/// Opens the table, waiting with backoff while the catalog or storage is unreachable, so an
+/// The tables of the signals served: logs (always: the Kafka source and `appender query` need
+/// it), traces and the five metrics tables unless `[signals]` switches them off.
+fn tables_served(config: &Settings) -> Vec<RowTable> {
+    let mut tables = vec![RowTable::Logs];
+    if config.signals.serves(SignalKind::Traces) {
+        tables.push(RowTable::Traces);
+    }
+    if config.signals.serves(SignalKind::Metrics) {
+        tables.extend(RowTable::METRICS);
+    }
+    tables
+}
+
+/// Opens the tables, waiting with backoff while the catalog or storage is unreachable, so an
 /// appender that starts before its catalog waits for it instead of crash-looping; a
 /// configuration error, or a catalog database refusing the credentials, stops at once.
-async fn open_lake(config: &IcebergSettings, shutdown: &CancellationToken) -> anyhow::Result<Lake> {
+async fn open_lakes(
+    config: &IcebergSettings,
+    tables: &[RowTable],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Vec<Arc<Lake>>> {
     let mut delay = Duration::from_secs(1);
     loop {
-        let err = match Lake::open(config, telemetry_lake_proto::iceberg_schema()).await {
-            Ok(lake) => return Ok(lake),
+        let err = match Lake::open_tables(config, tables).await {
+            Ok(lakes) => return Ok(lakes.into_iter().map(Arc::new).collect()),
             Err(err) if err.is_retryable() => err,
-            Err(err) => return Err(err).context("cannot open the iceberg table"),
+            Err(err) => return Err(err).context("cannot open the iceberg tables"),
         };
-        tracing::warn!(error = %err, retry_in = ?delay, "cannot open the iceberg table yet, retrying");
+        tracing::warn!(error = %err, retry_in = ?delay, "cannot open the iceberg tables yet, retrying");
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = shutdown.cancelled() => {
-                return Err(err).context("stopped while waiting for the iceberg table");
+                return Err(err).context("stopped while waiting for the iceberg tables");
             }
         }
         delay = (delay * 2).min(Duration::from_secs(30));
@@ -88,7 +106,8 @@ pub async fn run(
         broken.cancelled().await;
         stop_on_broken.cancel();
     });
-    let lake = Arc::new(open_lake(&config.iceberg, &stop).await?);
+    let lakes = open_lakes(&config.iceberg, &tables_served(config), &stop).await?;
+    let logs_lake = lakes[0].clone();
     let mut registry = Registry::default();
     let metrics = Arc::new(AppenderMetrics::register(&mut registry));
     metrics.observe_staging(staging.counters());
@@ -100,7 +119,7 @@ pub async fn run(
     let kafka = match &config.mode {
         Mode::Embedded => None,
         Mode::Kafka(kafka) => {
-            let source = KafkaSource::start(kafka, staging.clone(), lake.clone(), consumer_stop.clone())
+            let source = KafkaSource::start(kafka, staging.clone(), logs_lake.clone(), consumer_stop.clone())
                 .await
                 .context("cannot start the kafka consumer")?;
             metrics::register_source(&mut registry, source.counters.clone());
@@ -112,7 +131,7 @@ pub async fn run(
     let committer = Committer {
         fencer: kafka.clone().map_or(Fencer::Embedded, Fencer::Kafka),
         staging: staging.clone(),
-        lake,
+        lakes,
         health: health.clone(),
         state: flush_state.clone(),
         metrics: metrics.clone(),
@@ -150,8 +169,10 @@ pub async fn run(
         metrics,
         health: health.clone(),
     });
-    // Traces and metrics have no table yet: their receivers answer UNIMPLEMENTED / 404.
-    let receivers = Receivers::new(config, &mut registry).serve::<Logs, _>(exporter);
+    let receivers = Receivers::new(config, &mut registry)
+        .serve::<Logs, _>(exporter.clone())
+        .serve::<Traces, _>(exporter.clone())
+        .serve::<Metrics, _>(exporter);
     let served = server::serve(config, Service { receivers, admin, health, registry }, stop, on_bound).await;
     signal_task.abort();
     consumer_stop.cancel();

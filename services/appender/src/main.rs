@@ -46,7 +46,8 @@ async fn main() -> ExitCode {
             // Library warnings only (RUST_LOG still wins): stdout is the result.
             telemetry::init(&LogConfig { level: "warn".into(), ..settings.log.clone() });
             let redactor = Redactor::for_iceberg(&settings.iceberg);
-            let table = lake::load_existing(&settings.iceberg, &redactor).await;
+            let table =
+                lake::load_existing(&settings.iceberg, telemetry_lake_proto::RowTable::Logs, &redactor).await;
             telemetry_lake_query::main(args, table, &settings.iceberg.table, &redactor).await
         }
         None => {

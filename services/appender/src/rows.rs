@@ -28,8 +28,10 @@ use opentelemetry_proto::tonic::{
     common::v1::{AnyValue, KeyValue, any_value::Value},
 };
 use telemetry_lake_common::otlp::records;
-use telemetry_lake_proto::{MAP_ENTRIES, UTC, columns};
+use telemetry_lake_proto::{MAP_ENTRIES, RowTable, UTC};
 
+pub mod metrics;
+pub mod spans;
 pub mod wire;
 #[cfg(test)]
 mod wire_tests;
@@ -54,6 +56,40 @@ pub struct Rows {
 
 /// Bytes charged per row on top of its strings, for the fixed-width columns.
 const FIXED_ROW_BYTES: u64 = 48;
+
+/// Attributes as a `map<string, string>` column of a serde row (`spans`, `metrics`), in their
+/// order, as [`flatten_attributes`] gives them.
+#[derive(Debug, Default)]
+pub(crate) struct AttributeMap<'a>(pub Vec<(&'a str, Cow<'a, str>)>);
+
+impl<'a> AttributeMap<'a> {
+    pub(crate) fn of(attributes: &'a [KeyValue]) -> Self {
+        Self(flatten_attributes(attributes))
+    }
+
+    pub(crate) fn bytes(&self) -> u64 {
+        attributes_bytes(&self.0)
+    }
+}
+
+impl serde::Serialize for AttributeMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value.as_ref())?;
+        }
+        map.end()
+    }
+}
+
+/// Rows of a table made with serde (`spans`, `metrics`): `rows` serialized against the
+/// table's Arrow schema.
+pub(crate) fn serde_batch<T: serde::Serialize>(table: RowTable, rows: &[T]) -> Result<RecordBatch, String> {
+    let schema = table.arrow_schema();
+    serde_arrow::to_record_batch(schema.fields(), &rows)
+        .map_err(|e| format!("rows of {} do not fit its schema: {e}", table.default_name()))
+}
 
 /// Arrow schema of the staging batches: the row's names with plain (id-less) Arrow types,
 /// which DuckDB's appender takes as they are.
@@ -142,15 +178,15 @@ pub fn to_rows(
     Rows { batch: b.finish(), bytes, rejected, rejection }
 }
 
-fn nanos_to_micros(nanos: u64) -> i64 {
+pub(crate) fn nanos_to_micros(nanos: u64) -> i64 {
     (nanos / 1_000).min(i64::MAX as u64) as i64
 }
 
-fn non_empty(s: &str) -> Option<&str> {
+pub(crate) fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
 
-fn hex_id(id: &[u8]) -> Option<String> {
+pub(crate) fn hex_id(id: &[u8]) -> Option<String> {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     if id.is_empty() {
         return None;
@@ -163,7 +199,7 @@ fn hex_id(id: &[u8]) -> Option<String> {
     Some(out)
 }
 
-fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
+pub(crate) fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
     attributes.iter().rev().find(|kv| kv.key == key).and_then(|kv| {
         match kv.value.as_ref()?.value.as_ref()? {
             Value::StringValue(s) => Some(s.clone()),
@@ -184,7 +220,7 @@ fn body_text(body: Option<&AnyValue>) -> Cow<'_, str> {
 /// Attribute values as strings: strings as they are, anything else as plain JSON. OTLP forbids
 /// repeated keys but senders do repeat them; a map with a repeated key is unreadable for DuckDB,
 /// so the last value wins, as in the Collector's exporters.
-fn flatten_attributes(attributes: &[KeyValue]) -> Vec<(&str, Cow<'_, str>)> {
+pub(crate) fn flatten_attributes(attributes: &[KeyValue]) -> Vec<(&str, Cow<'_, str>)> {
     let mut flat: Vec<(&str, Cow<'_, str>)> = Vec::with_capacity(attributes.len());
     for kv in attributes {
         let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
@@ -221,7 +257,7 @@ fn plain_json(value: Option<&Value>) -> serde_json::Value {
     }
 }
 
-fn attributes_bytes(attributes: &[(&str, Cow<'_, str>)]) -> u64 {
+pub(crate) fn attributes_bytes(attributes: &[(&str, Cow<'_, str>)]) -> u64 {
     attributes.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
 }
 
@@ -337,9 +373,9 @@ impl RowBuilders {
     /// Arrays in the order of the row definition, picked by column name so a column added to
     /// the proto without a converter fails loudly (and in the tests).
     fn finish(mut self) -> RecordBatch {
-        let mut fields = Vec::with_capacity(columns().len());
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns().len());
-        for column in columns() {
+        let mut fields = Vec::with_capacity(RowTable::Logs.columns().len());
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(RowTable::Logs.columns().len());
+        for column in RowTable::Logs.columns() {
             let array: ArrayRef = match column.name.as_str() {
                 "timestamp" => Arc::new(self.timestamp.finish()),
                 "observed_timestamp" => Arc::new(self.observed_timestamp.finish()),
@@ -449,7 +485,7 @@ mod tests {
     #[test]
     fn staging_schema_has_every_row_column_in_order() {
         let names: Vec<String> = staging_schema().fields().iter().map(|f| f.name().clone()).collect();
-        let expected: Vec<String> = columns().iter().map(|c| c.name.clone()).collect();
+        let expected: Vec<String> = RowTable::Logs.columns().iter().map(|c| c.name.clone()).collect();
         assert_eq!(names, expected);
     }
 

@@ -18,7 +18,8 @@ fn settings(dir: &Path) -> Settings {
 
 async fn csv(settings: &Settings, sql: &str) -> Result<String, String> {
     let redactor = Redactor::for_iceberg(&settings.iceberg);
-    let table = lake::load_existing(&settings.iceberg, &redactor).await?;
+    let table =
+        lake::load_existing(&settings.iceberg, telemetry_lake_proto::RowTable::Logs, &redactor).await?;
     let request = QueryRequest {
         sql: sql.into(),
         format: Format::Csv,
@@ -42,11 +43,11 @@ async fn query_runs_over_the_lake_and_fails_with_the_documented_codes() {
     assert!(missing.contains("catalog.db does not exist"), "{missing}");
     assert!(!dir.path().join("catalog.db").exists(), "a query creates no catalog");
 
-    let lake = Lake::open(&settings.iceberg, telemetry_lake_proto::iceberg_schema()).await.unwrap();
+    let lake = Lake::open(&settings.iceberg, telemetry_lake_proto::RowTable::Logs).await.unwrap();
     assert_eq!(csv(&settings, "SELECT count(*) AS n FROM logs").await.unwrap(), "n\n0\n");
 
     let staging = duckdb::Connection::open_in_memory().unwrap();
-    staging.execute_batch(&telemetry_lake_proto::duckdb_create_table("staging")).unwrap();
+    staging.execute_batch(&telemetry_lake_proto::RowTable::Logs.duckdb_create_table("staging")).unwrap();
     staging
         .execute_batch(
             "INSERT INTO staging (timestamp, severity_text, body, service_name, log_attributes) VALUES

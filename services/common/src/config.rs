@@ -301,7 +301,13 @@ pub struct IcebergConfig {
     /// A local path, `file://…` or `s3://bucket/prefix`.
     pub warehouse: String,
     pub namespace: String,
+    /// The logs table.
     pub table: String,
+    /// The traces table.
+    pub traces_table: String,
+    /// The metrics tables are this followed by the metric type (`metrics_gauge`, `metrics_sum`,
+    /// `metrics_histogram`, `metrics_exponential_histogram`, `metrics_summary`).
+    pub metrics_table_prefix: String,
     /// Target size of a Parquet data file.
     pub target_file_size: ByteSize,
     /// Passed to the catalog and FileIO (`s3.endpoint`, `s3.access-key-id`, …).
@@ -317,6 +323,8 @@ impl Default for IcebergConfig {
             warehouse: "data/warehouse".into(),
             namespace: "default".into(),
             table: "logs".into(),
+            traces_table: "traces".into(),
+            metrics_table_prefix: "metrics_".into(),
             target_file_size: ByteSize::mib(128),
             properties: BTreeMap::new(),
         }

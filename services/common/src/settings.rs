@@ -163,7 +163,12 @@ pub struct IcebergSettings {
     pub warehouse: Warehouse,
     /// The namespace's dot-separated parts, each non-empty.
     pub namespace: Vec<String>,
+    /// The logs table (`iceberg.table`).
     pub table: String,
+    /// `iceberg.traces_table`.
+    pub traces_table: String,
+    /// `iceberg.metrics_table_prefix`.
+    pub metrics_table_prefix: String,
     pub target_file_size: ByteSize,
     pub properties: BTreeMap<String, String>,
 }
@@ -336,8 +341,32 @@ fn iceberg_settings(iceberg: IcebergConfig) -> Result<IcebergSettings, ConfigErr
             "must be dot-separated non-empty names, e.g. \"default\" or \"telemetry.prod\"",
         ));
     }
-    if iceberg.table.trim().is_empty() {
-        return Err(invalid("iceberg.table", quoted(&iceberg.table), "must not be empty"));
+    for (key, name) in [("iceberg.table", &iceberg.table), ("iceberg.traces_table", &iceberg.traces_table)] {
+        if name.trim().is_empty() {
+            return Err(invalid(key, quoted(name), "must not be empty"));
+        }
+    }
+    if iceberg.metrics_table_prefix.trim().is_empty() {
+        return Err(invalid(
+            "iceberg.metrics_table_prefix",
+            quoted(&iceberg.metrics_table_prefix),
+            "must not be empty (the tables are this followed by gauge, sum, histogram, …)",
+        ));
+    }
+    let metrics_tables = ["gauge", "sum", "histogram", "exponential_histogram", "summary"]
+        .map(|kind| format!("{}{kind}", iceberg.metrics_table_prefix));
+    if iceberg.traces_table == iceberg.table
+        || metrics_tables.iter().any(|t| *t == iceberg.table || *t == iceberg.traces_table)
+    {
+        return Err(invalid(
+            "iceberg.traces_table",
+            quoted(&iceberg.traces_table),
+            format!(
+                "iceberg.table ({:?}), iceberg.traces_table and the metrics tables ({}) must all differ",
+                iceberg.table,
+                metrics_tables.join(", ")
+            ),
+        ));
     }
     if iceberg.catalog_name.trim().is_empty() {
         return Err(invalid("iceberg.catalog_name", quoted(&iceberg.catalog_name), "must not be empty"));
@@ -354,6 +383,8 @@ fn iceberg_settings(iceberg: IcebergConfig) -> Result<IcebergSettings, ConfigErr
         warehouse,
         namespace,
         table: iceberg.table,
+        traces_table: iceberg.traces_table,
+        metrics_table_prefix: iceberg.metrics_table_prefix,
         target_file_size: iceberg.target_file_size,
         properties: iceberg.properties,
     })

@@ -102,7 +102,7 @@ fn query_csv_quotes_only_what_needs_it() {
 
 #[test]
 fn query_table_of_the_lake_schema_has_duckdb_types() {
-    let schema = schema_to_arrow_schema(&telemetry_lake_proto::iceberg_schema()).unwrap();
+    let schema = schema_to_arrow_schema(&telemetry_lake_proto::RowTable::Logs.iceberg_schema()).unwrap();
     let conn = duckdb::Connection::open_in_memory().unwrap();
     conn.execute_batch(&create_table_sql("my \"logs\"", &schema).unwrap()).unwrap();
     let types: HashMap<String, String> = conn

@@ -3,12 +3,13 @@
 //! It wakes on `flush.interval`, on a threshold note from staging (`flush.max_records`,
 //! `flush.max_bytes`) and on flush requests (admin gRPC/HTTP, SIGUSR1, start-up, shutdown).
 //! Each flush commits a leftover sealed set first, then seals what is staged and commits it:
-//! one snapshot per sealed set, whose summary carries this staging file's writer id and the
-//! seal id. A sealed set is released from staging only after its commit; every attempt looks
-//! it up in the snapshot summaries first (an earlier attempt may have been applied late, after
-//! its timeout), and an attempt moved onto newer snapshots stops when one of them holds it, so
-//! a retry never commits it twice. Failures keep the rows staged,
-//! turn health NOT_SERVING and are retried with backoff.
+//! one snapshot per table the sealed set has rows for (logs, traces, each metrics table), whose
+//! summary carries this staging file's writer id and the seal id. A sealed set is released from
+//! staging only after every table's commit; each table's attempt looks the set up in that
+//! table's snapshot summaries first (an earlier attempt, or a run that crashed between two
+//! tables' commits, may have landed it), and an attempt moved onto newer snapshots stops when
+//! one of them holds it, so a retry never commits it twice to any table. Failures keep the rows
+//! staged, turn health NOT_SERVING and are retried with backoff.
 
 use std::{
     sync::{Arc, Mutex, atomic::Ordering},
@@ -21,6 +22,7 @@ use telemetry_lake_common::{
     health::{Health, Reason},
     otlp::ExportError,
 };
+use telemetry_lake_proto::RowTable;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -32,7 +34,7 @@ use self::summary::SnapshotSummary;
 use crate::{
     lake::{CheckedBase, Lake, LakeError},
     metrics::AppenderMetrics,
-    staging::{self, Sealed, Staging, StagingError, Threshold},
+    staging::{self, Sealed, Staging, StagingError, Threshold, table_bit, table_condition},
 };
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -80,11 +82,13 @@ struct Committed {
 }
 
 pub struct Committer {
-    /// Which staged rows each commit may take (all of them, or Kafka rows past the table's
-    /// offsets), and what its summary records.
+    /// Which staged rows each commit to the logs table may take (all of them, or Kafka rows
+    /// past the table's offsets), and what its summary records. Traces and metrics come from
+    /// OTLP exports only: every staged row of theirs is taken.
     pub fencer: Fencer,
     pub staging: Staging,
-    pub lake: Arc<Lake>,
+    /// Every table served, logs first.
+    pub lakes: Vec<Arc<Lake>>,
     pub health: Health,
     pub state: Arc<FlushState>,
     pub metrics: Arc<AppenderMetrics>,
@@ -218,14 +222,18 @@ impl Committer {
         let mut done = FlushResponse::default();
         for _ in 0..2 {
             let Some((sealed, reader)) = self.staging.seal().await? else { break };
-            let committed = self.commit_sealed(&sealed, reader).await?;
-            self.staging.release(sealed.seal_id).await?;
-            done.records += committed.records;
-            done.bytes += sealed.bytes;
-            done.data_files += committed.data_files;
-            if committed.snapshot_id != 0 {
-                done.snapshot_id = committed.snapshot_id;
+            let tables = reader.tables().map_err(LakeError::staging)?;
+            for lake in self.lakes.iter().filter(|lake| tables & table_bit(lake.row()) != 0) {
+                let reader = reader.try_clone().map_err(|e| LakeError::staging(e.to_string()))?;
+                let committed = self.commit_sealed(lake, &sealed, reader).await?;
+                done.records += committed.records;
+                done.data_files += committed.data_files;
+                if committed.snapshot_id != 0 {
+                    done.snapshot_id = committed.snapshot_id;
+                }
             }
+            self.staging.release(sealed.seal_id).await?;
+            done.bytes += sealed.bytes;
             if !sealed.resumed {
                 break;
             }
@@ -233,28 +241,36 @@ impl Committer {
         Ok(done)
     }
 
-    /// Commits one sealed set unless it is already in the lake. In Kafka mode only the rows past
-    /// the table's offsets are committed, with their next offsets in the snapshot summary.
+    /// The fencer of commits to `lake`: Kafka's for the logs table, none for the others.
+    fn fencer_of(&self, lake: &Lake) -> &Fencer {
+        static EMBEDDED: Fencer = Fencer::Embedded;
+        if lake.row() == RowTable::Logs { &self.fencer } else { &EMBEDDED }
+    }
+
+    /// Commits one sealed set to `lake` unless it is already there. In Kafka mode only the rows
+    /// past the table's offsets are committed, with their next offsets in the snapshot summary.
     async fn commit_sealed(
         &self,
+        lake: &Lake,
         sealed: &Sealed,
         reader: staging::SealedReader,
     ) -> Result<Committed, FlushError> {
         if sealed.resumed
-            && let Some(snapshot_id) = self.find_committed(sealed).await?
+            && let Some(snapshot_id) = find_committed(lake, sealed).await?
         {
             tracing::info!(
+                table = %lake.table_ident(),
                 seal_id = sealed.seal_id,
                 snapshot_id,
-                "sealed rows were already committed, releasing them"
+                "sealed rows were already committed to the table"
             );
-            return Ok(Committed { snapshot_id, data_files: 0, records: sealed.records });
+            return Ok(Committed { snapshot_id, data_files: 0, records: 0 });
         }
-        let _held = self.fencer.hold().await;
+        let _held = self.fencer_of(lake).hold().await;
         let mut conflicts = 0;
         loop {
             let reader = reader.try_clone().map_err(|e| LakeError::staging(e.to_string()))?;
-            match self.commit_checked(sealed, reader).await {
+            match self.commit_checked(lake, sealed, reader).await {
                 Err(FlushError::Lake(err @ LakeError::Conflict { .. })) if conflicts < MAX_CONFLICTS => {
                     conflicts += 1;
                     tracing::warn!(seal_id = sealed.seal_id, error = %err, "checking the table again");
@@ -269,10 +285,13 @@ impl Committer {
     /// exactly the state it read, or on a newer one only if nothing there overlaps them.
     async fn commit_checked(
         &self,
+        lake: &Lake,
         sealed: &Sealed,
         reader: staging::SealedReader,
     ) -> Result<Committed, FlushError> {
-        let state = self.lake.state().await?;
+        let fencer = self.fencer_of(lake);
+        let row = lake.row();
+        let state = lake.state().await?;
         let seal_id = sealed.seal_id.to_string();
         // An earlier attempt whose outcome was unknown (a timeout) may have been applied since.
         if let Some((snapshot_id, _)) = state
@@ -281,15 +300,16 @@ impl Committer {
             .find(|(_, props)| summary::is_sealed_set(props, &sealed.writer_id, &seal_id))
         {
             tracing::info!(
+                table = %lake.table_ident(),
                 seal_id = sealed.seal_id,
                 snapshot_id,
                 "an earlier attempt committed the sealed rows"
             );
-            return Ok(Committed { snapshot_id: *snapshot_id, data_files: 0, records: sealed.records });
+            return Ok(Committed { snapshot_id: *snapshot_id, data_files: 0, records: 0 });
         }
         let base = state.current();
-        let fence = self.fencer.fence(&state).await.map_err(FlushError::Kafka)?;
-        let condition = fence.sql_condition();
+        let fence = fencer.fence(&state).await.map_err(FlushError::Kafka)?;
+        let condition = format!("{} AND {}", table_condition(row), fence.sql_condition());
         let (summary_tx, summary_rx) = oneshot::channel();
         // One batch queued while the lake writes another: the reader stays ahead, and no more
         // rows than that wait in memory.
@@ -311,11 +331,19 @@ impl Committer {
                 if expected == 0 {
                     return;
                 }
-                let read = reader.read_sorted(&condition, |batch| tx.blocking_send(Ok(batch)).is_ok());
-                let problem = match read {
-                    Ok(rows) if rows == expected => return,
-                    Ok(rows) => format!("read {rows} sealed rows where {expected} were counted"),
-                    Err(e) => e,
+                let send = |batch| tx.blocking_send(Ok(batch)).is_ok();
+                let problem = if row == RowTable::Logs {
+                    match reader.read_sorted(&condition, send) {
+                        Ok(rows) if rows == expected => return,
+                        Ok(rows) => format!("read {rows} sealed rows where {expected} were counted"),
+                        Err(e) => e,
+                    }
+                } else {
+                    // A batch holds rows of several tables: its count is of all of them.
+                    match reader.read_table_sorted(row, &condition, send) {
+                        Ok(_) => return,
+                        Err(e) => e,
+                    }
                 };
                 let _ = tx.blocking_send(Err(LakeError::staging(problem)));
             })
@@ -336,19 +364,22 @@ impl Committer {
             fence.rebase(newer, &properties, &sealed.writer_id, &seal_id, &summary.next_offsets)
         };
         let checked = CheckedBase { snapshot_id: base, rebase: &rebase };
-        let info = self.lake.append(ReceiverStream::new(rx), properties.clone(), Some(&checked)).await?;
-        self.fencer.committed(fence, &properties);
+        let info = lake.append(ReceiverStream::new(rx), properties.clone(), Some(&checked)).await?;
+        fencer.committed(fence, &properties);
         Ok(info.map_or_else(Committed::default, |i| Committed {
             snapshot_id: i.snapshot_id,
             data_files: i.data_files,
-            records: summary.records,
+            records: i.records,
         }))
     }
+}
 
-    async fn find_committed(&self, sealed: &Sealed) -> Result<Option<i64>, LakeError> {
-        let seal_id = sealed.seal_id.to_string();
-        Ok(self.lake.snapshot_summaries().await?.into_iter().find_map(|(id, props)| {
-            summary::is_sealed_set(&props, &sealed.writer_id, &seal_id).then_some(id)
-        }))
-    }
+/// The snapshot of `lake` holding `sealed`, if one does.
+async fn find_committed(lake: &Lake, sealed: &Sealed) -> Result<Option<i64>, LakeError> {
+    let seal_id = sealed.seal_id.to_string();
+    Ok(lake
+        .snapshot_summaries()
+        .await?
+        .into_iter()
+        .find_map(|(id, props)| summary::is_sealed_set(&props, &sealed.writer_id, &seal_id).then_some(id)))
 }

@@ -280,6 +280,8 @@ mod tests {
             warehouse: Warehouse::Local(dir.path().join("wh")),
             namespace: vec!["default".into()],
             table: "logs".into(),
+            traces_table: "traces".into(),
+            metrics_table_prefix: "metrics_".into(),
             target_file_size: bytesize::ByteSize::mib(1),
             properties: BTreeMap::new(),
         };

@@ -62,6 +62,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use telemetry_lake_common::secrets::Redactor;
 use telemetry_lake_common::settings::IcebergSettings;
+use telemetry_lake_proto::RowTable;
 use tracing::{debug, info};
 use uuid::Uuid;
 
@@ -74,9 +75,6 @@ use crate::commit::summary::{self, SnapshotSummary};
 pub const PARTITION_FIELD: &str = "timestamp_day";
 /// Upper bound of one Parquet row group; the writer buffers one per open partition.
 pub const MAX_ROW_GROUP_BYTES: u64 = 16 * 1024 * 1024;
-
-/// Parquet columns written without a dictionary and without statistics (see `new_writer`).
-const HIGH_CARDINALITY_COLUMNS: [&str; 2] = ["body", "log_attributes.key_value.value"];
 
 /// How often [`Lake::append`] moves its commit onto a newer table state before giving up.
 const MAX_REBASES: usize = 10;
@@ -192,6 +190,8 @@ fn retryable(err: &iceberg::Error) -> bool {
 /// The appender's Iceberg table behind its catalog.
 pub struct Lake {
     catalog: Arc<dyn Catalog>,
+    /// Which of the lake's tables this is.
+    row: RowTable,
     ident: TableIdent,
     /// Catalog name and redacted URI, for messages.
     catalog_label: String,
@@ -210,16 +210,40 @@ impl fmt::Debug for Lake {
 }
 
 impl Lake {
-    /// Connects to the catalog; creates the namespace and the table (format v2, partitioned by
-    /// day(timestamp), sort order service_name, timestamp) if missing; reuses them if present.
-    /// A sqlite catalog file and a local warehouse are created with their directories. A reused
-    /// table must have every column of `schema` with the same type.
-    pub async fn open(config: &IcebergSettings, schema: Schema) -> Result<Lake, LakeError> {
+    /// Connects to the catalog; creates the namespace and the table of `row` (format v2,
+    /// partitioned by day(timestamp), sorted by the row's sort columns) if missing; reuses them
+    /// if present. A sqlite catalog file and a local warehouse are created with their
+    /// directories. A reused table must have every column of the row with the same type.
+    pub async fn open(config: &IcebergSettings, row: RowTable) -> Result<Lake, LakeError> {
+        let mut lakes = Self::open_tables(config, &[row]).await?;
+        Ok(lakes.remove(0))
+    }
+
+    /// [`Lake::open`] for each of `rows`, over one connection to the catalog.
+    pub async fn open_tables(config: &IcebergSettings, rows: &[RowTable]) -> Result<Vec<Lake>, LakeError> {
         let redactor = Redactor::for_iceberg(config);
         let catalog = catalog::connect(config, &redactor).await?;
+        let mut lakes = Vec::with_capacity(rows.len());
+        for row in rows {
+            lakes.push(
+                Self::open_in(catalog.clone(), config, *row, row.iceberg_schema(), redactor.clone()).await?,
+            );
+        }
+        Ok(lakes)
+    }
+
+    /// Opens the table of `row` as if its row were `schema` (tests of a table that differs).
+    pub(crate) async fn open_in(
+        catalog: Arc<dyn Catalog>,
+        config: &IcebergSettings,
+        row: RowTable,
+        schema: Schema,
+        redactor: Redactor,
+    ) -> Result<Lake, LakeError> {
         let lake = Lake {
             catalog,
-            ident: table_ident(config)?,
+            row,
+            ident: table_ident(config, row)?,
             catalog_label: catalog::label(config, &redactor),
             target_file_size: config.target_file_size.as_u64(),
             redactor,
@@ -435,6 +459,11 @@ impl Lake {
         &self.ident
     }
 
+    /// Which of the lake's tables this is.
+    pub fn row(&self) -> RowTable {
+        self.row
+    }
+
     async fn load_table(&self) -> Result<Table, LakeError> {
         self.catalog.load_table(&self.ident).await.map_err(|e| self.catalog_error("load the table", e))
     }
@@ -491,7 +520,7 @@ impl Lake {
         file_prefix: &str,
     ) -> Result<LakeWriter, LakeError> {
         let row_group_bytes = self.target_file_size.clamp(1, MAX_ROW_GROUP_BYTES);
-        let props = writer_properties(row_group_bytes);
+        let props = writer_properties(row_group_bytes, self.row.high_cardinality_columns());
         let locations =
             DefaultLocationGenerator::new(table.metadata()).map_err(|e| self.storage_error(table, e))?;
         let names = DefaultFileNameGenerator::new(file_prefix.to_string(), None, DataFileFormat::Parquet);
@@ -532,15 +561,15 @@ impl Lake {
 }
 
 /// How data files are written: zstd, row groups of at most `row_group_bytes`, and neither a
-/// dictionary nor statistics for the [`HIGH_CARDINALITY_COLUMNS`].
-fn writer_properties(row_group_bytes: u64) -> WriterProperties {
+/// dictionary nor statistics for the table's `high_cardinality` columns.
+fn writer_properties(row_group_bytes: u64, high_cardinality: &[&str]) -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
         .set_max_row_group_bytes(Some(usize::try_from(row_group_bytes).unwrap_or(usize::MAX)));
     // Log lines and per-record attribute values rarely repeat within a file: a dictionary of
     // them is mostly hashing that Parquet abandons once it is full, and their min/max statistics
     // are compared value by value for bounds no query prunes on.
-    for column in HIGH_CARDINALITY_COLUMNS {
+    for column in high_cardinality {
         let path = ColumnPath::from(column.split('.').map(String::from).collect::<Vec<_>>());
         props = props
             .set_column_dictionary_enabled(path.clone(), false)
@@ -553,17 +582,32 @@ type LakeWriter = FanoutWriter<
     DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
 >;
 
-/// The table's identifier: `iceberg.namespace` (dot-separated) and `iceberg.table`.
-pub fn table_ident(config: &IcebergSettings) -> Result<TableIdent, LakeError> {
+/// The table's identifier: `iceberg.namespace` (dot-separated) and the table's name
+/// (`iceberg.table`, `iceberg.traces_table`, `iceberg.metrics_table_prefix` + the type).
+pub fn table_ident(config: &IcebergSettings, row: RowTable) -> Result<TableIdent, LakeError> {
     let namespace = NamespaceIdent::from_strs(&config.namespace)
         .map_err(|e| LakeError::Config { key: "iceberg.namespace", reason: e.message().to_string() })?;
-    Ok(TableIdent::new(namespace, config.table.clone()))
+    Ok(TableIdent::new(namespace, table_name(config, row)))
+}
+
+/// The configured name of the table of `row`.
+pub fn table_name(config: &IcebergSettings, row: RowTable) -> String {
+    match (row, row.metric_type()) {
+        (RowTable::Logs, _) => config.table.clone(),
+        (RowTable::Traces, _) => config.traces_table.clone(),
+        (_, Some(metric_type)) => format!("{}{metric_type}", config.metrics_table_prefix),
+        (_, None) => unreachable!("every table but logs and traces is of a metric type"),
+    }
 }
 
 /// Loads the configured table for reading (`appender query`): connects the catalog and
 /// creates nothing, the table's namespace included. A SQLite catalog file that does not exist
 /// is refused, since opening it would create an empty catalog.
-pub async fn load_existing(config: &IcebergSettings, redactor: &Redactor) -> Result<Table, String> {
+pub async fn load_existing(
+    config: &IcebergSettings,
+    row: RowTable,
+    redactor: &Redactor,
+) -> Result<Table, String> {
     let label = catalog::label(config, redactor);
     if let telemetry_lake_common::settings::Catalog::Sqlite { path, .. } = &config.catalog
         && path.as_os_str() != ":memory:"
@@ -576,7 +620,7 @@ pub async fn load_existing(config: &IcebergSettings, redactor: &Redactor) -> Res
             redactor.redact(&config.catalog_uri)
         ));
     }
-    let ident = table_ident(config).map_err(|e| e.to_string())?;
+    let ident = table_ident(config, row).map_err(|e| e.to_string())?;
     let catalog =
         catalog::connect(config, redactor).await.map_err(|e| format!("cannot open the catalog: {e}"))?;
     catalog.load_table(&ident).await.map_err(|e| match e.kind() {
@@ -619,7 +663,7 @@ mod writer_properties_tests {
 
     #[test]
     fn high_cardinality_columns_have_no_dictionary_and_no_statistics() {
-        let props = writer_properties(MAX_ROW_GROUP_BYTES);
+        let props = writer_properties(MAX_ROW_GROUP_BYTES, RowTable::Logs.high_cardinality_columns());
         let path = |p: &str| ColumnPath::from(p.split('.').map(String::from).collect::<Vec<_>>());
         for column in ["body", "log_attributes.key_value.value"] {
             assert!(!props.dictionary_enabled(&path(column)), "{column}");

@@ -1,8 +1,8 @@
 //! The table's shape: how the appender creates it, checks a table it finds, and fits staged
 //! batches to it.
 //!
-//! - [`Lake::table_creation`]: format v2, partitioned by `day(timestamp)`, sorted by
-//!   `service_name, timestamp`, zstd Parquet, the target file size.
+//! - [`Lake::table_creation`]: format v2, partitioned by `day(timestamp)`, sorted by the row's
+//!   sort columns (`service_name, timestamp` for logs), zstd Parquet, the target file size.
 //! - [`check_columns`]: a table found in the catalog must have every column of the row
 //!   definition with the same type (field ids may differ: the catalog assigns its own).
 //! - [`conform`]: staged batches (DuckDB's Arrow: `Etc/UTC`, `entries` maps, any column order)
@@ -15,7 +15,7 @@ use iceberg::spec::{
     FormatVersion, NullOrder, Schema, SortDirection, SortField, SortOrder, Transform, Type,
     UnboundPartitionSpec,
 };
-use telemetry_lake_proto::{PARTITION_SOURCE_COLUMN, SORT_COLUMNS};
+use telemetry_lake_proto::PARTITION_SOURCE_COLUMN;
 
 use super::{Lake, LakeError, PARTITION_FIELD};
 
@@ -39,7 +39,8 @@ impl Lake {
             .build();
         let mut sort = SortOrder::builder();
         sort.with_order_id(1);
-        for name in SORT_COLUMNS {
+        let sort_columns = self.row.sort_columns();
+        for name in sort_columns {
             sort.with_sort_field(
                 SortField::builder()
                     .source_id(field_id(name)?)
@@ -51,7 +52,7 @@ impl Lake {
         }
         let sort = sort
             .build(&schema)
-            .map_err(|e| self.schema_error(format!("cannot sort by {SORT_COLUMNS:?}: {}", e.message())))?;
+            .map_err(|e| self.schema_error(format!("cannot sort by {sort_columns:?}: {}", e.message())))?;
         let properties = [
             ("write.format.default", "parquet".to_string()),
             ("write.parquet.compression-codec", "zstd".to_string()),

@@ -35,7 +35,7 @@ const COLUMNS: [&str; 21] = [
 ];
 
 fn test_schema() -> Schema {
-    telemetry_lake_proto::iceberg_schema()
+    RowTable::Logs.iceberg_schema()
 }
 
 struct TestLake {
@@ -199,7 +199,7 @@ fn props(pairs: &[(&str, &str)]) -> CommitProperties {
 #[tokio::test]
 async fn lake_open_creates_namespace_and_table_then_reuses_it() {
     let t = test_lake();
-    let lake = Lake::open(&t.config, test_schema()).await.expect("open");
+    let lake = Lake::open(&t.config, RowTable::Logs).await.expect("open");
     assert!(t.dir.path().join("catalog/catalog.db").is_file(), "sqlite catalog file created");
     assert_eq!(
         lake.table_ident().to_string(),
@@ -229,18 +229,21 @@ async fn lake_open_creates_namespace_and_table_then_reuses_it() {
     let uuid = metadata.uuid();
 
     drop(lake);
-    let again = Lake::open(&t.config, test_schema()).await.expect("reopen");
+    let again = Lake::open(&t.config, RowTable::Logs).await.expect("reopen");
     assert_eq!(again.load_table().await.unwrap().metadata().uuid(), uuid, "same table reused");
 }
 
 #[tokio::test]
 async fn lake_open_refuses_a_table_whose_columns_differ() {
     let t = test_lake();
-    Lake::open(&t.config, test_schema()).await.expect("open");
+    Lake::open(&t.config, RowTable::Logs).await.expect("open");
     let mut fields: Vec<_> = test_schema().as_struct().fields().to_vec();
     fields[20] = Arc::new(NestedField::optional(21, "kafka_offset", Type::Primitive(PrimitiveType::String)));
     let changed = Schema::builder().with_fields(fields).build().unwrap();
-    let err = Lake::open(&t.config, changed).await.expect_err("type changed");
+    let catalog = super::catalog::connect(&t.config, &Redactor::default()).await.unwrap();
+    let err = Lake::open_in(catalog, &t.config, RowTable::Logs, changed, Redactor::default())
+        .await
+        .expect_err("type changed");
     assert!(matches!(err, LakeError::Schema { .. }), "{err}");
     assert!(err.to_string().contains("kafka_offset"), "{err}");
     assert!(!err.is_retryable());
@@ -249,7 +252,7 @@ async fn lake_open_refuses_a_table_whose_columns_differ() {
 #[tokio::test]
 async fn lake_append_two_days_commits_one_snapshot_readable_by_scan() {
     let t = test_lake();
-    let lake = Lake::open(&t.config, test_schema()).await.expect("open");
+    let lake = Lake::open(&t.config, RowTable::Logs).await.expect("open");
     let first = staging_batch(&[
         row(DAY1, "checkout", "one", 10),
         row(DAY1 + DAY, "cart", "two", 11),
@@ -294,7 +297,7 @@ async fn lake_append_two_days_commits_one_snapshot_readable_by_scan() {
 #[tokio::test]
 async fn lake_snapshot_summaries_lists_newest_first() {
     let t = test_lake();
-    let lake = Lake::open(&t.config, test_schema()).await.expect("open");
+    let lake = Lake::open(&t.config, RowTable::Logs).await.expect("open");
     assert!(lake.snapshot_summaries().await.unwrap().is_empty());
     let mut ids = Vec::new();
     for (i, body) in ["a", "b", "c"].into_iter().enumerate() {
@@ -323,8 +326,8 @@ fn one_row(
 #[tokio::test]
 async fn lake_append_lands_on_a_newer_state_only_if_the_check_accepts_it() {
     let t = test_lake();
-    let ours = Lake::open(&t.config, test_schema()).await.expect("open");
-    let other = Lake::open(&t.config, test_schema()).await.expect("open a second writer");
+    let ours = Lake::open(&t.config, RowTable::Logs).await.expect("open");
+    let other = Lake::open(&t.config, RowTable::Logs).await.expect("open a second writer");
     ours.append(one_row("first", 1), props(&[]), None).await.unwrap().unwrap();
     let checked_at = ours.snapshot_summaries().await.unwrap()[0].0;
     // Another writer commits between our check and our commit.
@@ -380,7 +383,7 @@ impl super::pinned::Intercept for LosesCommitReplies {
 #[tokio::test]
 async fn lake_append_whose_reply_was_lost_is_found_in_the_history_not_repeated() {
     let t = test_lake();
-    let mut lake = Lake::open(&t.config, test_schema()).await.expect("open");
+    let mut lake = Lake::open(&t.config, RowTable::Logs).await.expect("open");
     lake.catalog = Arc::new(super::pinned::Intercepted::new(lake.catalog.clone(), LosesCommitReplies));
 
     let info = lake.append(one_row("once", 1), props(&[]), None).await.expect("found").expect("committed");
@@ -394,7 +397,7 @@ async fn lake_append_whose_reply_was_lost_is_found_in_the_history_not_repeated()
 #[tokio::test]
 async fn lake_empty_stream_commits_nothing() {
     let t = test_lake();
-    let lake = Lake::open(&t.config, test_schema()).await.expect("open");
+    let lake = Lake::open(&t.config, RowTable::Logs).await.expect("open");
     let none = lake.append(batches(vec![]), props(&[("flush", "1")]), None).await.expect("empty append");
     assert_eq!(none, None);
     let empty = staging_batch(&[]);
@@ -407,7 +410,7 @@ async fn lake_empty_stream_commits_nothing() {
 #[tokio::test]
 async fn lake_an_empty_batch_ends_a_sorted_run_and_its_files_in_one_snapshot() {
     let t = test_lake();
-    let lake = Lake::open(&t.config, test_schema()).await.expect("open");
+    let lake = Lake::open(&t.config, RowTable::Logs).await.expect("open");
     let run =
         |service: &'static str| staging_batch(&[row(DAY1, service, "a", 1), row(DAY1, service, "b", 2)]);
     let empty = staging_batch(&[]);
@@ -421,7 +424,7 @@ async fn lake_an_empty_batch_ends_a_sorted_run_and_its_files_in_one_snapshot() {
 #[tokio::test]
 async fn lake_failed_stream_commits_nothing_and_is_retryable() {
     let t = test_lake();
-    let lake = Lake::open(&t.config, test_schema()).await.expect("open");
+    let lake = Lake::open(&t.config, RowTable::Logs).await.expect("open");
     let items = vec![
         Ok(staging_batch(&[row(DAY1, "svc", "a", 1)])),
         Err(LakeError::staging(std::io::Error::other("staging database closed"))),
@@ -435,9 +438,10 @@ async fn lake_failed_stream_commits_nothing_and_is_retryable() {
 #[tokio::test]
 async fn lake_appends_duckdb_staging_batches_by_column_name() {
     let t = test_lake();
-    let lake = Lake::open(&t.config, test_schema()).await.expect("open");
+    let lake = Lake::open(&t.config, RowTable::Logs).await.expect("open");
     let db = duckdb::Connection::open_in_memory().expect("duckdb");
-    db.execute_batch(&telemetry_lake_proto::duckdb_create_table("staging")).expect("staging table");
+    db.execute_batch(&telemetry_lake_proto::RowTable::Logs.duckdb_create_table("staging"))
+        .expect("staging table");
     db.execute_batch(
         "SET TimeZone = 'UTC';
          INSERT INTO staging VALUES
@@ -507,7 +511,7 @@ fn lake_conform_names_the_column_that_does_not_fit() {
 async fn lake_debug_and_errors_of_an_open_lake_hide_secrets() {
     let mut t = test_lake();
     t.config.properties.insert("s3.secret-access-key".into(), "AKsecretVALUE".into());
-    let lake = Lake::open(&t.config, test_schema()).await.expect("open");
+    let lake = Lake::open(&t.config, RowTable::Logs).await.expect("open");
     assert!(!format!("{lake:?}").contains("AKsecretVALUE"));
     let err = lake.catalog_error(
         "commit the snapshot",

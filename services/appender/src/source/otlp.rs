@@ -1,5 +1,5 @@
-//! The embedded export path: an OTLP request, less its malformed records, staged as one encoded
-//! batch and answered once staged durably.
+//! The export path of both modes: an OTLP request (logs, traces or metrics), less its malformed
+//! items, staged as one encoded batch and answered once staged durably.
 //!
 //! A request is staged as the bytes it arrived as (compressed): the receivers' walk has already
 //! checked it as prost would and counted its records. Records with a malformed trace or span id
@@ -17,14 +17,23 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use prost::Message as _;
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest,
+};
+use prost::Message;
 use telemetry_lake_common::{
     health::{Health, Reason},
-    otlp::{ExportError, ExportOutcome, Exporter, Logs, LogsRequest, records},
+    otlp::{
+        ExportError, ExportOutcome, Exporter, Logs, LogsRequest, Metrics, Traces,
+        records::{self, Checked},
+        signal::Decoded,
+    },
 };
+use telemetry_lake_proto::RowTable;
 
 use crate::{
     metrics::AppenderMetrics,
+    rows,
     staging::{Batch, Staging, StagingError},
 };
 
@@ -39,7 +48,7 @@ pub struct ExportTotals {
     pub rejected: AtomicU64,
 }
 
-/// OTLP logs straight into staging (embedded mode).
+/// OTLP logs, spans and data points straight into staging.
 pub struct EmbeddedExporter {
     pub staging: Staging,
     pub totals: Arc<ExportTotals>,
@@ -55,10 +64,13 @@ fn now_micros() -> i64 {
 impl Exporter<Logs> for EmbeddedExporter {
     async fn export(&self, request: LogsRequest) -> Result<ExportOutcome, ExportError> {
         let received = request.records();
-        self.totals.received.fetch_add(received, Ordering::Relaxed);
         let walk = request.walk();
-        let (rejected, rejection) = (walk.malformed, walk.rejection.clone());
-        let accepted = received - rejected;
+        let checked = Checked {
+            accepted: received - walk.malformed,
+            rejected: walk.malformed,
+            rejection: walk.rejection.clone(),
+        };
+        let (accepted, rejected) = (checked.accepted, checked.rejected);
         let prepare = move || -> Result<Option<Batch>, ExportError> {
             if accepted == 0 {
                 return Ok(None);
@@ -70,6 +82,64 @@ impl Exporter<Logs> for EmbeddedExporter {
             records::drop_malformed(&mut decoded);
             Ok(Some(Batch::new(&decoded.encode_to_vec(), accepted, None, now_micros())))
         };
+        self.stage(received, checked, prepare).await
+    }
+}
+
+impl Exporter<Traces> for EmbeddedExporter {
+    async fn export(
+        &self,
+        request: Decoded<ExportTraceServiceRequest>,
+    ) -> Result<ExportOutcome, ExportError> {
+        self.export_decoded(request, records::drop_malformed_spans, |_| vec![RowTable::Traces]).await
+    }
+}
+
+impl Exporter<Metrics> for EmbeddedExporter {
+    async fn export(
+        &self,
+        request: Decoded<ExportMetricsServiceRequest>,
+    ) -> Result<ExportOutcome, ExportError> {
+        self.export_decoded(request, records::drop_malformed_points, rows::metrics::tables_of).await
+    }
+}
+
+impl EmbeddedExporter {
+    /// Stages a traces or metrics request, less the items `drop_malformed` removes, as a batch
+    /// with rows for the tables `tables_of` names.
+    async fn export_decoded<M: Message + Default + Send + 'static>(
+        &self,
+        request: Decoded<M>,
+        drop_malformed: fn(&mut M) -> Checked,
+        tables_of: fn(&M) -> Vec<RowTable>,
+    ) -> Result<ExportOutcome, ExportError> {
+        let received = request.items();
+        let bytes = request.bytes().clone();
+        let mut message = request.into_message();
+        let checked = drop_malformed(&mut message);
+        let accepted = checked.accepted;
+        let unchanged = checked.rejected == 0;
+        let prepare = move || -> Result<Option<Batch>, ExportError> {
+            if accepted == 0 {
+                return Ok(None);
+            }
+            let tables = tables_of(&message);
+            let payload = if unchanged { bytes.to_vec() } else { message.encode_to_vec() };
+            Ok(Some(Batch::new(&payload, accepted, None, now_micros()).holding(&tables)))
+        };
+        self.stage(received, checked, prepare).await
+    }
+
+    /// Stages the batch `prepare` makes (off the async workers for a large request) and
+    /// answers the export: OK, partial success for what `checked` rejected, or why staging
+    /// refused it.
+    async fn stage(
+        &self,
+        received: u64,
+        checked: Checked,
+        prepare: impl FnOnce() -> Result<Option<Batch>, ExportError> + Send + 'static,
+    ) -> Result<ExportOutcome, ExportError> {
+        self.totals.received.fetch_add(received, Ordering::Relaxed);
         let batch = if received > INLINE_CONVERSION_RECORDS {
             tokio::task::spawn_blocking(prepare)
                 .await
@@ -103,10 +173,10 @@ impl Exporter<Logs> for EmbeddedExporter {
             }
             self.metrics.observe_staging(self.staging.counters());
         }
-        self.totals.accepted.fetch_add(accepted, Ordering::Relaxed);
-        self.totals.rejected.fetch_add(rejected, Ordering::Relaxed);
-        Ok(if rejected > 0 {
-            ExportOutcome::partial(rejected as i64, rejection)
+        self.totals.accepted.fetch_add(checked.accepted, Ordering::Relaxed);
+        self.totals.rejected.fetch_add(checked.rejected, Ordering::Relaxed);
+        Ok(if checked.rejected > 0 {
+            ExportOutcome::partial(checked.rejected as i64, checked.rejection)
         } else {
             ExportOutcome::ok()
         })

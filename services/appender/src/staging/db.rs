@@ -22,8 +22,9 @@ use super::{
     Batch, Command, Sealed, SealedReader, StagingCounters, StagingError, Threshold, sealed::QueryGate,
 };
 
-/// The staging file's format: 2 since the staged unit is the encoded batch (1 staged rows).
-pub const FORMAT_VERSION: u32 = 2;
+/// The staging file's format: 3 since batches carry the tables they have rows for (traces and
+/// metrics are staged too), 2 since the staged unit is the encoded batch (1 staged rows).
+pub const FORMAT_VERSION: u32 = 3;
 /// The table new batches go to, in arrival order (`seq`): each batch's payload in parts of at
 /// most [`PART_BYTES`] (`part` 0, 1, …), every part with the batch's Kafka partition, offset and
 /// arrival time, part 0 alone with its records and bytes.
@@ -423,7 +424,8 @@ impl StagingDb {
                             records,
                             bytes,
                             batch.received_at_micros,
-                            data
+                            data,
+                            batch.tables()
                         ])
                         .map_err(err)?;
                 }
@@ -592,7 +594,7 @@ fn create_batches(table: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {table} (
              seq BIGINT, part INTEGER, kafka_partition INTEGER, kafka_offset BIGINT,
-             records BIGINT, bytes BIGINT, received_at BIGINT, payload BLOB)"
+             records BIGINT, bytes BIGINT, received_at BIGINT, payload BLOB, tables INTEGER)"
     )
 }
 
@@ -609,8 +611,9 @@ fn meta(conn: &Connection, key: &str) -> Result<Option<String>, duckdb::Error> {
     }
 }
 
-/// Refuses a staging file of another format: format 1 (staged rows, before the staged unit
-/// was the encoded batch) has `staged_rows` and no `format_version`.
+/// Upgrades a format 2 file (logs only) in place: its batches get the `tables` column, all logs.
+/// Refuses a file of any other format: format 1 (staged rows, before the staged unit was the
+/// encoded batch) has `staged_rows` and no `format_version`.
 fn check_format(conn: &Connection, path: &str) -> Result<(), StagingError> {
     let err = |source| StagingError::DuckDb { path: path.to_string(), source };
     let tables: Vec<String> = conn
@@ -626,10 +629,33 @@ fn check_format(conn: &Connection, path: &str) -> Result<(), StagingError> {
         return Ok(());
     };
     if found == FORMAT_VERSION.to_string() {
-        Ok(())
-    } else {
-        Err(StagingError::OldFormat { path: path.to_string(), found })
+        return Ok(());
     }
+    if found != "2" {
+        return Err(StagingError::OldFormat { path: path.to_string(), found });
+    }
+    let logs = super::table_bit(telemetry_lake_proto::RowTable::Logs);
+    let add_column = |table: &str| {
+        if has(table) {
+            format!("ALTER TABLE {table} ADD COLUMN tables INTEGER DEFAULT {logs};")
+        } else {
+            String::new()
+        }
+    };
+    conn.execute_batch(&format!(
+        "BEGIN TRANSACTION;
+         {}{}
+         UPDATE staging_meta SET value = '{FORMAT_VERSION}' WHERE key = 'format_version';
+         COMMIT;",
+        add_column(STAGED),
+        add_column(SEALED)
+    ))
+    .map_err(|source| {
+        let _ = conn.execute_batch("ROLLBACK");
+        StagingError::DuckDb { path: path.to_string(), source }
+    })?;
+    tracing::info!(path, "staging file upgraded from format 2 (logs only) to {FORMAT_VERSION}");
+    Ok(())
 }
 
 /// How often the checkpointer looks at the WAL's size.

@@ -22,9 +22,15 @@
 //! on disk until released, so a failed or interrupted commit is retried, never dropped.
 //!
 //! The file (format [`FORMAT_VERSION`]): `batches` (sequence number, Kafka partition and
-//! offset or NULL, records, bytes, arrival time, the OTLP `ExportLogsServiceRequest` protobuf)
-//! and `staging_meta` (format version, this writer's id, the seal sequence, the sealed set).
-//! A file of an earlier format is refused with what to do (see [`StagingError::OldFormat`]).
+//! offset or NULL, records, bytes, arrival time, the OTLP export request's protobuf, the tables
+//! it has rows for) and `staging_meta` (format version, this writer's id, the seal sequence,
+//! the sealed set). A format 2 file (logs only) is upgraded in place when opened; a format 1
+//! file is refused with what to do (see [`StagingError::OldFormat`]).
+//!
+//! Logs, spans and data points share the file and the sealed sets: a sealed set is read once
+//! per table it has rows for ([`SealedReader::read_sorted`] for logs, the wire walk into
+//! sorted runs; [`SealedReader::read_table_sorted`] for traces and metrics: prost, rows,
+//! `arrow_sort`).
 
 use std::{
     sync::{Arc, atomic::AtomicU64},
@@ -36,8 +42,11 @@ use telemetry_lake_common::{config::FlushConfig, settings::StagingSettings};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use telemetry_lake_proto::RowTable;
+
 use crate::rows::KafkaPosition;
 
+pub mod arrow_sort;
 mod db;
 mod sealed;
 pub mod sort;
@@ -46,7 +55,7 @@ mod tests;
 
 pub use self::db::FORMAT_VERSION;
 use self::db::{BrokenFlag, MAX_GROUP, StagingDb};
-pub use self::sealed::{SealedReader, SealedSummary};
+pub use self::sealed::{SealedReader, SealedSummary, table_condition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StagingError {
@@ -79,10 +88,13 @@ pub enum StagingError {
     Broken { path: String, reason: String },
 }
 
-/// One batch to stage: an OTLP `ExportLogsServiceRequest` in protobuf, holding `records` log
-/// records, from `source` in Kafka (one message) or from an OTLP export (`None`).
+/// One batch to stage: an OTLP export request in protobuf (logs, unless [`Batch::holding`] says
+/// otherwise), holding `records` items (log records, spans, data points), from `source` in
+/// Kafka (one message) or from an OTLP export (`None`).
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// The tables it has rows for ([`table_bits`]).
+    tables: u32,
     /// The request, zstd-compressed (level 1): DuckDB's cost grows with the bytes it stores,
     /// and a quarter of the bytes cut the staging and checkpoint threads' CPU more than the
     /// compression costs.
@@ -97,6 +109,7 @@ pub struct Batch {
 
 impl Batch {
     /// A batch of `payload`, an encoded `ExportLogsServiceRequest` holding `records` records.
+    /// (An empty payload is a marker: no rows, only its Kafka offset.)
     pub fn new(payload: &[u8], records: u64, source: Option<KafkaPosition>, received_at_micros: i64) -> Self {
         type Compressor = std::cell::RefCell<zstd::bulk::Compressor<'static>>;
         thread_local! {
@@ -108,7 +121,27 @@ impl Batch {
         let compressed = COMPRESSOR
             .with_borrow_mut(|c| c.compress(payload))
             .expect("zstd compresses any input into a Vec");
-        Self { compressed, bytes: payload.len() as u64, records, source, received_at_micros }
+        Self {
+            tables: table_bits(&[RowTable::Logs]),
+            compressed,
+            bytes: payload.len() as u64,
+            records,
+            source,
+            received_at_micros,
+        }
+    }
+
+    /// The same batch, of a request with rows for `tables` instead: an encoded
+    /// `ExportTraceServiceRequest` for [`RowTable::Traces`], an `ExportMetricsServiceRequest`
+    /// for metrics tables.
+    pub fn holding(mut self, tables: &[RowTable]) -> Self {
+        self.tables = table_bits(tables);
+        self
+    }
+
+    /// The tables it has rows for, as [`table_bits`].
+    pub(crate) fn tables(&self) -> u32 {
+        self.tables
     }
 
     /// What `flush.max_bytes` and `staging.max_bytes` count: the encoded (uncompressed) size.
@@ -119,6 +152,17 @@ impl Batch {
     pub(crate) fn compressed(&self) -> &[u8] {
         &self.compressed
     }
+}
+
+/// The staged `tables` column: bit `1 << table` for each table a batch has rows for. Format 2
+/// files held logs only: their batches become `1` (logs).
+pub fn table_bits(tables: &[RowTable]) -> u32 {
+    tables.iter().fold(0, |bits, table| bits | table_bit(*table))
+}
+
+/// The bit of `table` in [`table_bits`].
+pub fn table_bit(table: RowTable) -> u32 {
+    1 << (table as u32)
 }
 
 /// Counters read without asking the staging thread. `records`/`bytes` are everything not yet

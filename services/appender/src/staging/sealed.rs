@@ -32,8 +32,15 @@ use std::{
 use arrow_array::RecordBatch;
 use duckdb::Connection;
 
-use super::{db::SEALED as BATCHES, sort::SortedRuns};
-use crate::rows::KafkaPosition;
+use telemetry_lake_proto::RowTable;
+
+use super::{arrow_sort::SortedBatches, db::SEALED as BATCHES, sort::SortedRuns, table_bit};
+use crate::rows::{self, KafkaPosition};
+
+/// SQL over the staged `tables` column: the batches with rows for `table`.
+pub fn table_condition(table: RowTable) -> String {
+    format!("(tables & {}) <> 0", table_bit(table))
+}
 
 /// About how many payload bytes (before compression: about a quarter of that is read) one
 /// query of the dump fetches from DuckDB.
@@ -152,8 +159,21 @@ impl SealedReader {
         self.gate.0.write().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The tables the set has rows for, as `staging::table_bits`.
+    pub fn tables(&self) -> Result<u32, String> {
+        let _query = self.gate.query();
+        let sql = format!(
+            "SELECT coalesce(bit_or(tables), 0) FROM {BATCHES} WHERE part = 0 AND seq <= {}",
+            self.upto
+        );
+        self.conn
+            .query_row(&sql, [], |r| r.get::<_, i32>(0))
+            .map(|bits| bits as u32)
+            .map_err(|e| format!("reading the sealed set's tables: {e}"))
+    }
+
     /// Counts the sealed records of the batches that pass `condition` (SQL over
-    /// `kafka_partition` and `kafka_offset`).
+    /// `kafka_partition`, `kafka_offset` and `tables`: see [`table_condition`]).
     pub fn summarize(&self, condition: &str) -> Result<SealedSummary, String> {
         let _query = self.gate.query();
         let sql = format!(
@@ -177,17 +197,86 @@ impl SealedReader {
         Ok(summary)
     }
 
-    /// Decodes the sealed batches that pass `condition` into rows and hands them to `each` in
-    /// `service_name, timestamp` order; returns the number of rows. `each` returning `false`
-    /// stops the read. Blocking: run it on a thread of its own.
+    /// Decodes the sealed batches of logs that pass `condition` into rows and hands them to
+    /// `each` in `service_name, timestamp` order; returns the number of rows. `each` returning
+    /// `false` stops the read. Blocking: run it on a thread of its own.
     pub fn read_sorted(
         &self,
         condition: &str,
         mut each: impl FnMut(RecordBatch) -> bool,
     ) -> Result<u64, String> {
+        let dir = self.read_dir()?;
+        let mut runs = SortedRuns::new(dir.0.join("runs"), self.run_bytes);
+        let condition = format!("{} AND ({condition})", table_condition(RowTable::Logs));
+        self.for_each_batch(&dir, &condition, |seq, decoded, source, received_at| {
+            runs.push_request(decoded, source, received_at).map_err(|e| format!("staged batch {seq}: {e}"))
+        })?;
+        runs.finish(&mut each)
+    }
+
+    /// As [`SealedReader::read_sorted`], for a table of traces or metrics: the sealed batches
+    /// with rows for `table` that pass `condition`, decoded (prost), made rows of the table
+    /// (`rows::spans`, `rows::metrics`) and handed to `each` ordered by the table's sort
+    /// columns (`arrow_sort`). Returns the rows handed out and the items rejected by the id
+    /// rule (none, for batches the export path checked).
+    pub fn read_table_sorted(
+        &self,
+        table: RowTable,
+        condition: &str,
+        mut each: impl FnMut(RecordBatch) -> bool,
+    ) -> Result<(u64, u64), String> {
+        use opentelemetry_proto::tonic::collector::{
+            metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest,
+        };
+        use prost::Message as _;
+        let dir = self.read_dir()?;
+        let mut sorted = SortedBatches::new(
+            table.arrow_schema(),
+            table.sort_columns(),
+            dir.0.join("runs"),
+            self.run_bytes,
+        )?;
+        let mut rejected = 0;
+        let condition = format!("{} AND ({condition})", table_condition(table));
+        self.for_each_batch(&dir, &condition, |seq, decoded, source, received_at| {
+            let undecodable = |e: prost::DecodeError| format!("staged batch {seq} does not decode: {e}");
+            let rows = match table {
+                RowTable::Logs => return Err("logs are read with read_sorted".into()),
+                RowTable::Traces => {
+                    let request =
+                        ExportTraceServiceRequest::decode(decoded.as_slice()).map_err(undecodable)?;
+                    rows::spans::to_rows(&request, source, received_at)
+                }
+                _ => {
+                    let request =
+                        ExportMetricsServiceRequest::decode(decoded.as_slice()).map_err(undecodable)?;
+                    rows::metrics::to_rows(&request, table, source, received_at)
+                }
+            }
+            .map_err(|e| format!("staged batch {seq}: {e}"))?;
+            rejected += rows.rejected;
+            sorted.push(rows.batch)
+        })?;
+        Ok((sorted.finish(&mut each)?, rejected))
+    }
+
+    /// A fresh directory for one read's dump and spills.
+    fn read_dir(&self) -> Result<ReadDir, String> {
         static READS: AtomicU64 = AtomicU64::new(0);
         let dir = ReadDir(self.spill_root.join(format!("read-{}", READS.fetch_add(1, Ordering::Relaxed))));
         std::fs::create_dir_all(&dir.0).map_err(|e| format!("cannot create {}: {e}", dir.0.display()))?;
+        Ok(dir)
+    }
+
+    /// Dumps the sealed batches that pass `condition` into `dir`, then hands each batch's
+    /// payload, decompressed, to `each` in arrival order, with its sequence number, source and
+    /// arrival time.
+    fn for_each_batch(
+        &self,
+        dir: &ReadDir,
+        condition: &str,
+        mut each: impl FnMut(i64, Vec<u8>, Option<KafkaPosition>, i64) -> Result<(), String>,
+    ) -> Result<(), String> {
         let dump_path = dir.0.join("batches.bin");
         let file_error =
             |e: std::io::Error| format!("dumping the sealed set to {}: {e}", dump_path.display());
@@ -199,7 +288,6 @@ impl SealedReader {
         };
         index.sort_unstable_by_key(|p| (p.seq, p.part));
         let dump = File::open(&dump_path).map_err(file_error)?;
-        let mut runs = SortedRuns::new(dir.0.join("runs"), self.run_bytes);
         let mut payload = Vec::new();
         let mut decompressor =
             zstd::bulk::Decompressor::new().map_err(|e| format!("cannot make a zstd context: {e}"))?;
@@ -212,12 +300,10 @@ impl SealedReader {
             }
             let decoded = decompress(&mut decompressor, &payload)
                 .map_err(|e| format!("staged batch {} does not decompress: {e}", part.seq))?;
-            runs.push_request(decoded, part.source, part.received_at)
-                .map_err(|e| format!("staged batch {}: {e}", part.seq))?;
+            each(part.seq, decoded, part.source, part.received_at)?;
             payload.clear();
         }
-        drop(dump);
-        runs.finish(&mut each)
+        Ok(())
     }
 
     /// Copies the parts of the sealed batches that pass `condition` to `out` as they come;

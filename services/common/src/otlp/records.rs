@@ -89,11 +89,16 @@ pub fn drop_malformed_spans(request: &mut ExportTraceServiceRequest) -> Checked 
     checked
 }
 
+/// Why `exemplar` cannot be carried, if it cannot: the id rule.
+pub fn check_exemplar(exemplar: &Exemplar) -> Result<(), String> {
+    check_ids("exemplars.", &exemplar.trace_id, &exemplar.span_id)
+}
+
 /// Removes from `request` the data points with an exemplar that fails the id rule (OTLP partial
 /// success); a metric left without points stays, empty.
 pub fn drop_malformed_points(request: &mut ExportMetricsServiceRequest) -> Checked {
     fn exemplars(exemplars: &[Exemplar]) -> Result<(), String> {
-        exemplars.iter().try_for_each(|e| check_ids("exemplars.", &e.trace_id, &e.span_id))
+        exemplars.iter().try_for_each(check_exemplar)
     }
     let mut checked = Checked::default();
     let metrics =
