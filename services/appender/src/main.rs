@@ -1,5 +1,6 @@
-//! `appender`: OTLP logs (or the Kafka topic) into an Iceberg table. With no config at all it
-//! runs the embedded lake under `./data`. `appender query SQL` runs SQL over that table.
+//! `appender`: OTLP logs, traces and metrics (or the Kafka topic of logs) into Iceberg tables.
+//! With no config at all it runs the embedded lake under `./data`. `appender query SQL` runs SQL
+//! over those tables.
 
 use std::process::ExitCode;
 
@@ -11,11 +12,12 @@ use telemetry_lake_common::{
     secrets::Redactor,
     telemetry,
 };
-use telemetry_lake_query::QueryArgs;
+use telemetry_lake_proto::RowTable;
+use telemetry_lake_query::{NamedTable, QueryArgs};
 
 telemetry_lake_common::jemalloc_allocator!();
 
-/// OTLP logs (embedded, or from the Kafka topic) into an Iceberg table.
+/// OTLP logs, traces and metrics (embedded, or logs from the Kafka topic) into Iceberg tables.
 #[derive(Parser)]
 #[command(name = "appender")]
 struct Cli {
@@ -27,9 +29,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run SQL over the Iceberg table with DuckDB and print the result.
+    /// Run SQL over the Iceberg tables with DuckDB and print the result.
     ///
-    /// The table is `logs`. Example: appender query "SELECT severity_text, count(*) FROM logs GROUP BY 1"
+    /// The tables are `logs`, `traces`, `metrics_gauge`, `metrics_sum`, `metrics_histogram`,
+    /// `metrics_exponential_histogram` and `metrics_summary`; only those the statement names are
+    /// read. Example: appender query "SELECT service_name, count(*) FROM traces GROUP BY 1"
     Query(QueryArgs),
 }
 
@@ -46,9 +50,14 @@ async fn main() -> ExitCode {
             // Library warnings only (RUST_LOG still wins): stdout is the result.
             telemetry::init(&LogConfig { level: "warn".into(), ..settings.log.clone() });
             let redactor = Redactor::for_iceberg(&settings.iceberg);
-            let table =
-                lake::load_existing(&settings.iceberg, telemetry_lake_proto::RowTable::Logs, &redactor).await;
-            telemetry_lake_query::main(args, table, &settings.iceberg.table, &redactor).await
+            let mut tables = Vec::with_capacity(RowTable::ALL.len());
+            for row in RowTable::ALL {
+                let name = lake::table_name(&settings.iceberg, row);
+                let alias = (name != row.default_name()).then(|| row.default_name().to_string());
+                let table = lake::load_existing(&settings.iceberg, row, &redactor).await;
+                tables.push(NamedTable { name, alias, table });
+            }
+            telemetry_lake_query::main(args, tables, &redactor).await
         }
         None => {
             cli::run_service(

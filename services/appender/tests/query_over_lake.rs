@@ -7,7 +7,7 @@ use arrow_array::RecordBatch;
 use bytesize::ByteSize;
 use telemetry_lake_appender::lake::{self, Lake, LakeError};
 use telemetry_lake_common::{config::Config, secrets::Redactor, settings::Settings};
-use telemetry_lake_query::{Format, QueryRequest};
+use telemetry_lake_query::{Format, QueryRequest, QueryTable};
 
 fn settings(dir: &Path) -> Settings {
     let mut config = Config::default();
@@ -27,8 +27,8 @@ async fn csv(settings: &Settings, sql: &str) -> Result<String, String> {
         memory_limit: ByteSize::mib(256),
         temp_dir: std::env::temp_dir(),
     };
-    let result =
-        telemetry_lake_query::run(table, &settings.iceberg.table, &redactor, request, Vec::new()).await;
+    let table = QueryTable { name: settings.iceberg.table.clone(), alias: None, table };
+    let result = telemetry_lake_query::run(vec![table], &redactor, request, Vec::new()).await;
     match result {
         Ok((_, out)) => Ok(String::from_utf8(out).unwrap()),
         Err(err) => Err(format!("{}: {err}", err.exit_code())),

@@ -1,4 +1,4 @@
-//! `appender query SQL`: runs one SQL statement over the Iceberg table with DuckDB and prints
+//! `appender query SQL`: runs one SQL statement over the lake's Iceberg tables with DuckDB and prints
 //! the result as an aligned table, CSV, a JSON array or JSON lines. The way a user checks what
 //! landed, with the same config as the service (`--config`, `TELEMETRY_LAKE_*`, defaults: the
 //! embedded lake under `./data`), and no network beyond the catalog and the object store.
@@ -14,8 +14,9 @@
 //!      |  bounded channel (2 batches)
 //!      v
 //!  DuckDB thread: in-memory database, memory_limit + a temporary spill directory
-//!      table `<iceberg.table>` (and a view `logs` when that name differs), columns and types
-//!      from the table's schema (timestamptz -> TIMESTAMPTZ, map<string,string> -> MAP)
+//!      a table per table the statement names (`logs`, `traces`, `metrics_sum`, … or their
+//!      configured names, with a view of the default name when that differs), columns and types
+//!      from the table's schema (timestamptz -> TIMESTAMPTZ, map -> MAP, list -> [], struct)
 //!      |  the statement, streamed out chunk by chunk
 //!      v
 //!  stdout: table (arrow's pretty printer) | csv | json | jsonl
@@ -61,8 +62,6 @@ use crate::output::{Sink, to_utc, utc_schema};
 
 mod output;
 
-/// The name every query can use for the table, whatever `iceberg.table` is.
-pub const TABLE_ALIAS: &str = "logs";
 /// Rows per batch of the scan: DuckDB's vector size, so a batch goes in as one chunk.
 const SCAN_BATCH_ROWS: usize = 2048;
 /// Rows the DuckDB appender may buffer (outside DuckDB's memory limit; about 16 MiB of logs)
@@ -126,7 +125,9 @@ pub enum QueryError {
     /// DuckDB refused or failed the statement.
     #[error(
         "the query failed: {message}\nhint: query the table as `{alias}` (iceberg table {table}); \
-         `appender query \"DESCRIBE {alias}\"` lists its columns"
+         `appender query \"DESCRIBE {alias}\"` lists its columns; the lake's tables are logs, \
+         traces, metrics_gauge, metrics_sum, metrics_histogram, metrics_exponential_histogram and \
+         metrics_summary"
     )]
     Sql { message: String, table: String, alias: String },
     /// DuckDB could not be set up or loaded (not the statement's fault).
@@ -163,25 +164,44 @@ impl From<arrow_schema::ArrowError> for QueryError {
     }
 }
 
-/// The subcommand: runs the statement over `table` (or reports why it could not be opened),
-/// prints the result on stdout and errors on stderr, and returns the exit code. `table_name`
-/// is `iceberg.table`, the name the statement uses besides `logs`.
-pub async fn main(
-    args: QueryArgs,
-    table: Result<Table, String>,
-    table_name: &str,
-    redactor: &Redactor,
-) -> ExitCode {
+/// A table a statement may use: the name it goes by (`iceberg.table`, `iceberg.traces_table`,
+/// …), the table's default name when that differs (a view of that name is made too, so
+/// `logs` always works), and the table, or why it cannot be opened.
+pub struct NamedTable {
+    pub name: String,
+    pub alias: Option<String>,
+    pub table: Result<Table, String>,
+}
+
+/// A table opened for a statement, with its names (see [`NamedTable`]).
+pub struct QueryTable {
+    pub name: String,
+    pub alias: Option<String>,
+    pub table: Table,
+}
+
+/// The tables among `tables` that `sql` names (as a word, any case); the first one (the logs
+/// table) when it names none, as `SELECT 1` does.
+pub fn referenced(sql: &str, tables: &[NamedTable]) -> Vec<usize> {
+    let words: std::collections::HashSet<String> = sql
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let named = |t: &NamedTable| {
+        std::iter::once(&t.name).chain(&t.alias).any(|n| words.contains(&n.to_ascii_lowercase()))
+    };
+    let found: Vec<usize> = (0..tables.len()).filter(|i| named(&tables[*i])).collect();
+    if found.is_empty() && !tables.is_empty() { vec![0] } else { found }
+}
+
+/// The subcommand: runs the statement over the tables it names among `tables` (or reports why
+/// one cannot be opened), prints the result on stdout and errors on stderr, and returns the
+/// exit code.
+pub async fn main(args: QueryArgs, tables: Vec<NamedTable>, redactor: &Redactor) -> ExitCode {
     const NAME: &str = "appender query";
     // Errors are redacted where they are made; this holds for any that is not.
     let report = |message: String| eprintln!("{NAME}: {}", redactor.redact(&message));
-    let table = match table {
-        Ok(table) => table,
-        Err(message) => {
-            report(message);
-            return ExitCode::from(1);
-        }
-    };
     let sql = if args.sql == "-" {
         let mut sql = String::new();
         if let Err(e) = io::stdin().read_to_string(&mut sql) {
@@ -192,6 +212,17 @@ pub async fn main(
     } else {
         args.sql
     };
+    let wanted = referenced(&sql, &tables);
+    let mut opened = Vec::with_capacity(wanted.len());
+    for named in tables.into_iter().enumerate().filter(|(i, _)| wanted.contains(i)).map(|(_, t)| t) {
+        match named.table {
+            Ok(table) => opened.push(QueryTable { name: named.name, alias: named.alias, table }),
+            Err(message) => {
+                report(message);
+                return ExitCode::from(1);
+            }
+        }
+    }
     let request = QueryRequest {
         sql,
         format: args.format,
@@ -199,7 +230,7 @@ pub async fn main(
         memory_limit: args.memory_limit,
         temp_dir: std::env::temp_dir(),
     };
-    match run(table, table_name, redactor, request, io::BufWriter::new(io::stdout())).await {
+    match run(opened, redactor, request, io::BufWriter::new(io::stdout())).await {
         Ok(_) => ExitCode::SUCCESS,
         // `appender query … | head`: the reader has all it wanted.
         Err(QueryError::Output(e)) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
@@ -210,60 +241,64 @@ pub async fn main(
     }
 }
 
-/// Runs `request` over `table` (called `table_name` and `logs` in the statement) and writes the
-/// result to `out`; returns the number
-/// of result rows and `out`.
+/// Runs `request` over `tables` (each called by its name and alias in the statement) and writes
+/// the result to `out`; returns the number of result rows and `out`. `--snapshot` applies when
+/// the statement uses one table.
 pub async fn run<W: Write + Send + 'static>(
-    table: Table,
-    table_name: &str,
+    tables: Vec<QueryTable>,
     redactor: &Redactor,
     request: QueryRequest,
     out: W,
 ) -> Result<(u64, W), QueryError> {
-    let ident = table.identifier().to_string();
     let snapshot = request.snapshot;
-    let schema: SchemaRef = match snapshot {
-        Some(id) => {
-            let metadata = table.metadata();
-            let snapshot = metadata.snapshot_by_id(id).ok_or_else(|| {
-                let mut snapshots: Vec<_> = metadata.snapshots().collect();
-                snapshots.sort_by_key(|s| s.sequence_number());
-                let known: Vec<String> = snapshots.iter().map(|s| s.snapshot_id().to_string()).collect();
-                QueryError::Lake(format!(
-                    "table {ident} has no snapshot {id} (it has, oldest first: {})",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                ))
-            })?;
-            snapshot.schema(metadata).map_err(|e| QueryError::Scan {
-                table: ident.clone(),
-                message: redactor.redact(&e.to_string()),
-            })?
-        }
-        None => table.metadata().current_schema().clone(),
-    };
-    let arrow_schema = schema_to_arrow_schema(&schema).map_err(|e| QueryError::Scan {
-        table: ident.clone(),
-        message: format!("the table schema has no arrow equivalent: {}", e.message()),
-    })?;
+    if snapshot.is_some() && tables.len() != 1 {
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        return Err(QueryError::Lake(format!(
+            "--snapshot picks a snapshot of one table, but the statement uses {}",
+            names.join(", ")
+        )));
+    }
+    let mut duck_tables = Vec::with_capacity(tables.len());
+    for t in &tables {
+        let schema = table_schema(&t.table, snapshot, redactor)?;
+        let ident = t.table.identifier().to_string();
+        let arrow_schema = schema_to_arrow_schema(&schema).map_err(|e| QueryError::Scan {
+            table: ident.clone(),
+            message: format!("the table schema has no arrow equivalent: {}", e.message()),
+        })?;
+        duck_tables.push(DuckTable {
+            name: t.name.clone(),
+            alias: t.alias.clone(),
+            iceberg_table: ident,
+            schema: arrow_schema,
+        });
+    }
 
     let (batches_tx, batches_rx) = mpsc::channel::<Loaded>(2);
     let (ready_tx, ready_rx) = oneshot::channel();
-    let duck = DuckSide {
-        table_name: table_name.to_string(),
-        iceberg_table: ident.clone(),
-        schema: arrow_schema,
-        request,
-    };
+    let duck = DuckSide { tables: duck_tables, request };
     let worker = tokio::task::spawn_blocking(move || duck.run(batches_rx, ready_tx, out));
 
     // Nothing is read until DuckDB has accepted the statement; when it refuses it, the worker
     // has returned and says why.
-    let scanned = match ready_rx.await {
-        Ok(()) => Some(scan(&table, snapshot, redactor, &batches_tx).await),
-        Err(_) => None,
-    };
-    if let Some(Ok(rows)) = &scanned {
-        debug!(table = %ident, rows, "table scanned into duckdb");
+    let mut scanned = None;
+    if ready_rx.await.is_ok() {
+        let mut all = Ok(0);
+        for (index, t) in tables.iter().enumerate() {
+            match scan(&t.table, index, snapshot, redactor, &batches_tx).await {
+                Ok(rows) => {
+                    debug!(table = %t.table.identifier(), rows, "table scanned into duckdb");
+                    all = all.map(|n| n + rows);
+                }
+                Err(e) => {
+                    all = Err(e);
+                    break;
+                }
+            }
+        }
+        scanned = Some(all);
+    }
+    if let Some(Ok(_)) = &scanned {
         // Without this the worker takes the closed channel for a failed scan.
         let _ = batches_tx.send(Loaded::End).await;
     }
@@ -276,11 +311,31 @@ pub async fn run<W: Write + Send + 'static>(
     }
 }
 
+/// The schema of `snapshot` of `table` (its current one for `None`).
+fn table_schema(table: &Table, snapshot: Option<i64>, redactor: &Redactor) -> Result<SchemaRef, QueryError> {
+    let ident = table.identifier().to_string();
+    let Some(id) = snapshot else { return Ok(table.metadata().current_schema().clone()) };
+    let metadata = table.metadata();
+    let snapshot = metadata.snapshot_by_id(id).ok_or_else(|| {
+        let mut snapshots: Vec<_> = metadata.snapshots().collect();
+        snapshots.sort_by_key(|s| s.sequence_number());
+        let known: Vec<String> = snapshots.iter().map(|s| s.snapshot_id().to_string()).collect();
+        QueryError::Lake(format!(
+            "table {ident} has no snapshot {id} (it has, oldest first: {})",
+            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+        ))
+    })?;
+    snapshot
+        .schema(metadata)
+        .map_err(|e| QueryError::Scan { table: ident.clone(), message: redactor.redact(&e.to_string()) })
+}
+
 /// The worker's error action when the scan stopped before the end.
 const ABORTED: &str = "load the table (the scan stopped)";
 
 enum Loaded {
-    Batch(RecordBatch),
+    /// Rows of the table at this index of the statement's tables.
+    Batch(usize, RecordBatch),
     /// Every batch was sent: the table is complete.
     End,
 }
@@ -289,6 +344,7 @@ enum Loaded {
 /// Stops early, without an error, when the receiver is gone (DuckDB failed; it reports why).
 async fn scan(
     table: &Table,
+    index: usize,
     snapshot: Option<i64>,
     redactor: &Redactor,
     tx: &mpsc::Sender<Loaded>,
@@ -310,20 +366,27 @@ async fn scan(
     while let Some(batch) = batches.next().await {
         let batch = batch.map_err(failed)?;
         rows += batch.num_rows() as u64;
-        if tx.send(Loaded::Batch(batch)).await.is_err() {
+        if tx.send(Loaded::Batch(index, batch)).await.is_err() {
             break;
         }
     }
     Ok(rows)
 }
 
-/// The DuckDB side: owns the connection on a blocking thread.
-struct DuckSide {
-    /// `iceberg.table`: the DuckDB table's name.
-    table_name: String,
+/// A table as DuckDB gets it.
+struct DuckTable {
+    /// The DuckDB table's name (`iceberg.table`, …).
+    name: String,
+    /// A view of the table under its default name, when that differs.
+    alias: Option<String>,
     /// `namespace.table`, for messages.
     iceberg_table: String,
     schema: arrow_schema::Schema,
+}
+
+/// The DuckDB side: owns the connection on a blocking thread.
+struct DuckSide {
+    tables: Vec<DuckTable>,
     request: QueryRequest,
 }
 
@@ -342,15 +405,17 @@ impl DuckSide {
                 message: format!("{}: {e}", self.request.temp_dir.display()),
             })?;
         let conn = open_duckdb(self.request.memory_limit, spill.path())?;
-        conn.execute_batch(&create_table_sql(&self.table_name, &self.schema)?)
-            .map_err(QueryError::duckdb("create the table"))?;
-        if self.table_name != TABLE_ALIAS {
-            conn.execute_batch(&format!(
-                "CREATE VIEW {} AS SELECT * FROM {}",
-                quote_ident(TABLE_ALIAS),
-                quote_ident(&self.table_name)
-            ))
-            .map_err(QueryError::duckdb("create the view logs"))?;
+        for table in &self.tables {
+            conn.execute_batch(&create_table_sql(&table.name, &table.schema)?)
+                .map_err(QueryError::duckdb("create the table"))?;
+            if let Some(alias) = table.alias.as_ref().filter(|alias| **alias != table.name) {
+                conn.execute_batch(&format!(
+                    "CREATE VIEW {} AS SELECT * FROM {}",
+                    quote_ident(alias),
+                    quote_ident(&table.name)
+                ))
+                .map_err(QueryError::duckdb("create the view of the table's default name"))?;
+            }
         }
         // Parse and bind over the empty table: a wrong statement fails before any file is read.
         drop(conn.prepare(&self.request.sql).map_err(|e| self.sql_error(e))?);
@@ -358,12 +423,23 @@ impl DuckSide {
             return Err(QueryError::DuckDb { action: ABORTED, message: "the scan was cancelled".into() });
         }
 
-        let mut appender = conn.appender(&self.table_name).map_err(QueryError::duckdb("open an appender"))?;
         let load_error = |e: duckdb::Error| self.duckdb_error("load the table's rows", e.to_string());
+        let mut appender = None;
         let mut unflushed = 0;
         loop {
             match batches.blocking_recv() {
-                Some(Loaded::Batch(batch)) => {
+                Some(Loaded::Batch(index, batch)) => {
+                    if appender.as_ref().is_none_or(|(at, _)| *at != index) {
+                        if let Some((_, mut done)) = appender.take() {
+                            duckdb::Appender::flush(&mut done).map_err(&load_error)?;
+                        }
+                        let next = conn
+                            .appender(&self.tables[index].name)
+                            .map_err(QueryError::duckdb("open an appender"))?;
+                        appender = Some((index, next));
+                        unflushed = 0;
+                    }
+                    let (_, appender) = appender.as_mut().expect("opened above");
                     unflushed += batch.num_rows();
                     appender.append_record_batch(batch).map_err(&load_error)?;
                     // The appender buffers rows outside DuckDB's memory limit until it flushes.
@@ -378,8 +454,9 @@ impl DuckSide {
                 }
             }
         }
-        appender.flush().map_err(&load_error)?;
-        drop(appender);
+        if let Some((_, mut appender)) = appender {
+            appender.flush().map_err(&load_error)?;
+        }
 
         let mut stmt = conn.prepare(&self.request.sql).map_err(|e| self.sql_error(e))?;
         // Executes (streaming); the chunks are then fetched with `step`, which returns errors
@@ -407,7 +484,12 @@ impl DuckSide {
         if out_of_memory(&message) {
             return self.duckdb_error("run the query", message);
         }
-        QueryError::Sql { message, table: self.iceberg_table.clone(), alias: TABLE_ALIAS.to_string() }
+        let first = self.tables.first();
+        QueryError::Sql {
+            message,
+            table: first.map(|t| t.iceberg_table.clone()).unwrap_or_default(),
+            alias: first.map(|t| t.alias.clone().unwrap_or_else(|| t.name.clone())).unwrap_or_default(),
+        }
     }
 
     fn duckdb_error(&self, action: &'static str, message: String) -> QueryError {

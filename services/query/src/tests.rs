@@ -120,3 +120,22 @@ fn query_table_of_the_lake_schema_has_duckdb_types() {
     assert_eq!(types["kafka_offset"], "BIGINT");
     assert_eq!(types["severity_number"], "INTEGER");
 }
+
+#[test]
+fn a_statement_reads_the_tables_it_names_and_logs_when_it_names_none() {
+    let named = |name: &str, alias: Option<&str>| NamedTable {
+        name: name.into(),
+        alias: alias.map(String::from),
+        table: Err("not opened".into()),
+    };
+    let tables = [named("app_logs", Some("logs")), named("traces", None), named("metrics_sum", None)];
+    assert_eq!(referenced("SELECT 1", &tables), vec![0]);
+    assert_eq!(referenced("select count(*) from LOGS", &tables), vec![0]);
+    assert_eq!(referenced("SELECT * FROM \"app_logs\"", &tables), vec![0]);
+    assert_eq!(referenced("SELECT service_name, count(*) FROM traces GROUP BY 1", &tables), vec![1]);
+    assert_eq!(
+        referenced("SELECT * FROM traces t JOIN metrics_sum m USING (service_name)", &tables),
+        vec![1, 2]
+    );
+    assert_eq!(referenced("SELECT * FROM traces_2", &tables), vec![0], "a word, not a prefix");
+}

@@ -380,3 +380,93 @@ async fn duckdb_never_gets_less_than_its_floor_however_small_the_limit() {
     // Without the floor: three 1 MiB batches and 16 MiB, "19.0 MiB".
     assert_eq!(limit, "64.0 MiB");
 }
+
+#[tokio::test]
+async fn a_format_2_staging_file_is_upgraded_and_its_logs_flushed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let staging = open(dir.path(), ByteSize::mib(64));
+        staging.append(vec![batch(&request(&["web"], 3, 100), None)]).await.expect("append");
+    }
+    // What the previous release wrote: no `tables` column, format 2.
+    let path = dir.path().join("staging.duckdb");
+    {
+        let conn = duckdb::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE staged_batches DROP COLUMN tables;
+             UPDATE staging_meta SET value = '2' WHERE key = 'format_version';",
+        )
+        .unwrap();
+    }
+    let staging = open(dir.path(), ByteSize::mib(64));
+    assert_eq!(staging.counters().records.load(Ordering::Relaxed), 3);
+    let (_, reader) = staging.seal().await.expect("seal").expect("the old batch is staged");
+    assert_eq!(reader.tables().unwrap(), table_bits(&[RowTable::Logs]));
+    let rows = read_all(&reader, "TRUE");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let version: String = reader
+        .connection()
+        .query_row("SELECT value FROM staging_meta WHERE key = 'format_version'", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, FORMAT_VERSION.to_string());
+}
+
+#[tokio::test]
+async fn spans_staged_beside_logs_are_read_for_their_table_only_in_its_order() {
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest,
+        trace::v1::{ResourceSpans, ScopeSpans, Span},
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let staging = open(dir.path(), ByteSize::mib(16));
+    let spans = |names: &[&str], start: u64| ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, name)| Span {
+                        name: name.to_string(),
+                        trace_id: vec![1; 16],
+                        span_id: vec![2; 8],
+                        start_time_unix_nano: start - i as u64 * 1_000,
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let traces = |request: ExportTraceServiceRequest| {
+        Batch::new(&request.encode_to_vec(), 3, None, 0).holding(&[RowTable::Traces])
+    };
+    staging
+        .append(vec![
+            traces(spans(&["b", "a", "b"], 1_700_000_000_000_000_000)),
+            batch(&request(&["web"], 5, 100), None),
+            traces(spans(&["a", "c", "a"], 1_700_000_001_000_000_000)),
+        ])
+        .await
+        .expect("append");
+    let (_, reader) = staging.seal().await.expect("seal").expect("staged");
+    assert_eq!(reader.tables().unwrap(), table_bits(&[RowTable::Logs, RowTable::Traces]));
+    assert_eq!(read_all(&reader, "TRUE").len(), 5, "logs read alone");
+    let mut names = Vec::new();
+    let (rows, rejected) = reader
+        .read_table_sorted(RowTable::Traces, "TRUE", |batch| {
+            let column = batch.column_by_name("span_name").unwrap().as_string::<i32>().clone();
+            let times = batch.column_by_name("timestamp").unwrap().clone();
+            let times = times.as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+            names.extend((0..batch.num_rows()).map(|i| (column.value(i).to_string(), times.value(i))));
+            true
+        })
+        .expect("read traces");
+    assert_eq!((rows, rejected), (6, 0));
+    let mut expected = names.clone();
+    expected.sort();
+    assert_eq!(names, expected, "ordered by span name, then time");
+    assert_eq!(names.iter().filter(|(n, _)| n == "a").count(), 3);
+    let none = reader.read_table_sorted(RowTable::MetricsGauge, "TRUE", |_| true).expect("read gauges");
+    assert_eq!(none, (0, 0));
+}
