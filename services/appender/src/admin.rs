@@ -9,12 +9,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use telemetry_lake_admin_proto::v1::{AppenderStats, FlushResponse, StatsResponse, stats_response::Service};
+use telemetry_lake_admin_proto::v1::{
+    AppenderSignalStats, AppenderStats, FlushResponse, StatsResponse, stats_response::Service,
+};
 use telemetry_lake_common::{
     admin::{AdminHandler, FlushTrigger},
     health::Health,
-    otlp::ExportError,
+    otlp::{ExportError, SignalKind},
 };
+use telemetry_lake_proto::RowTable;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -32,8 +35,19 @@ pub struct AppenderAdmin {
     pub flushes: mpsc::Sender<FlushRequest>,
     pub flush_state: Arc<FlushState>,
     pub totals: Arc<ExportTotals>,
+    /// The signals served, in the order logs, traces, metrics.
+    pub signals: Vec<SignalKind>,
     pub metrics: Arc<AppenderMetrics>,
     pub health: Health,
+}
+
+/// The tables a signal's rows land in.
+pub fn tables_of(kind: SignalKind) -> &'static [RowTable] {
+    match kind {
+        SignalKind::Logs => &[RowTable::Logs],
+        SignalKind::Traces => &[RowTable::Traces],
+        SignalKind::Metrics => &RowTable::METRICS,
+    }
 }
 
 impl AdminHandler for AppenderAdmin {
@@ -70,6 +84,21 @@ impl AdminHandler for AppenderAdmin {
                 }
                 None => (Vec::new(), 0, 0, 0, 0),
             };
+        let (received, accepted, rejected) = self.totals.sum();
+        let signals = self
+            .signals
+            .iter()
+            .map(|kind| {
+                let totals = self.totals.of(*kind);
+                AppenderSignalStats {
+                    signal: kind.name().into(),
+                    received: get(&totals.received),
+                    accepted: get(&totals.accepted),
+                    rejected: get(&totals.rejected),
+                    committed: tables_of(*kind).iter().map(|t| self.metrics.rows_committed(*t)).sum(),
+                }
+            })
+            .collect();
         StatsResponse {
             mode: self.mode.into(),
             buffer_records: get(&counters.records),
@@ -81,9 +110,9 @@ impl AdminHandler for AppenderAdmin {
             // The listeners' refusals, added by the common admin plane.
             refusals: Vec::new(),
             service: Some(Service::Appender(AppenderStats {
-                records_received: get(&self.totals.received),
-                records_accepted: get(&self.totals.accepted),
-                records_rejected: get(&self.totals.rejected),
+                records_received: received,
+                records_accepted: accepted,
+                records_rejected: rejected,
                 records_committed: self.metrics.records_committed.get(),
                 bytes_committed: self.metrics.bytes_committed.get(),
                 snapshots: self.metrics.snapshots.get(),
@@ -94,6 +123,7 @@ impl AdminHandler for AppenderAdmin {
                 partitions,
                 dead_lettered_records,
                 dead_letter_failures,
+                signals,
             })),
         }
     }

@@ -53,11 +53,8 @@ use crate::{
 /// it), traces and the five metrics tables unless `[signals]` switches them off.
 fn tables_served(config: &Settings) -> Vec<RowTable> {
     let mut tables = vec![RowTable::Logs];
-    if config.signals.serves(SignalKind::Traces) {
-        tables.push(RowTable::Traces);
-    }
-    if config.signals.serves(SignalKind::Metrics) {
-        tables.extend(RowTable::METRICS);
+    for kind in [SignalKind::Traces, SignalKind::Metrics].into_iter().filter(|k| config.signals.serves(*k)) {
+        tables.extend(admin::tables_of(kind));
     }
     tables
 }
@@ -166,6 +163,7 @@ pub async fn run(
         flushes: flush_tx.clone(),
         flush_state,
         totals,
+        signals: SignalKind::ALL.into_iter().filter(|kind| config.signals.serves(*kind)).collect(),
         metrics,
         health: health.clone(),
     });

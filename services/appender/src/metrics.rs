@@ -1,6 +1,7 @@
 //! Prometheus metrics of the appender (the receivers add their own OTLP counters).
 //!
-//! `appender_*`: flushes, commits and staging ([`AppenderMetrics`]); in Kafka mode also
+//! `appender_*`: flushes, commits (`appender_table_rows_committed{table}` per table) and staging
+//! ([`AppenderMetrics`]); in Kafka mode also
 //! `appender_kafka_messages_total`, `appender_dead_letters_total`,
 //! `appender_dead_lettered_records_total` and `appender_dead_letter_failures_total`, read from
 //! the Kafka source's counters at each scrape ([`register_source`]).
@@ -19,6 +20,7 @@ use prometheus_client::{
     registry::Registry,
 };
 use telemetry_lake_admin_proto::v1::FlushResponse;
+use telemetry_lake_proto::RowTable;
 
 use crate::{source::kafka::SourceCounters, staging::StagingCounters};
 
@@ -27,12 +29,20 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// A table by its default name (`logs`, `traces`, `metrics_sum`, …), whatever it is called.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    pub table: &'static str,
+}
+
 pub struct AppenderMetrics {
     pub flushes: Family<OutcomeLabel, Counter>,
     pub flush_duration: Histogram,
     pub records_committed: Counter,
     pub bytes_committed: Counter,
     pub snapshots: Counter,
+    /// Rows committed per table.
+    pub table_rows_committed: Family<TableLabel, Counter>,
     pub staged_records: Gauge,
     pub staged_bytes: Gauge,
 }
@@ -45,6 +55,7 @@ impl AppenderMetrics {
             records_committed: Counter::default(),
             bytes_committed: Counter::default(),
             snapshots: Counter::default(),
+            table_rows_committed: Family::default(),
             staged_records: Gauge::default(),
             staged_bytes: Gauge::default(),
         };
@@ -53,7 +64,12 @@ impl AppenderMetrics {
         r.register("flush_duration_seconds", "Time a flush took", metrics.flush_duration.clone());
         r.register("records_committed", "Records committed to Iceberg", metrics.records_committed.clone());
         r.register("bytes_committed", "Staged bytes committed to Iceberg", metrics.bytes_committed.clone());
-        r.register("snapshots", "Iceberg snapshots committed", metrics.snapshots.clone());
+        r.register("snapshots", "Iceberg snapshots committed, to every table", metrics.snapshots.clone());
+        r.register(
+            "table_rows_committed",
+            "Rows committed to each Iceberg table (by its default name)",
+            metrics.table_rows_committed.clone(),
+        );
         r.register("staged_records", "Records staged and not yet committed", metrics.staged_records.clone());
         r.register("staged_bytes", "Bytes staged and not yet committed", metrics.staged_bytes.clone());
         metrics
@@ -81,9 +97,17 @@ impl AppenderMetrics {
         }
         self.records_committed.inc_by(done.records);
         self.bytes_committed.inc_by(done.bytes);
-        if done.snapshot_id != 0 {
-            self.snapshots.inc();
-        }
+    }
+
+    /// Counts a snapshot committed to `table` with `rows` rows.
+    pub fn record_commit(&self, table: RowTable, rows: u64) {
+        self.snapshots.inc();
+        self.table_rows_committed.get_or_create(&TableLabel { table: table.default_name() }).inc_by(rows);
+    }
+
+    /// Rows committed to `table` so far.
+    pub fn rows_committed(&self, table: RowTable) -> u64 {
+        self.table_rows_committed.get_or_create(&TableLabel { table: table.default_name() }).get()
     }
 }
 

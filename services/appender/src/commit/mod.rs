@@ -28,6 +28,8 @@ use tokio_stream::wrappers::ReceiverStream;
 
 pub mod fence;
 pub mod summary;
+#[cfg(test)]
+mod tests;
 
 use self::fence::Fencer;
 use self::summary::SnapshotSummary;
@@ -256,15 +258,15 @@ impl Committer {
         reader: staging::SealedReader,
     ) -> Result<Committed, FlushError> {
         if sealed.resumed
-            && let Some(snapshot_id) = find_committed(lake, sealed).await?
+            && let Some(committed) = sealed_set_in(&lake.snapshot_summaries().await?, sealed)
         {
             tracing::info!(
                 table = %lake.table_ident(),
                 seal_id = sealed.seal_id,
-                snapshot_id,
+                snapshot_id = committed.snapshot_id,
                 "sealed rows were already committed to the table"
             );
-            return Ok(Committed { snapshot_id, data_files: 0, records: 0 });
+            return Ok(committed);
         }
         let _held = self.fencer_of(lake).hold().await;
         let mut conflicts = 0;
@@ -294,18 +296,14 @@ impl Committer {
         let state = lake.state().await?;
         let seal_id = sealed.seal_id.to_string();
         // An earlier attempt whose outcome was unknown (a timeout) may have been applied since.
-        if let Some((snapshot_id, _)) = state
-            .summaries
-            .iter()
-            .find(|(_, props)| summary::is_sealed_set(props, &sealed.writer_id, &seal_id))
-        {
+        if let Some(committed) = sealed_set_in(&state.summaries, sealed) {
             tracing::info!(
                 table = %lake.table_ident(),
                 seal_id = sealed.seal_id,
-                snapshot_id,
+                snapshot_id = committed.snapshot_id,
                 "an earlier attempt committed the sealed rows"
             );
-            return Ok(Committed { snapshot_id: *snapshot_id, data_files: 0, records: 0 });
+            return Ok(committed);
         }
         let base = state.current();
         let fence = fencer.fence(&state).await.map_err(FlushError::Kafka)?;
@@ -366,6 +364,9 @@ impl Committer {
         let checked = CheckedBase { snapshot_id: base, rebase: &rebase };
         let info = lake.append(ReceiverStream::new(rx), properties.clone(), Some(&checked)).await?;
         fencer.committed(fence, &properties);
+        if let Some(info) = &info {
+            self.metrics.record_commit(row, info.records);
+        }
         Ok(info.map_or_else(Committed::default, |i| Committed {
             snapshot_id: i.snapshot_id,
             data_files: i.data_files,
@@ -374,12 +375,15 @@ impl Committer {
     }
 }
 
-/// The snapshot of `lake` holding `sealed`, if one does.
-async fn find_committed(lake: &Lake, sealed: &Sealed) -> Result<Option<i64>, LakeError> {
+/// The commit of `sealed` among `summaries`, if one is there: its snapshot and the rows it
+/// added (Iceberg's `added-records`).
+fn sealed_set_in(summaries: &[SnapshotSummary], sealed: &Sealed) -> Option<Committed> {
     let seal_id = sealed.seal_id.to_string();
-    Ok(lake
-        .snapshot_summaries()
-        .await?
-        .into_iter()
-        .find_map(|(id, props)| summary::is_sealed_set(&props, &sealed.writer_id, &seal_id).then_some(id)))
+    summaries.iter().find(|(_, props)| summary::is_sealed_set(props, &sealed.writer_id, &seal_id)).map(
+        |(snapshot_id, props)| Committed {
+            snapshot_id: *snapshot_id,
+            data_files: 0,
+            records: props.get("added-records").and_then(|n| n.parse().ok()).unwrap_or_default(),
+        },
+    )
 }

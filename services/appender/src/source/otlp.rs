@@ -24,7 +24,7 @@ use prost::Message;
 use telemetry_lake_common::{
     health::{Health, Reason},
     otlp::{
-        ExportError, ExportOutcome, Exporter, Logs, LogsRequest, Metrics, Traces,
+        ExportError, ExportOutcome, Exporter, Logs, LogsRequest, Metrics, SignalKind, Traces,
         records::{self, Checked},
         signal::Decoded,
     },
@@ -41,11 +41,32 @@ use crate::{
 /// and encoded again) off the async workers (a 1,000-record request takes about a millisecond).
 const INLINE_CONVERSION_RECORDS: u64 = 200;
 
+/// What the exports of one signal brought: items received, staged and refused.
 #[derive(Debug, Default)]
-pub struct ExportTotals {
+pub struct SignalTotals {
     pub received: AtomicU64,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
+}
+
+/// [`SignalTotals`] per signal, indexed by `SignalKind as usize`.
+#[derive(Debug, Default)]
+pub struct ExportTotals {
+    pub signals: [SignalTotals; 3],
+}
+
+impl ExportTotals {
+    pub fn of(&self, kind: SignalKind) -> &SignalTotals {
+        &self.signals[kind as usize]
+    }
+
+    /// Received, accepted and rejected items of every signal together.
+    pub fn sum(&self) -> (u64, u64, u64) {
+        self.signals.iter().fold((0, 0, 0), |(r, a, j), s| {
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            (r + get(&s.received), a + get(&s.accepted), j + get(&s.rejected))
+        })
+    }
 }
 
 /// OTLP logs, spans and data points straight into staging.
@@ -82,7 +103,7 @@ impl Exporter<Logs> for EmbeddedExporter {
             records::drop_malformed(&mut decoded);
             Ok(Some(Batch::new(&decoded.encode_to_vec(), accepted, None, now_micros())))
         };
-        self.stage(received, checked, prepare).await
+        self.stage(SignalKind::Logs, received, checked, prepare).await
     }
 }
 
@@ -91,7 +112,8 @@ impl Exporter<Traces> for EmbeddedExporter {
         &self,
         request: Decoded<ExportTraceServiceRequest>,
     ) -> Result<ExportOutcome, ExportError> {
-        self.export_decoded(request, records::drop_malformed_spans, |_| vec![RowTable::Traces]).await
+        let tables = |_: &ExportTraceServiceRequest| vec![RowTable::Traces];
+        self.export_decoded(SignalKind::Traces, request, records::drop_malformed_spans, tables).await
     }
 }
 
@@ -100,7 +122,8 @@ impl Exporter<Metrics> for EmbeddedExporter {
         &self,
         request: Decoded<ExportMetricsServiceRequest>,
     ) -> Result<ExportOutcome, ExportError> {
-        self.export_decoded(request, records::drop_malformed_points, rows::metrics::tables_of).await
+        let tables = rows::metrics::tables_of;
+        self.export_decoded(SignalKind::Metrics, request, records::drop_malformed_points, tables).await
     }
 }
 
@@ -109,6 +132,7 @@ impl EmbeddedExporter {
     /// with rows for the tables `tables_of` names.
     async fn export_decoded<M: Message + Default + Send + 'static>(
         &self,
+        kind: SignalKind,
         request: Decoded<M>,
         drop_malformed: fn(&mut M) -> Checked,
         tables_of: fn(&M) -> Vec<RowTable>,
@@ -127,7 +151,7 @@ impl EmbeddedExporter {
             let payload = if unchanged { bytes.to_vec() } else { message.encode_to_vec() };
             Ok(Some(Batch::new(&payload, accepted, None, now_micros()).holding(&tables)))
         };
-        self.stage(received, checked, prepare).await
+        self.stage(kind, received, checked, prepare).await
     }
 
     /// Stages the batch `prepare` makes (off the async workers for a large request) and
@@ -135,11 +159,13 @@ impl EmbeddedExporter {
     /// refused it.
     async fn stage(
         &self,
+        kind: SignalKind,
         received: u64,
         checked: Checked,
         prepare: impl FnOnce() -> Result<Option<Batch>, ExportError> + Send + 'static,
     ) -> Result<ExportOutcome, ExportError> {
-        self.totals.received.fetch_add(received, Ordering::Relaxed);
+        let totals = self.totals.of(kind);
+        totals.received.fetch_add(received, Ordering::Relaxed);
         let batch = if received > INLINE_CONVERSION_RECORDS {
             tokio::task::spawn_blocking(prepare)
                 .await
@@ -149,7 +175,7 @@ impl EmbeddedExporter {
         };
         if let Some(batch) = batch {
             if let Err(err) = self.staging.append(vec![batch]).await {
-                self.totals.rejected.fetch_add(received, Ordering::Relaxed);
+                totals.rejected.fetch_add(received, Ordering::Relaxed);
                 return Err(match err {
                     StagingError::Full { .. } => {
                         // Not ready until a flush makes room.
@@ -173,8 +199,8 @@ impl EmbeddedExporter {
             }
             self.metrics.observe_staging(self.staging.counters());
         }
-        self.totals.accepted.fetch_add(checked.accepted, Ordering::Relaxed);
-        self.totals.rejected.fetch_add(checked.rejected, Ordering::Relaxed);
+        totals.accepted.fetch_add(checked.accepted, Ordering::Relaxed);
+        totals.rejected.fetch_add(checked.rejected, Ordering::Relaxed);
         Ok(if checked.rejected > 0 {
             ExportOutcome::partial(checked.rejected as i64, checked.rejection)
         } else {
