@@ -23,7 +23,7 @@ fn settings(dir: &std::path::Path) -> Settings {
     let mut config = Config::default();
     config.iceberg.catalog_uri = format!("sqlite://{}/catalog.db", dir.display());
     config.iceberg.warehouse = format!("{}/warehouse", dir.display());
-    config.staging.path = dir.join("staging.duckdb").display().to_string().into();
+    config.staging.path = dir.join("staging.duckdb").display().to_string();
     Settings::from_config(config).expect("settings")
 }
 
