@@ -55,7 +55,7 @@ def consumed(appender: Appender) -> int:
 
 
 def assigned(appender: Appender) -> list[int]:
-    return sorted(p["partition"] for p in appender.stats()["appender"]["partitions"])
+    return sorted(p["partition"] for p in appender.log_partitions())
 
 
 # ---- 1. a topic deleted and created again --------------------------------------------------

@@ -130,7 +130,7 @@ class Producer:
 
 
 def assigned(appender: Appender) -> list[int]:
-    return sorted(p["partition"] for p in appender.stats()["appender"]["partitions"])
+    return sorted(p["partition"] for p in appender.log_partitions())
 
 
 def full(appender: Appender) -> bool:

@@ -70,7 +70,7 @@ def dead_letters(broker: Broker, topic: str) -> list[KafkaRecord]:
 
 
 def partitions(appender: Appender) -> dict[int, dict[str, int]]:
-    return {p["partition"]: p for p in appender.stats()["appender"]["partitions"]}
+    return {p["partition"]: p for p in appender.log_partitions()}
 
 
 def caught_up(appender: Appender, count: int) -> bool:

@@ -77,6 +77,12 @@ class Appender(Process):
             },
             config,
         )
+        kafka = self.config.get("kafka", {})
+        if kafka.get("brokers") and kafka.get("topic"):
+            # Kafka mode consumes the traces and metrics topics too: the test's own, named after
+            # its logs topic (as the Ingester's), never the defaults other tests would share.
+            kafka.setdefault("traces_topic", f"{kafka['topic']}-spans")
+            kafka.setdefault("metrics_topic", f"{kafka['topic']}-metrics")
         self.extra_env = dict(env or {})
         self.config_in_env = config_in_env
         self.config_path = workdir / f"{self.name}.toml"
@@ -165,6 +171,12 @@ class Appender(Process):
         pb2, pb2_grpc = admin_proto()
         stub = pb2_grpc.AdminStub(self.channel(self.ports.admin_grpc_target))
         return stub.Stats(pb2.StatsRequest(), timeout=10)
+
+    def log_partitions(self) -> list[dict[str, Any]]:
+        """`Stats`' partitions of the logs topic (Kafka mode consumes the traces and metrics
+        topics too, and lists their partitions beside)."""
+        topic = self.config["kafka"]["topic"]
+        return [p for p in self.stats()["appender"]["partitions"] if p["topic"] == topic]
 
     def metrics(self) -> str:
         response = self.http("GET", "/metrics", timeout=10)

@@ -17,7 +17,6 @@ use telemetry_lake_common::{
     health::Health,
     otlp::{ExportError, SignalKind},
 };
-use telemetry_lake_proto::RowTable;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
@@ -25,6 +24,7 @@ use crate::{
     metrics::AppenderMetrics,
     source::{kafka::KafkaSource, otlp::ExportTotals},
     staging::Staging,
+    tables_of,
 };
 
 /// Flush and Stats for the appender.
@@ -39,15 +39,6 @@ pub struct AppenderAdmin {
     pub signals: Vec<SignalKind>,
     pub metrics: Arc<AppenderMetrics>,
     pub health: Health,
-}
-
-/// The tables a signal's rows land in.
-pub fn tables_of(kind: SignalKind) -> &'static [RowTable] {
-    match kind {
-        SignalKind::Logs => &[RowTable::Logs],
-        SignalKind::Traces => &[RowTable::Traces],
-        SignalKind::Metrics => &RowTable::METRICS,
-    }
 }
 
 impl AdminHandler for AppenderAdmin {

@@ -49,12 +49,30 @@ use crate::{
     staging::Staging,
 };
 
+/// The tables a signal's rows land in.
+pub fn tables_of(signal: SignalKind) -> &'static [RowTable] {
+    match signal {
+        SignalKind::Logs => &[RowTable::Logs],
+        SignalKind::Traces => &[RowTable::Traces],
+        SignalKind::Metrics => &RowTable::METRICS,
+    }
+}
+
+/// The signal whose rows land in `table`.
+pub fn signal_of(table: RowTable) -> SignalKind {
+    match table {
+        RowTable::Logs => SignalKind::Logs,
+        RowTable::Traces => SignalKind::Traces,
+        _ => SignalKind::Metrics,
+    }
+}
+
 /// The tables of the signals served: logs (always: the Kafka source and `appender query` need
 /// it), traces and the five metrics tables unless `[signals]` switches them off.
 fn tables_served(config: &Settings) -> Vec<RowTable> {
     let mut tables = vec![RowTable::Logs];
     for kind in [SignalKind::Traces, SignalKind::Metrics].into_iter().filter(|k| config.signals.serves(*k)) {
-        tables.extend(admin::tables_of(kind));
+        tables.extend(tables_of(kind));
     }
     tables
 }
@@ -104,7 +122,6 @@ pub async fn run(
         stop_on_broken.cancel();
     });
     let lakes = open_lakes(&config.iceberg, &tables_served(config), &stop).await?;
-    let logs_lake = lakes[0].clone();
     let mut registry = Registry::default();
     let metrics = Arc::new(AppenderMetrics::register(&mut registry));
     metrics.observe_staging(staging.counters());
@@ -116,7 +133,15 @@ pub async fn run(
     let kafka = match &config.mode {
         Mode::Embedded => None,
         Mode::Kafka(kafka) => {
-            let source = KafkaSource::start(kafka, staging.clone(), logs_lake.clone(), consumer_stop.clone())
+            let mut by_signal: Vec<(SignalKind, Vec<Arc<Lake>>)> = Vec::new();
+            for lake in &lakes {
+                let signal = signal_of(lake.row());
+                match by_signal.iter_mut().find(|(s, _)| *s == signal) {
+                    Some((_, lakes)) => lakes.push(lake.clone()),
+                    None => by_signal.push((signal, vec![lake.clone()])),
+                }
+            }
+            let source = KafkaSource::start(kafka, staging.clone(), by_signal, consumer_stop.clone())
                 .await
                 .context("cannot start the kafka consumer")?;
             metrics::register_source(&mut registry, source.counters.clone());

@@ -19,7 +19,7 @@
 
 use std::sync::Arc;
 
-use telemetry_lake_common::kafka_ids::TopicIdentity;
+use telemetry_lake_common::{kafka_ids::TopicIdentity, otlp::SignalKind};
 
 use crate::commit::summary::{self, PartitionOffsets, Recorded, SnapshotSummary};
 use crate::lake::{CommitProperties, TableState};
@@ -37,10 +37,11 @@ pub struct Fence {
     kafka: Option<OffsetFence>,
 }
 
-/// Kafka mode: the topic, the table's offsets of it and the partitions owned when the table was
-/// read.
+/// Kafka mode: the topic (of `signal`), the table's offsets of it and the partitions owned when
+/// the table was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct OffsetFence {
+    signal: SignalKind,
     identity: TopicIdentity,
     table: PartitionOffsets,
     owned: Vec<i32>,
@@ -61,12 +62,17 @@ impl Fencer {
         }
     }
 
-    /// The fence for a commit on top of the table `state`. Kafka mode asks Kafka which topic
-    /// the name stands for now; `Err` when that is unknown (never learnt, Kafka unreachable).
-    pub async fn fence(&self, state: &TableState) -> Result<Fence, String> {
+    /// The fence for a commit on top of the table `state`, a table of `signal`'s rows. Kafka
+    /// mode asks Kafka which topic the signal's topic name stands for now; `Err` when that is
+    /// unknown (never learnt, Kafka unreachable). A signal whose topic is not consumed (its rows
+    /// come over OTLP only) is fenced as in embedded mode.
+    pub async fn fence(&self, state: &TableState, signal: SignalKind) -> Result<Fence, String> {
         let Fencer::Kafka(source) = self else { return Ok(Fence::default()) };
-        let (assigned, now) = source.identities().await?;
-        let mut owned = source.counters.assigned.lock().expect("assignment lock").clone();
+        if !source.consumes(signal) {
+            return Ok(Fence::default());
+        }
+        let (assigned, now) = source.identities(signal).await?;
+        let mut owned = source.counters.topic(signal).assigned.lock().expect("assignment lock").clone();
         if assigned.as_ref().is_some_and(|assigned| *assigned != now) && !owned.is_empty() {
             tracing::warn!(
                 assigned = %assigned.as_ref().expect("checked"),
@@ -78,7 +84,7 @@ impl Fencer {
             source.resubscribe();
         }
         let found = summary::table_offsets(&state.properties, &state.summaries, &now);
-        Ok(Fence { kafka: Some(OffsetFence { identity: now, table: found.offsets, owned }) })
+        Ok(Fence { kafka: Some(OffsetFence { signal, identity: now, table: found.offsets, owned }) })
     }
 
     /// After a commit that recorded `committed` on top of `fence`: tells Kafka, for lag
@@ -87,7 +93,7 @@ impl Fencer {
         if let (Fencer::Kafka(source), Some(offsets)) = (self, fence.kafka)
             && let Some(recorded) = Recorded::read(&committed.summary, &offsets.identity.topic)
         {
-            source.commit_to_kafka(&recorded.offsets);
+            source.commit_to_kafka(offsets.signal, &recorded.offsets);
         }
     }
 }
@@ -200,6 +206,7 @@ mod tests {
     fn kafka(table: &[(i32, i64)], owned: &[i32]) -> Fence {
         Fence {
             kafka: Some(OffsetFence {
+                signal: SignalKind::Logs,
                 identity: identity("A"),
                 table: table.iter().copied().collect(),
                 owned: owned.to_vec(),

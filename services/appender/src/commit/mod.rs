@@ -84,9 +84,8 @@ struct Committed {
 }
 
 pub struct Committer {
-    /// Which staged rows each commit to the logs table may take (all of them, or Kafka rows
-    /// past the table's offsets), and what its summary records. Traces and metrics come from
-    /// OTLP exports only: every staged row of theirs is taken.
+    /// Which staged rows each commit to a table may take (all of them, or Kafka rows past the
+    /// table's offsets of its signal's topic), and what its summary records.
     pub fencer: Fencer,
     pub staging: Staging,
     /// Every table served, logs first.
@@ -243,12 +242,6 @@ impl Committer {
         Ok(done)
     }
 
-    /// The fencer of commits to `lake`: Kafka's for the logs table, none for the others.
-    fn fencer_of(&self, lake: &Lake) -> &Fencer {
-        static EMBEDDED: Fencer = Fencer::Embedded;
-        if lake.row() == RowTable::Logs { &self.fencer } else { &EMBEDDED }
-    }
-
     /// Commits one sealed set to `lake` unless it is already there. In Kafka mode only the rows
     /// past the table's offsets are committed, with their next offsets in the snapshot summary.
     async fn commit_sealed(
@@ -268,7 +261,7 @@ impl Committer {
             );
             return Ok(committed);
         }
-        let _held = self.fencer_of(lake).hold().await;
+        let _held = self.fencer.hold().await;
         let mut conflicts = 0;
         loop {
             let reader = reader.try_clone().map_err(|e| LakeError::staging(e.to_string()))?;
@@ -291,7 +284,7 @@ impl Committer {
         sealed: &Sealed,
         reader: staging::SealedReader,
     ) -> Result<Committed, FlushError> {
-        let fencer = self.fencer_of(lake);
+        let fencer = &self.fencer;
         let row = lake.row();
         let state = lake.state().await?;
         let seal_id = sealed.seal_id.to_string();
@@ -306,7 +299,7 @@ impl Committer {
             return Ok(committed);
         }
         let base = state.current();
-        let fence = fencer.fence(&state).await.map_err(FlushError::Kafka)?;
+        let fence = fencer.fence(&state, crate::signal_of(row)).await.map_err(FlushError::Kafka)?;
         let condition = format!("{} AND {}", table_condition(row), fence.sql_condition());
         let (summary_tx, summary_rx) = oneshot::channel();
         // One batch queued while the lake writes another: the reader stays ahead, and no more

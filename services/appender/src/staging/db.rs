@@ -306,8 +306,8 @@ impl StagingDb {
                 let result = self.unless_broken(|db| db.release(seal_id));
                 let _ = reply.send(result);
             }
-            Command::DiscardUnsealed { partitions, reply } => {
-                let result = self.unless_broken(|db| db.discard_unsealed(&partitions));
+            Command::DiscardUnsealed { tables, partitions, reply } => {
+                let result = self.unless_broken(|db| db.discard_unsealed(tables, &partitions));
                 let _ = reply.send(result);
             }
         }
@@ -527,9 +527,9 @@ impl StagingDb {
         Ok(Some((sealed, reader)))
     }
 
-    fn discard_unsealed(&mut self, partitions: &[i32]) -> Result<u64, StagingError> {
+    fn discard_unsealed(&mut self, tables: u32, partitions: &[i32]) -> Result<u64, StagingError> {
         let list: Vec<String> = partitions.iter().map(i32::to_string).collect();
-        let condition = format!("kafka_partition IN ({})", list.join(", "));
+        let condition = format!("kafka_partition IN ({}) AND (tables & {tables}) <> 0", list.join(", "));
         let path = self.path.clone();
         let err = |source| StagingError::DuckDb { path: path.clone(), source };
         let tx = self.conn.transaction().map_err(err)?;

@@ -199,7 +199,7 @@ enum Command {
     Append { batches: Vec<Batch>, reply: oneshot::Sender<Result<(), StagingError>> },
     Seal { reply: oneshot::Sender<Result<Option<(Sealed, SealedReader)>, StagingError>> },
     Release { seal_id: i64, reply: oneshot::Sender<Result<(), StagingError>> },
-    DiscardUnsealed { partitions: Vec<i32>, reply: oneshot::Sender<Result<u64, StagingError>> },
+    DiscardUnsealed { tables: u32, partitions: Vec<i32>, reply: oneshot::Sender<Result<u64, StagingError>> },
 }
 
 /// Handle to the staging thread; cheap to clone.
@@ -271,15 +271,20 @@ impl Staging {
         answer.await.map_err(|_| StagingError::Stopped)?
     }
 
-    /// Drops the unsealed batches of these Kafka partitions (they will be read from Kafka
+    /// Drops the unsealed batches of these Kafka partitions of the topic whose batches have rows
+    /// for `tables` ([`table_bits`] of its signal's tables: they will be read from Kafka
     /// again); returns how many records they held.
-    pub async fn discard_unsealed_partitions(&self, partitions: Vec<i32>) -> Result<u64, StagingError> {
+    pub async fn discard_unsealed_partitions(
+        &self,
+        tables: u32,
+        partitions: Vec<i32>,
+    ) -> Result<u64, StagingError> {
         if partitions.is_empty() {
             return Ok(0);
         }
         let (reply, answer) = oneshot::channel();
         self.commands
-            .send(Command::DiscardUnsealed { partitions, reply })
+            .send(Command::DiscardUnsealed { tables, partitions, reply })
             .await
             .map_err(|_| StagingError::Stopped)?;
         answer.await.map_err(|_| StagingError::Stopped)?

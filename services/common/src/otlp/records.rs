@@ -21,6 +21,8 @@ use opentelemetry_proto::tonic::{
     trace::v1::Span,
 };
 
+use super::signal::data_points;
+
 /// What checking a request's records found: how many pass, how many fail, and why the first
 /// failed (empty when none did).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,25 +99,86 @@ pub fn check_exemplar(exemplar: &Exemplar) -> Result<(), String> {
 /// Removes from `request` the data points with an exemplar that fails the id rule (OTLP partial
 /// success); a metric left without points stays, empty.
 pub fn drop_malformed_points(request: &mut ExportMetricsServiceRequest) -> Checked {
-    fn exemplars(exemplars: &[Exemplar]) -> Result<(), String> {
-        exemplars.iter().try_for_each(check_exemplar)
-    }
+    retain_points(request, true)
+}
+
+/// Whether a point with these exemplars passes the id rule.
+fn check_exemplars(exemplars: &[Exemplar]) -> Result<(), String> {
+    exemplars.iter().try_for_each(check_exemplar)
+}
+
+/// Keeps the data points that pass the id rule (`passing`), or those that fail it; counts them
+/// all. Summary points have no exemplars: they always pass.
+fn retain_points(request: &mut ExportMetricsServiceRequest, passing: bool) -> Checked {
     let mut checked = Checked::default();
+    let mut keep = |exemplars: &[Exemplar]| checked.tally(check_exemplars(exemplars)) == passing;
     let metrics =
         request.resource_metrics.iter_mut().flat_map(|r| &mut r.scope_metrics).flat_map(|s| &mut s.metrics);
     for metric in metrics {
         match &mut metric.data {
-            Some(Data::Gauge(gauge)) => gauge.data_points.retain(|p| checked.tally(exemplars(&p.exemplars))),
-            Some(Data::Sum(sum)) => sum.data_points.retain(|p| checked.tally(exemplars(&p.exemplars))),
-            Some(Data::Histogram(h)) => h.data_points.retain(|p| checked.tally(exemplars(&p.exemplars))),
-            Some(Data::ExponentialHistogram(h)) => {
-                h.data_points.retain(|p| checked.tally(exemplars(&p.exemplars)))
-            }
-            Some(Data::Summary(summary)) => checked.accepted += summary.data_points.len() as u64,
+            Some(Data::Gauge(gauge)) => gauge.data_points.retain(|p| keep(&p.exemplars)),
+            Some(Data::Sum(sum)) => sum.data_points.retain(|p| keep(&p.exemplars)),
+            Some(Data::Histogram(h)) => h.data_points.retain(|p| keep(&p.exemplars)),
+            Some(Data::ExponentialHistogram(h)) => h.data_points.retain(|p| keep(&p.exemplars)),
+            Some(Data::Summary(summary)) => summary.data_points.retain(|_| keep(&[])),
             None => {}
         }
     }
     checked
+}
+
+/// As [`split_malformed`], for spans: removes the spans failing [`check_span`] from `request`
+/// and returns them as a request of their own (under copies of their resources and scopes).
+pub fn split_malformed_spans(
+    request: &mut ExportTraceServiceRequest,
+) -> (Checked, ExportTraceServiceRequest) {
+    let spans = || request.resource_spans.iter().flat_map(|r| &r.scope_spans).flat_map(|s| &s.spans);
+    if spans().all(|span| check_span(span).is_ok()) {
+        return (drop_malformed_spans(request), ExportTraceServiceRequest::default());
+    }
+    let mut malformed = request.clone();
+    let checked = drop_malformed_spans(request);
+    for resource in &mut malformed.resource_spans {
+        for scope in &mut resource.scope_spans {
+            scope.spans.retain(|span| check_span(span).is_err());
+        }
+        resource.scope_spans.retain(|scope| !scope.spans.is_empty());
+    }
+    malformed.resource_spans.retain(|resource| !resource.scope_spans.is_empty());
+    (checked, malformed)
+}
+
+/// As [`split_malformed`], for data points: removes the points with an exemplar failing the id
+/// rule from `request` and returns them as a request of their own (under copies of their
+/// resources, scopes and metrics).
+pub fn split_malformed_points(
+    request: &mut ExportMetricsServiceRequest,
+) -> (Checked, ExportMetricsServiceRequest) {
+    let bad = |exemplars: &Vec<Exemplar>| check_exemplars(exemplars).is_err();
+    let any_bad =
+        request.resource_metrics.iter().flat_map(|r| &r.scope_metrics).flat_map(|s| &s.metrics).any(
+            |metric| match &metric.data {
+                Some(Data::Gauge(g)) => g.data_points.iter().any(|p| bad(&p.exemplars)),
+                Some(Data::Sum(s)) => s.data_points.iter().any(|p| bad(&p.exemplars)),
+                Some(Data::Histogram(h)) => h.data_points.iter().any(|p| bad(&p.exemplars)),
+                Some(Data::ExponentialHistogram(h)) => h.data_points.iter().any(|p| bad(&p.exemplars)),
+                Some(Data::Summary(_)) | None => false,
+            },
+        );
+    if !any_bad {
+        return (drop_malformed_points(request), ExportMetricsServiceRequest::default());
+    }
+    let mut malformed = request.clone();
+    let checked = retain_points(request, true);
+    retain_points(&mut malformed, false);
+    for resource in &mut malformed.resource_metrics {
+        for scope in &mut resource.scope_metrics {
+            scope.metrics.retain(|metric| data_points(metric) > 0);
+        }
+        resource.scope_metrics.retain(|scope| !scope.metrics.is_empty());
+    }
+    malformed.resource_metrics.retain(|resource| !resource.scope_metrics.is_empty());
+    (checked, malformed)
 }
 
 /// Counts the records of `request` that pass and fail [`check_record`].
@@ -330,8 +393,16 @@ mod tests {
                 ..Default::default()
             }],
         };
+        let mut split = traces.clone();
         let checked = drop_malformed_spans(&mut traces);
         assert_eq!((checked.accepted, checked.rejected), (2, 2));
+        let (split_checked, bad) = split_malformed_spans(&mut split);
+        assert_eq!((split, split_checked), (traces.clone(), checked.clone()), "split keeps what drop keeps");
+        let bad_names: Vec<_> =
+            bad.resource_spans[0].scope_spans[0].spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(bad_names, ["bad", "bad link"]);
+        let (clean, none) = split_malformed_spans(&mut traces.clone());
+        assert_eq!((clean.rejected, none), (0, ExportTraceServiceRequest::default()));
         assert_eq!(checked.rejection, "trace_id must be 16 bytes, got 3");
         let names: Vec<_> =
             traces.resource_spans[0].scope_spans[0].spans.iter().map(|s| s.name.as_str()).collect();
@@ -368,8 +439,18 @@ mod tests {
                 ..Default::default()
             }],
         };
+        let mut split = metrics.clone();
         let checked = drop_malformed_points(&mut metrics);
         assert_eq!((checked.accepted, checked.rejected), (3, 1));
+        let (split_checked, bad) = split_malformed_points(&mut split);
+        assert_eq!((split, split_checked), (metrics.clone(), checked.clone()), "split keeps what drop keeps");
+        assert_eq!(bad.resource_metrics[0].scope_metrics[0].metrics.len(), 1, "the summary has no bad point");
+        let Some(Data::Gauge(bad_gauge)) = &bad.resource_metrics[0].scope_metrics[0].metrics[0].data else {
+            panic!("the gauge's bad point")
+        };
+        assert_eq!(bad_gauge.data_points[0].exemplars[0].trace_id.len(), 9);
+        let (clean, none) = split_malformed_points(&mut metrics.clone());
+        assert_eq!((clean.rejected, none), (0, ExportMetricsServiceRequest::default()));
         assert_eq!(checked.rejection, "exemplars.trace_id must be 16 bytes, got 9");
         let Some(Data::Gauge(gauge)) = &metrics.resource_metrics[0].scope_metrics[0].metrics[0].data else {
             panic!("gauge kept")

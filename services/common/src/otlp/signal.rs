@@ -28,7 +28,7 @@ use super::{
 
 /// The three signals as values, for what is configured or counted per signal (`[signals]`,
 /// topics, counters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SignalKind {
     Logs,
     Traces,

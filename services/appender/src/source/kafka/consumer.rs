@@ -25,20 +25,24 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use prost::Message as _;
 use rdkafka::{Message, Offset, TopicPartitionList, consumer::Consumer, message::BorrowedMessage};
-use telemetry_lake_common::otlp::{records, walk::walk_logs_request};
+use telemetry_lake_common::otlp::{
+    SignalKind, count_records, records,
+    signal::{count_data_points, count_spans},
+    walk::walk_logs_request,
+};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     SourceCounters,
     dead_letters::{DeadLetter, DeadLetters},
-    rebalance::{Assignments, LakeConsumer},
+    rebalance::{Assignments, LakeConsumer, TopicPartition},
 };
 use crate::{
     rows::KafkaPosition,
     staging::{Batch, Staging, StagingError},
+    tables_of,
 };
 
 /// Rows gathered from the topic before they are staged in one append.
@@ -60,9 +64,11 @@ pub(super) struct Worker {
     pub(super) handle: Handle,
 }
 
-/// A batch read from the topic, with the assignment generation of its partition when read.
+/// A batch read from the topic of `signal`, with the assignment generation of its partition
+/// when read.
 #[derive(Debug, Clone)]
 pub(super) struct Read {
+    pub(super) signal: SignalKind,
     pub(super) batch: Batch,
     pub(super) generation: u64,
 }
@@ -73,7 +79,9 @@ pub(super) fn current(reads: &[Read], assignments: &Assignments) -> (Vec<Batch>,
     let kept: Vec<Batch> = reads
         .iter()
         .filter(|read| {
-            read.batch.source.is_some_and(|at| assignments.is_current(at.partition, read.generation))
+            read.batch
+                .source
+                .is_some_and(|at| assignments.is_current((read.signal, at.partition), read.generation))
         })
         .map(|read| read.batch.clone())
         .collect();
@@ -91,11 +99,62 @@ pub(super) enum Sorted {
     DeadLetter { keep: Batch, letter: DeadLetter },
 }
 
-/// Sorts one message: `payload` from `topic` at `position`, with `key`. A message larger than
-/// `max_batch_bytes` (what staging takes in one piece), or one that is not an OTLP
-/// `ExportLogsServiceRequest`, is dead-lettered whole; one with malformed records has just those
-/// dead-lettered; anything else is staged byte for byte.
+/// What checking a message found: how many items it holds, and, when some are malformed, the
+/// message without them and them alone (both encoded).
+enum Checked {
+    Good { items: u64 },
+    Malformed { checked: records::Checked, keep: Vec<u8>, malformed: Vec<u8> },
+}
+
+/// The request type a message of `signal` must be, for messages.
+fn request_name(signal: SignalKind) -> &'static str {
+    match signal {
+        SignalKind::Logs => "ExportLogsServiceRequest",
+        SignalKind::Traces => "ExportTraceServiceRequest",
+        SignalKind::Metrics => "ExportMetricsServiceRequest",
+    }
+}
+
+/// Checks a message of `signal`: `Err` with prost's reason when it does not decode. Logs are
+/// walked without decoding (the walk agrees with prost) and decoded only when some records are
+/// malformed; spans and data points are decoded.
+fn check(signal: SignalKind, payload: &[u8]) -> Result<Checked, String> {
+    fn decoded<M: prost::Message + Default>(
+        payload: &[u8],
+        count: fn(&M) -> u64,
+        split: fn(&mut M) -> (records::Checked, M),
+    ) -> Result<Checked, String> {
+        let mut request = M::decode(payload).map_err(|e| e.to_string())?;
+        let (checked, malformed) = split(&mut request);
+        if checked.rejected == 0 {
+            return Ok(Checked::Good { items: count(&request) });
+        }
+        Ok(Checked::Malformed {
+            checked,
+            keep: request.encode_to_vec(),
+            malformed: malformed.encode_to_vec(),
+        })
+    }
+    match signal {
+        SignalKind::Logs => {
+            let walk = walk_logs_request(payload).map_err(|e| e.to_string())?;
+            if walk.malformed == 0 {
+                return Ok(Checked::Good { items: walk.records });
+            }
+            decoded::<ExportLogsServiceRequest>(payload, count_records, records::split_malformed)
+        }
+        SignalKind::Traces => decoded(payload, count_spans, records::split_malformed_spans),
+        SignalKind::Metrics => decoded(payload, count_data_points, records::split_malformed_points),
+    }
+}
+
+/// Sorts one message of `signal`'s topic: `payload` from `topic` at `position`, with `key`. A
+/// message larger than `max_batch_bytes` (what staging takes in one piece), or one that is not
+/// an OTLP export request of the signal, is dead-lettered whole; one with malformed items has
+/// just those dead-lettered; anything else is staged byte for byte. A staged metrics message
+/// counts for all five metrics tables, so each records the topic's offsets past it.
 pub(super) fn sort_message(
+    signal: SignalKind,
     topic: &str,
     key: Option<&[u8]>,
     payload: &[u8],
@@ -103,53 +162,45 @@ pub(super) fn sort_message(
     max_batch_bytes: u64,
     received_at_micros: i64,
 ) -> Sorted {
-    let whole = |reason: String, records: u64| Sorted::DeadLetter {
-        keep: Batch::new(&MARKER, 0, Some(position), received_at_micros),
-        letter: DeadLetter {
-            topic: topic.to_owned(),
-            partition: position.partition,
-            offset: position.offset,
-            key: key.map(<[u8]>::to_vec),
-            payload: payload.to_vec(),
-            reason,
-            records,
-        },
+    let tables = tables_of(signal);
+    let batch = |bytes: &[u8], items: u64| {
+        Batch::new(bytes, items, Some(position), received_at_micros).holding(tables)
     };
+    let letter = |payload: Vec<u8>, reason: String, records: u64| DeadLetter {
+        topic: topic.to_owned(),
+        partition: position.partition,
+        offset: position.offset,
+        key: key.map(<[u8]>::to_vec),
+        payload,
+        reason,
+        records,
+    };
+    let whole = |reason: String, records: u64| Sorted::DeadLetter {
+        keep: batch(&MARKER, 0),
+        letter: letter(payload.to_vec(), reason, records),
+    };
+    let checked = check(signal, payload);
     if payload.len() as u64 > max_batch_bytes {
-        let records = walk_logs_request(payload).map(|walk| walk.records).unwrap_or(0);
+        let items = match &checked {
+            Ok(Checked::Good { items }) => *items,
+            Ok(Checked::Malformed { checked, .. }) => checked.accepted + checked.rejected,
+            Err(_) => 0,
+        };
         return whole(
             format!(
                 "{} bytes, more than staging takes in one piece ({max_batch_bytes} bytes: \
                  otlp.max_recv_msg_size, at most staging.max_bytes)",
                 payload.len()
             ),
-            records,
+            items,
         );
     }
-    // Checked without decoding (the walk agrees with prost); only a message with malformed
-    // records is decoded, to take them out.
-    let walk = match walk_logs_request(payload) {
-        Ok(walk) => walk,
-        Err(e) => return whole(format!("not an OTLP ExportLogsServiceRequest: {e}"), 0),
-    };
-    if walk.malformed == 0 {
-        return Sorted::Stage(Batch::new(payload, walk.records, Some(position), received_at_micros));
-    }
-    let mut request = match ExportLogsServiceRequest::decode(payload) {
-        Ok(request) => request,
-        Err(e) => return whole(format!("not an OTLP ExportLogsServiceRequest: {e}"), 0),
-    };
-    let (checked, malformed) = records::split_malformed(&mut request);
-    Sorted::DeadLetter {
-        keep: Batch::new(&request.encode_to_vec(), checked.accepted, Some(position), received_at_micros),
-        letter: DeadLetter {
-            topic: topic.to_owned(),
-            partition: position.partition,
-            offset: position.offset,
-            key: key.map(<[u8]>::to_vec),
-            payload: malformed.encode_to_vec(),
-            reason: checked.rejection,
-            records: checked.rejected,
+    match checked {
+        Err(e) => whole(format!("not an OTLP {}: {e}", request_name(signal)), 0),
+        Ok(Checked::Good { items }) => Sorted::Stage(batch(payload, items)),
+        Ok(Checked::Malformed { checked, keep, malformed }) => Sorted::DeadLetter {
+            keep: batch(&keep, checked.accepted),
+            letter: letter(malformed, checked.rejection, checked.rejected),
         },
     }
 }
@@ -172,9 +223,9 @@ impl Worker {
         // consumer is dropped.
         self.consumer.unsubscribe();
         let leaving = Instant::now();
-        while !self.counters.assigned.lock().expect("assignment lock").is_empty()
-            && leaving.elapsed() < Duration::from_secs(5)
-        {
+        let assigned =
+            || self.counters.topics.iter().any(|t| !t.assigned.lock().expect("assignment lock").is_empty());
+        while assigned() && leaving.elapsed() < Duration::from_secs(5) {
             let _ = self.consumer.poll(Duration::from_millis(100));
         }
         tracing::info!("kafka consumer stopped");
@@ -200,7 +251,11 @@ impl Worker {
                 Some(Ok(message)) => message,
             };
             self.counters.messages.fetch_add(1, Ordering::Relaxed);
-            let Some(generation) = self.assignments().generation(message.partition()) else {
+            let Some(signal) = self.consumer.context().topics.signal_of(message.topic()) else {
+                tracing::warn!(topic = message.topic(), "a message of a topic not consumed here: not staged");
+                continue;
+            };
+            let Some(generation) = self.assignments().generation((signal, message.partition())) else {
                 tracing::warn!(
                     partition = message.partition(),
                     offset = message.offset(),
@@ -208,11 +263,11 @@ impl Worker {
                 );
                 continue;
             };
-            let staged = match self.sort(&message) {
+            let staged = match self.sort(signal, &message) {
                 Sorted::Stage(staged) => staged,
                 Sorted::DeadLetter { keep, letter } => {
                     drop(message);
-                    if !self.dead_letter(&letter, generation, stop) {
+                    if !self.dead_letter(&letter, signal, generation, stop) {
                         // Stopping, or the partition went to another member: nothing of the
                         // message is staged, and it is read again from the table's offsets.
                         continue;
@@ -220,7 +275,7 @@ impl Worker {
                     keep
                 }
             };
-            let staged = Read { batch: staged, generation };
+            let staged = Read { signal, batch: staged, generation };
             if !batch.is_empty() && bytes + staged.batch.bytes() > max_bytes {
                 *carried = Some(staged);
                 break;
@@ -232,8 +287,9 @@ impl Worker {
         batch
     }
 
-    fn sort(&self, message: &BorrowedMessage<'_>) -> Sorted {
+    fn sort(&self, signal: SignalKind, message: &BorrowedMessage<'_>) -> Sorted {
         sort_message(
+            signal,
             message.topic(),
             message.key(),
             message.payload().unwrap_or_default(),
@@ -246,7 +302,13 @@ impl Worker {
     /// Delivers `letter`, pausing the partitions and retrying with backoff (serving the group
     /// meanwhile) until Kafka acknowledges it. `false`: not delivered because the consumer is
     /// stopping or the partition was revoked since the message was read under `generation`.
-    fn dead_letter(&self, letter: &DeadLetter, generation: u64, stop: &CancellationToken) -> bool {
+    fn dead_letter(
+        &self,
+        letter: &DeadLetter,
+        signal: SignalKind,
+        generation: u64,
+        stop: &CancellationToken,
+    ) -> bool {
         let mut paused = false;
         let mut failures = 0u32;
         let delivered = loop {
@@ -275,7 +337,7 @@ impl Worker {
             if stop.is_cancelled() {
                 break false;
             }
-            if !self.assignments().is_current(letter.partition, generation) {
+            if !self.assignments().is_current((signal, letter.partition), generation) {
                 tracing::warn!(
                     partition = letter.partition,
                     offset = letter.offset,
@@ -346,7 +408,8 @@ impl Worker {
         let assignment = self.consumer.assignment().unwrap_or_default();
         match self.consumer.pause(&assignment) {
             Ok(()) => {
-                self.assignments().pausing(assignment.elements().iter().map(|e| e.partition()));
+                let partitions = self.topic_partitions(&assignment);
+                self.assignments().pausing(partitions);
                 true
             }
             Err(e) => {
@@ -361,16 +424,25 @@ impl Worker {
     /// now.
     fn resume(&self) {
         let assignment = self.consumer.assignment().unwrap_or_default();
-        let partitions = self.assignments().resuming(assignment.elements().iter().map(|e| e.partition()));
-        let topic = &self.consumer.context().topic;
+        let assigned = self.topic_partitions(&assignment);
+        let partitions = self.assignments().resuming(assigned);
+        let topics = &self.consumer.context().topics;
         let mut tpl = TopicPartitionList::new();
-        for partition in partitions {
-            tpl.add_partition(topic, partition);
+        for (signal, partition) in partitions {
+            if let Some(topic) = topics.of(signal) {
+                tpl.add_partition(&topic.name, partition);
+            }
         }
         if let Err(e) = self.consumer.resume(&tpl) {
             tracing::error!(error = %e, "cannot resume consumption");
         }
         tracing::info!("consumption resumed");
+    }
+
+    /// The partitions of `tpl`, by signal (those of topics not consumed here left out).
+    fn topic_partitions(&self, tpl: &TopicPartitionList) -> Vec<TopicPartition> {
+        let topics = &self.consumer.context().topics;
+        tpl.elements().iter().filter_map(|e| Some((topics.signal_of(e.topic())?, e.partition()))).collect()
     }
 
     /// Serves the group (rebalances, heartbeats) while paused. A message that still arrives is
@@ -389,7 +461,10 @@ impl Worker {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&topic, partition);
             match self.consumer.pause(&tpl) {
-                Ok(()) => self.assignments().pausing([partition]),
+                Ok(()) => {
+                    let paused = self.topic_partitions(&tpl);
+                    self.assignments().pausing(paused);
+                }
                 Err(e) => tracing::error!(error = %e, partition, "cannot pause a partition while paused"),
             }
             if let Err(e) =
@@ -408,6 +483,9 @@ mod tests {
         logs::v1::{LogRecord, ResourceLogs, ScopeLogs},
         resource::v1::Resource,
     };
+
+    use prost::Message as _;
+    use telemetry_lake_common::otlp::SignalKind::{Logs, Metrics, Traces};
 
     use super::*;
 
@@ -439,7 +517,7 @@ mod tests {
     }
 
     fn sort(payload: &[u8], max_batch_bytes: u64) -> Sorted {
-        sort_message("otel-logs", Some(b"svc"), payload, POSITION, max_batch_bytes, 5)
+        sort_message(Logs, "otel-logs", Some(b"svc"), payload, POSITION, max_batch_bytes, 5)
     }
 
     fn decompressed(batch: &Batch) -> ExportLogsServiceRequest {
@@ -449,7 +527,7 @@ mod tests {
 
     fn read(partition: i32, offset: i64, generation: u64) -> Read {
         let position = KafkaPosition { partition, offset };
-        Read { batch: Batch::new(&MARKER, 0, Some(position), 5), generation }
+        Read { signal: Logs, batch: Batch::new(&MARKER, 0, Some(position), 5), generation }
     }
 
     fn offsets(batches: &[Batch]) -> Vec<(i32, i64)> {
@@ -459,45 +537,55 @@ mod tests {
     #[test]
     fn messages_read_before_their_partition_was_revoked_are_not_staged() {
         let mut assignments = Assignments::default();
-        assignments.assign(&[0, 1]);
-        let (zero, one) = (assignments.generation(0).unwrap(), assignments.generation(1).unwrap());
+        assignments.assign(Logs, &[0, 1]);
+        assignments.assign(Traces, &[0]);
+        let (zero, one) =
+            (assignments.generation((Logs, 0)).unwrap(), assignments.generation((Logs, 1)).unwrap());
         let before = [read(0, 10, zero), read(1, 20, one), read(0, 11, zero)];
         assert_eq!(current(&before, &assignments).1, 0);
         assert_eq!(offsets(&current(&before, &assignments).0), [(0, 10), (1, 20), (0, 11)]);
 
         // Eager: everything revoked, then 0 assigned again (it starts again from the table's
         // offsets). Nothing read before is staged: 1 is not ours, 0 is read again.
-        assignments.revoke(&[0, 1]);
+        assignments.revoke(Logs, &[0, 1]);
         assert_eq!(offsets(&current(&before, &assignments).0), []);
-        assignments.assign(&[0]);
+        assert!(assignments.generation((Traces, 0)).is_some(), "another topic's partition 0 stays");
+        assignments.assign(Logs, &[0]);
         assert_eq!(current(&before, &assignments).1, 3);
-        let again = assignments.generation(0).unwrap();
+        let again = assignments.generation((Logs, 0)).unwrap();
         assert_ne!(again, zero);
         let after = [read(0, 10, again)];
         assert_eq!(offsets(&current(&after, &assignments).0), [(0, 10)]);
 
         // Cooperative: gaining 2 and losing nothing keeps what was read of 0.
-        assignments.assign(&[2]);
+        assignments.assign(Logs, &[2]);
         assert_eq!(offsets(&current(&after, &assignments).0), [(0, 10)]);
-        assert_eq!(assignments.generation(3), None, "never assigned");
-        let embedded = Read { batch: Batch::new(&MARKER, 0, None, 5), generation: again };
+        assert_eq!(assignments.generation((Logs, 3)), None, "never assigned");
+        let of_traces = Read { signal: Traces, ..read(0, 10, again) };
+        assert_eq!(current(&[of_traces], &assignments).1, 1, "logs' generation is not the traces topic's");
+        let embedded = Read { signal: Logs, batch: Batch::new(&MARKER, 0, None, 5), generation: again };
         assert_eq!(current(&[embedded], &assignments).1, 1, "a Kafka batch always has a position");
     }
 
     #[test]
     fn a_pause_ends_by_resuming_every_partition_paused_since_revoked_ones_too() {
         let mut assignments = Assignments::default();
-        assignments.assign(&[0, 1]);
+        assignments.assign(Logs, &[0, 1]);
         assert!(!assignments.is_paused());
-        assignments.pausing([0, 1]);
+        assignments.pausing([(Logs, 0), (Logs, 1)]);
         assert!(assignments.is_paused());
         // Revoked while paused, then 2 and 3 assigned (the callback pauses them too).
-        assignments.revoke(&[0, 1]);
-        assignments.assign(&[2, 3]);
-        assignments.pausing([2, 3]);
-        assert_eq!(assignments.resuming([2, 3]), [0, 1, 2, 3], "0 and 1 stay paused in librdkafka otherwise");
+        assignments.revoke(Logs, &[0, 1]);
+        assignments.assign(Logs, &[2]);
+        assignments.assign(Metrics, &[3]);
+        assignments.pausing([(Logs, 2), (Metrics, 3)]);
+        assert_eq!(
+            assignments.resuming([(Logs, 2), (Metrics, 3)]),
+            [(Logs, 0), (Logs, 1), (Logs, 2), (Metrics, 3)],
+            "0 and 1 stay paused in librdkafka otherwise"
+        );
         assert!(!assignments.is_paused());
-        assert_eq!(assignments.resuming([2, 3]), [2, 3], "nothing left of the pause");
+        assert_eq!(assignments.resuming([(Logs, 2)]), [(Logs, 2)], "nothing left of the pause");
         assignments.pausing([]);
         assert!(assignments.is_paused(), "paused with nothing assigned: what comes is paused");
     }
@@ -549,5 +637,90 @@ mod tests {
         assert_eq!((keep.records, keep.bytes()), (0, 2));
         assert_eq!((letter.payload, letter.records), (payload.clone(), 3));
         assert!(letter.reason.contains("more than staging takes in one piece"), "{}", letter.reason);
+    }
+
+    #[test]
+    fn spans_and_data_points_are_sorted_as_log_records_are() {
+        use opentelemetry_proto::tonic::{
+            collector::{metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest},
+            metrics::v1::{
+                Exemplar, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, metric::Data,
+            },
+            trace::v1::{ResourceSpans, ScopeSpans, Span},
+        };
+        use telemetry_lake_proto::RowTable;
+        let spans = |trace_ids: &[usize]| ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: trace_ids
+                        .iter()
+                        .map(|len| Span { trace_id: vec![1; *len], ..Default::default() })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let good = spans(&[16, 0]).encode_to_vec();
+        let Sorted::Stage(batch) = sort_message(Traces, "otel-spans", None, &good, POSITION, 1 << 20, 5)
+        else {
+            panic!("dead-lettered")
+        };
+        assert_eq!((batch.records, batch.tables()), (2, crate::staging::table_bits(&[RowTable::Traces])));
+        let mixed = spans(&[16, 3]).encode_to_vec();
+        let Sorted::DeadLetter { keep, letter } =
+            sort_message(Traces, "otel-spans", None, &mixed, POSITION, 1 << 20, 5)
+        else {
+            panic!("staged")
+        };
+        assert_eq!((keep.records, letter.records, letter.topic.as_str()), (1, 1, "otel-spans"));
+        assert_eq!(ExportTraceServiceRequest::decode(letter.payload.as_slice()).unwrap(), spans(&[3]));
+        let Sorted::DeadLetter { keep, letter } =
+            sort_message(Traces, "otel-spans", None, b"\x0a\xff", POSITION, 1 << 20, 5)
+        else {
+            panic!("staged")
+        };
+        assert_eq!((keep.records, keep.tables()), (0, crate::staging::table_bits(&[RowTable::Traces])));
+        assert!(letter.reason.starts_with("not an OTLP ExportTraceServiceRequest"), "{}", letter.reason);
+
+        let points = ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: vec![Metric {
+                        data: Some(Data::Gauge(Gauge {
+                            data_points: vec![
+                                NumberDataPoint::default(),
+                                NumberDataPoint {
+                                    exemplars: vec![Exemplar { span_id: vec![1; 2], ..Default::default() }],
+                                    ..Default::default()
+                                },
+                            ],
+                        })),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec();
+        let Sorted::DeadLetter { keep, letter } =
+            sort_message(Metrics, "otel-metrics", None, &points, POSITION, 1 << 20, 5)
+        else {
+            panic!("staged")
+        };
+        assert_eq!((keep.records, letter.records), (1, 1));
+        assert_eq!(letter.reason, "exemplars.span_id must be 8 bytes, got 2");
+        assert_eq!(
+            keep.tables(),
+            crate::staging::table_bits(&RowTable::METRICS),
+            "every metrics table records the offset"
+        );
+        let Sorted::DeadLetter { letter, .. } =
+            sort_message(Metrics, "otel-metrics", None, &points, POSITION, 10, 5)
+        else {
+            panic!("staged")
+        };
+        assert_eq!(letter.records, 2, "too large: counted, sent whole");
     }
 }

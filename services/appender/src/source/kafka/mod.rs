@@ -38,6 +38,7 @@ use telemetry_lake_admin_proto::v1::PartitionStats;
 use telemetry_lake_common::{
     kafka::{self, Side, TopicSpec},
     kafka_ids::{IdLookup, TopicIdentity},
+    otlp::SignalKind,
     settings::KafkaSettings,
 };
 use tokio::runtime::Handle;
@@ -46,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use self::{
     consumer::Worker,
     dead_letters::DeadLetters,
-    rebalance::{LakeConsumer, LakeContext},
+    rebalance::{ConsumedTopic, LakeConsumer, LakeContext, Topics},
 };
 use crate::{commit::summary::PartitionOffsets, lake::Lake, staging::Staging};
 
@@ -68,8 +69,21 @@ pub struct SourceCounters {
     pub dead_lettered: AtomicU64,
     pub dead_lettered_records: AtomicU64,
     pub dead_letter_failures: AtomicU64,
+    /// Per signal's topic, indexed by `SignalKind as usize`.
+    pub topics: [TopicCounters; 3],
+}
+
+impl SourceCounters {
+    pub fn topic(&self, signal: SignalKind) -> &TopicCounters {
+        &self.topics[signal as usize]
+    }
+}
+
+/// What the source knows of one topic it consumes.
+#[derive(Debug, Default)]
+pub struct TopicCounters {
     pub assigned: Mutex<Vec<i32>>,
-    /// The table's next offsets as last seen (at assignment or after a commit).
+    /// The tables' next offsets as last seen (at assignment or after a commit).
     pub table_offsets: Mutex<PartitionOffsets>,
     /// The topic (id and cluster) the partitions were last assigned from.
     pub identity: Mutex<Option<TopicIdentity>>,
@@ -80,16 +94,20 @@ pub struct SourceCounters {
 pub struct KafkaSource {
     consumer: Arc<LakeConsumer>,
     pub counters: Arc<SourceCounters>,
-    pub topic: String,
+    topics: Topics,
     ids: Arc<IdLookup>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
-/// Creates the topic (`kafka.partitions` partitions, as the ingester would) and the dead-letter
+/// Creates the topics (`kafka.partitions` partitions, as the ingester would) and the dead-letter
 /// topic (one partition: it is for people, not speed) unless they exist, so an appender fed by a
 /// Collector's kafka exporter needs no ingester and no manual step.
-async fn ensure_topics(config: &KafkaSettings) -> Result<(), KafkaError> {
-    let mut topics = vec![TopicSpec { name: config.topic.clone(), partitions: config.partitions }];
+async fn ensure_topics(config: &KafkaSettings, consumed: &Topics) -> Result<(), KafkaError> {
+    let mut topics: Vec<TopicSpec> = consumed
+        .names()
+        .into_iter()
+        .map(|name| TopicSpec { name: name.to_string(), partitions: config.partitions })
+        .collect();
     if let Some(name) = &config.dead_letter_topic {
         topics.push(TopicSpec { name: name.clone(), partitions: 1 });
     }
@@ -119,29 +137,38 @@ async fn check_access(config: &KafkaSettings) -> anyhow::Result<()> {
 
 impl KafkaSource {
     /// Checks access (a refused authentication is an error), creates the topics and starts
-    /// consuming.
+    /// consuming the topic of each signal of `lakes` (the tables of each signal served).
     pub async fn start(
         config: &KafkaSettings,
         staging: Staging,
-        lake: Arc<Lake>,
+        lakes: Vec<(SignalKind, Vec<Arc<Lake>>)>,
         stop: CancellationToken,
     ) -> anyhow::Result<Self> {
         check_access(config).await?;
         let counters = Arc::new(SourceCounters::default());
         let ids = Arc::new(IdLookup::new(config, Side::Consumer).map_err(KafkaError::ClientCreation)?);
+        let topics = Topics(
+            lakes
+                .into_iter()
+                .map(|(signal, lakes)| ConsumedTopic {
+                    signal,
+                    name: config.topic_of(signal).1.to_string(),
+                    lakes,
+                })
+                .collect(),
+        );
         let context = LakeContext {
             handle: Handle::current(),
             staging: staging.clone(),
-            lake,
-            topic: config.topic.clone(),
+            topics: topics.clone(),
             counters: counters.clone(),
             ids: ids.clone(),
             assignments: Default::default(),
         };
-        ensure_topics(config).await?;
+        ensure_topics(config, &topics).await?;
         let consumer: Arc<LakeConsumer> =
             Arc::new(kafka::consumer_config(config, "telemetry-lake-appender").create_with_context(context)?);
-        consumer.subscribe(&[&config.topic])?;
+        consumer.subscribe(&topics.names())?;
         let dead_letters = DeadLetters::new(config, counters.clone())?;
         let worker = Worker {
             consumer: consumer.clone(),
@@ -154,15 +181,26 @@ impl KafkaSource {
             .name("kafka-consumer".into())
             .spawn(move || worker.run(stop))
             .map_err(|e| KafkaError::Subscription(format!("cannot start the consumer thread: {e}")))?;
-        tracing::info!(brokers = %config.brokers, topic = %config.topic, group = %config.group_id, "consuming");
-        Ok(Self { consumer, counters, topic: config.topic.clone(), ids, thread: Mutex::new(Some(thread)) })
+        tracing::info!(brokers = %config.brokers, topics = ?topics.names(), group = %config.group_id, "consuming");
+        Ok(Self { consumer, counters, topics, ids, thread: Mutex::new(Some(thread)) })
     }
 
-    /// The topic the partitions were assigned from (`None`: not learnt) and the topic the name
-    /// stands for now; when Kafka cannot be asked, the assigned one stands for now too.
-    pub async fn identities(&self) -> Result<(Option<TopicIdentity>, TopicIdentity), String> {
-        let assigned = self.counters.identity.lock().expect("identity lock").clone();
-        let (ids, topic) = (self.ids.clone(), self.topic.clone());
+    /// Whether the source consumes the topic of `signal`.
+    pub fn consumes(&self, signal: SignalKind) -> bool {
+        self.topics.of(signal).is_some()
+    }
+
+    /// The topic of `signal` the partitions were assigned from (`None`: not learnt) and the
+    /// topic its name stands for now; when Kafka cannot be asked, the assigned one stands for
+    /// now too.
+    pub async fn identities(
+        &self,
+        signal: SignalKind,
+    ) -> Result<(Option<TopicIdentity>, TopicIdentity), String> {
+        let topic =
+            self.topics.of(signal).ok_or_else(|| format!("the {} topic is not consumed", signal.name()))?;
+        let assigned = self.counters.topic(signal).identity.lock().expect("identity lock").clone();
+        let (ids, topic) = (self.ids.clone(), topic.name.clone());
         let now = tokio::task::spawn_blocking(move || ids.identify(&topic, IDENTIFY_TIMEOUT))
             .await
             .map_err(|e| format!("the kafka id lookup stopped: {e}"))?;
@@ -183,8 +221,8 @@ impl KafkaSource {
     /// table's offsets of the topic the name stands for then).
     pub fn resubscribe(&self) {
         self.consumer.unsubscribe();
-        if let Err(error) = self.consumer.subscribe(&[&self.topic]) {
-            tracing::error!(%error, topic = %self.topic, "cannot subscribe to the topic again");
+        if let Err(error) = self.consumer.subscribe(&self.topics.names()) {
+            tracing::error!(%error, topics = ?self.topics.names(), "cannot subscribe to the topics again");
         }
     }
 
@@ -195,13 +233,16 @@ impl KafkaSource {
         }
     }
 
-    /// Tells Kafka how far the table got, for lag monitoring; failures only matter to monitoring.
-    pub fn commit_to_kafka(&self, offsets: &PartitionOffsets) {
-        self.counters.table_offsets.lock().expect("offsets lock").extend(offsets.clone());
+    /// Tells Kafka how far a table of `signal` got, for lag monitoring; failures only matter
+    /// to monitoring. (A metrics topic's tables move together: each commit carries its offsets.)
+    pub fn commit_to_kafka(&self, signal: SignalKind, offsets: &PartitionOffsets) {
+        let Some(topic) = self.topics.of(signal) else { return };
+        let counters = self.counters.topic(signal);
+        counters.table_offsets.lock().expect("offsets lock").extend(offsets.clone());
         let mut tpl = TopicPartitionList::new();
-        let owned = self.counters.assigned.lock().expect("assignment lock").clone();
+        let owned = counters.assigned.lock().expect("assignment lock").clone();
         for (partition, next) in offsets.iter().filter(|(p, _)| owned.contains(p)) {
-            let _ = tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(*next));
+            let _ = tpl.add_partition_offset(&topic.name, *partition, Offset::Offset(*next));
         }
         if tpl.count() > 0
             && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)
@@ -212,23 +253,40 @@ impl KafkaSource {
 }
 
 impl KafkaSource {
-    /// Per assigned partition: the table's next offset, the broker's end offset and the lag.
-    /// Asks the broker, so it blocks for up to a second per partition.
+    /// Per assigned partition of every topic: the tables' next offset, the broker's end offset
+    /// and the lag. Asks the broker, each partition at the same time (one thread each), for up
+    /// to a second.
     pub fn partition_stats(&self) -> Vec<PartitionStats> {
-        let assigned = self.counters.assigned.lock().expect("assignment lock").clone();
-        let table = self.counters.table_offsets.lock().expect("offsets lock").clone();
-        assigned
-            .into_iter()
-            .map(|partition| {
-                let committed = table.get(&partition).copied().unwrap_or(-1);
-                let high = self
-                    .consumer
-                    .fetch_watermarks(&self.topic, partition, Duration::from_secs(1))
-                    .map(|(_, high)| high)
-                    .unwrap_or(-1);
-                let lag = if high < 0 { -1 } else { high - committed.max(0) };
-                PartitionStats { partition, committed_offset: committed, high_watermark: high, lag }
-            })
-            .collect()
+        let mut wanted = Vec::new();
+        for topic in &self.topics.0 {
+            let counters = self.counters.topic(topic.signal);
+            let table = counters.table_offsets.lock().expect("offsets lock").clone();
+            for partition in counters.assigned.lock().expect("assignment lock").iter().copied() {
+                wanted.push((topic.name.as_str(), partition, table.get(&partition).copied().unwrap_or(-1)));
+            }
+        }
+        std::thread::scope(|scope| {
+            let asked: Vec<_> = wanted
+                .into_iter()
+                .map(|(topic, partition, committed)| {
+                    scope.spawn(move || {
+                        let high = self
+                            .consumer
+                            .fetch_watermarks(topic, partition, Duration::from_secs(1))
+                            .map(|(_, high)| high)
+                            .unwrap_or(-1);
+                        let lag = if high < 0 { -1 } else { high - committed.max(0) };
+                        PartitionStats {
+                            partition,
+                            committed_offset: committed,
+                            high_watermark: high,
+                            lag,
+                            topic: topic.to_string(),
+                        }
+                    })
+                })
+                .collect();
+            asked.into_iter().filter_map(|thread| thread.join().ok()).collect()
+        })
     }
 }

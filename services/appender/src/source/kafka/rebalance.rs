@@ -33,50 +33,59 @@ use rdkafka::{
 };
 use tokio::runtime::Handle;
 
-use telemetry_lake_common::kafka_ids::IdLookup;
+use telemetry_lake_common::{kafka_ids::IdLookup, otlp::SignalKind};
 
 use super::{IDENTIFY_TIMEOUT, SourceCounters};
-use crate::{commit::summary, lake::Lake, staging::Staging};
+use crate::{
+    commit::summary,
+    lake::Lake,
+    staging::{Staging, table_bits},
+    tables_of,
+};
 
 /// How long a revocation waits for the commit in flight before it goes on without it (a
 /// fraction of `max.poll.interval.ms`, the longest a member may take to rejoin).
 pub(super) const REVOKE_WAIT: Duration = Duration::from_secs(2);
+
+/// A partition of the topic of a signal.
+pub(super) type TopicPartition = (SignalKind, i32);
 
 /// Which assignment each owned partition came with, and whether the consumer is paused. Only
 /// the consumer thread changes it (rebalance callbacks run inside its polls).
 #[derive(Debug, Default)]
 pub(super) struct Assignments {
     last: u64,
-    owned: HashMap<i32, u64>,
+    owned: HashMap<TopicPartition, u64>,
     /// `Some` while the consumer thread has paused consumption: every partition paused since,
     /// revoked ones included (librdkafka keeps a partition paused through a revocation, so one
     /// assigned again later would never fetch unless it is resumed too).
-    paused: Option<BTreeSet<i32>>,
+    paused: Option<BTreeSet<TopicPartition>>,
 }
 
 impl Assignments {
-    /// A new generation for `partitions`: what was read of them before is stale.
-    pub(super) fn assign(&mut self, partitions: &[i32]) {
+    /// A new generation for `partitions` of `signal`'s topic: what was read of them before is
+    /// stale.
+    pub(super) fn assign(&mut self, signal: SignalKind, partitions: &[i32]) {
         self.last += 1;
         for partition in partitions {
-            self.owned.insert(*partition, self.last);
+            self.owned.insert((signal, *partition), self.last);
         }
     }
 
-    pub(super) fn revoke(&mut self, partitions: &[i32]) {
+    pub(super) fn revoke(&mut self, signal: SignalKind, partitions: &[i32]) {
         for partition in partitions {
-            self.owned.remove(partition);
+            self.owned.remove(&(signal, *partition));
         }
     }
 
     /// The generation a message of `partition` read now belongs to; `None`: not owned.
-    pub(super) fn generation(&self, partition: i32) -> Option<u64> {
+    pub(super) fn generation(&self, partition: TopicPartition) -> Option<u64> {
         self.owned.get(&partition).copied()
     }
 
     /// Whether a message of `partition` read under `generation` may still be staged: the
     /// partition was not revoked (nor revoked and assigned again) since.
-    pub(super) fn is_current(&self, partition: i32, generation: u64) -> bool {
+    pub(super) fn is_current(&self, partition: TopicPartition, generation: u64) -> bool {
         self.owned.get(&partition) == Some(&generation)
     }
 
@@ -85,13 +94,16 @@ impl Assignments {
     }
 
     /// Notes `partitions` as paused (the consumer is paused from now on).
-    pub(super) fn pausing(&mut self, partitions: impl IntoIterator<Item = i32>) {
+    pub(super) fn pausing(&mut self, partitions: impl IntoIterator<Item = TopicPartition>) {
         self.paused.get_or_insert_default().extend(partitions);
     }
 
     /// Ends the pause: the partitions to resume, every one paused since it began and every
     /// one `assigned` now.
-    pub(super) fn resuming(&mut self, assigned: impl IntoIterator<Item = i32>) -> Vec<i32> {
+    pub(super) fn resuming(
+        &mut self,
+        assigned: impl IntoIterator<Item = TopicPartition>,
+    ) -> Vec<TopicPartition> {
         let mut partitions = self.paused.take().unwrap_or_default();
         partitions.extend(assigned);
         partitions.into_iter().collect()
@@ -102,8 +114,8 @@ impl Assignments {
 pub(super) struct LakeContext {
     pub(super) handle: Handle,
     pub(super) staging: Staging,
-    pub(super) lake: Arc<Lake>,
-    pub(super) topic: String,
+    /// The topics consumed, and the tables each one's rows land in.
+    pub(super) topics: Topics,
     pub(super) counters: Arc<SourceCounters>,
     pub(super) ids: Arc<IdLookup>,
     pub(super) assignments: Mutex<Assignments>,
@@ -114,75 +126,132 @@ impl ClientContext for LakeContext {}
 impl ConsumerContext for LakeContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
-        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        let by_signal = self.topics.partitions_by_signal(tpl);
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.start_from_table(tpl, &partitions);
+                for (signal, partitions) in &by_signal {
+                    self.start_from_table(tpl, *signal, partitions);
+                }
                 let assigned =
                     if cooperative { consumer.incremental_assign(tpl) } else { consumer.assign(tpl) };
                 match assigned {
                     Ok(()) => {
-                        let mut owned = self.counters.assigned.lock().expect("assignment lock");
-                        owned.extend(&partitions);
-                        owned.sort_unstable();
-                        owned.dedup();
-                        drop(owned);
                         let mut assignments = self.assignments.lock().expect("assignments lock");
-                        assignments.assign(&partitions);
+                        for (signal, partitions) in &by_signal {
+                            let mut owned =
+                                self.counters.topic(*signal).assigned.lock().expect("assignment lock");
+                            owned.extend(partitions);
+                            owned.sort_unstable();
+                            owned.dedup();
+                            drop(owned);
+                            assignments.assign(*signal, partitions);
+                        }
                         // Consumption is paused: these must not fetch either (wait_paused
                         // would seek back every message they bring, again and again).
                         let paused = assignments.is_paused();
                         if paused {
                             match consumer.pause(tpl) {
-                                Ok(()) => assignments.pausing(partitions.iter().copied()),
+                                Ok(()) => assignments.pausing(
+                                    by_signal.iter().flat_map(|(s, ps)| ps.iter().map(move |p| (*s, *p))),
+                                ),
                                 Err(e) => {
-                                    tracing::error!(error = %e, ?partitions, "cannot pause assigned partitions")
+                                    tracing::error!(error = %e, ?by_signal, "cannot pause assigned partitions")
                                 }
                             }
                         }
-                        tracing::info!(?partitions, paused, "partitions assigned");
+                        tracing::info!(?by_signal, paused, "partitions assigned");
                     }
-                    Err(e) => tracing::error!(error = %e, ?partitions, "cannot assign partitions"),
+                    Err(e) => tracing::error!(error = %e, ?by_signal, "cannot assign partitions"),
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
                 // Commits from now on leave these partitions out, and messages of them read
                 // before now are not staged. The commit in flight (if any) may still hold
                 // them: it is given REVOKE_WAIT, no more (see the module doc).
-                self.counters.assigned.lock().expect("assignment lock").retain(|p| !partitions.contains(p));
-                self.assignments.lock().expect("assignments lock").revoke(&partitions);
+                for (signal, partitions) in &by_signal {
+                    let topic = self.counters.topic(*signal);
+                    topic.assigned.lock().expect("assignment lock").retain(|p| !partitions.contains(p));
+                    self.assignments.lock().expect("assignments lock").revoke(*signal, partitions);
+                }
                 let started = Instant::now();
                 let dropped = self.block_on(async {
                     let waited = tokio::time::timeout(REVOKE_WAIT, self.counters.commit_gate.lock()).await;
                     let committing = waited.is_err();
                     drop(waited);
-                    self.staging
-                        .discard_unsealed_partitions(partitions.clone())
-                        .await
-                        .map(|_| committing)
-                        .map_err(|e| e.to_string())
+                    for (signal, partitions) in &by_signal {
+                        self.staging
+                            .discard_unsealed_partitions(table_bits(tables_of(*signal)), partitions.clone())
+                            .await
+                            .map_err(|e| e.to_string())?;
+                    }
+                    Ok(committing)
                 });
                 match dropped {
                     Ok(true) => tracing::warn!(
-                        ?partitions,
+                        ?by_signal,
                         waited = ?started.elapsed(),
                         "revoking without waiting for the commit in flight to finish (it may still \
                          commit rows of these partitions; the table's offsets keep them once)"
                     ),
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::error!(error = %e, ?partitions, "cannot drop staged rows of revoked partitions")
+                        tracing::error!(error = %e, ?by_signal, "cannot drop staged rows of revoked partitions")
                     }
                 }
                 let revoked =
                     if cooperative { consumer.incremental_unassign(tpl) } else { consumer.unassign() };
                 if let Err(e) = revoked {
-                    tracing::error!(error = %e, ?partitions, "cannot unassign partitions");
+                    tracing::error!(error = %e, ?by_signal, "cannot unassign partitions");
                 }
-                tracing::info!(?partitions, seconds = started.elapsed().as_secs_f64(), "partitions revoked");
+                tracing::info!(?by_signal, seconds = started.elapsed().as_secs_f64(), "partitions revoked");
             }
             other => tracing::error!(error = ?other, "rebalance failed"),
         }
+    }
+}
+
+/// The topics a source consumes: each signal's topic and the tables its rows land in.
+#[derive(Clone)]
+pub(crate) struct Topics(pub(crate) Vec<ConsumedTopic>);
+
+#[derive(Clone)]
+pub(crate) struct ConsumedTopic {
+    pub(crate) signal: SignalKind,
+    pub(crate) name: String,
+    /// The tables of the signal (logs: one; metrics: five), whose offsets of the topic decide
+    /// where it starts.
+    pub(crate) lakes: Vec<Arc<Lake>>,
+}
+
+impl Topics {
+    /// The topic of `signal`, if it is consumed.
+    pub(crate) fn of(&self, signal: SignalKind) -> Option<&ConsumedTopic> {
+        self.0.iter().find(|t| t.signal == signal)
+    }
+
+    /// The signal whose topic is `name`.
+    pub(crate) fn signal_of(&self, name: &str) -> Option<SignalKind> {
+        self.0.iter().find(|t| t.name == name).map(|t| t.signal)
+    }
+
+    pub(crate) fn names(&self) -> Vec<&str> {
+        self.0.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// The partitions of `tpl`, by the signal of their topic (those of unknown topics left out).
+    fn partitions_by_signal(&self, tpl: &TopicPartitionList) -> Vec<(SignalKind, Vec<i32>)> {
+        let mut by_signal: Vec<(SignalKind, Vec<i32>)> = Vec::new();
+        for element in tpl.elements() {
+            let Some(signal) = self.signal_of(element.topic()) else {
+                tracing::warn!(topic = element.topic(), "a partition of a topic not consumed here, ignored");
+                continue;
+            };
+            match by_signal.iter_mut().find(|(s, _)| *s == signal) {
+                Some((_, partitions)) => partitions.push(element.partition()),
+                None => by_signal.push((signal, vec![element.partition()])),
+            }
+        }
+        by_signal
     }
 }
 
@@ -198,45 +267,72 @@ impl LakeContext {
         self.handle.block_on(work)
     }
 
-    /// Drops unsealed rows of newly assigned partitions (they will be read again from the
-    /// table's offsets, and must not be staged twice) and sets each start offset: the table's
-    /// next offset of this topic id and cluster, or the earliest offset of a partition the
-    /// table holds no rows of (a new topic, or one deleted and created again).
-    fn start_from_table(&self, tpl: &mut TopicPartitionList, partitions: &[i32]) {
+    /// Drops unsealed rows of newly assigned partitions of `signal`'s topic (they will be read
+    /// again from the tables' offsets, and must not be staged twice) and sets each start offset:
+    /// the lowest next offset of this topic id and cluster among the signal's tables (a metrics
+    /// message has rows in up to five), or the earliest offset of a partition one of them holds
+    /// no rows of (a new topic or table, or a topic deleted and created again).
+    fn start_from_table(&self, tpl: &mut TopicPartitionList, signal: SignalKind, partitions: &[i32]) {
+        let Some(topic) = self.topics.of(signal) else { return };
         let found = self.block_on(async {
-            self.staging.discard_unsealed_partitions(partitions.to_vec()).await.map_err(|e| e.to_string())?;
-            self.lake.state().await.map_err(|e| e.to_string())
+            self.staging
+                .discard_unsealed_partitions(table_bits(tables_of(signal)), partitions.to_vec())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut states = Vec::with_capacity(topic.lakes.len());
+            for lake in &topic.lakes {
+                states.push(lake.state().await.map_err(|e| e.to_string())?);
+            }
+            Ok(states)
         });
         // Here, on the consumer thread, blocking is allowed.
-        let found = found.and_then(|state| Ok((state, self.ids.identify(&self.topic, IDENTIFY_TIMEOUT)?)));
+        let found = found.and_then(|states| Ok((states, self.ids.identify(&topic.name, IDENTIFY_TIMEOUT)?)));
         match found {
-            Ok((state, identity)) => {
-                let found = summary::table_offsets(&state.properties, &state.summaries, &identity);
-                if let Some(recorded_for) = &found.recorded_for {
-                    tracing::warn!(
-                        "the table's offsets of topic {} are of {recorded_for}, but the topic is \
-                         {identity} now (deleted and created again, or another cluster): they do \
-                         not apply, its partitions start from their earliest offsets",
-                        self.topic
-                    );
+            Ok((states, identity)) => {
+                // Per partition, the lowest next offset of the tables; absent when one has none.
+                let mut lowest: Option<summary::PartitionOffsets> = None;
+                for state in &states {
+                    let found = summary::table_offsets(&state.properties, &state.summaries, &identity);
+                    if let Some(recorded_for) = &found.recorded_for {
+                        tracing::warn!(
+                            "the table's offsets of topic {} are of {recorded_for}, but the topic is \
+                             {identity} now (deleted and created again, or another cluster): they do \
+                             not apply, its partitions start from their earliest offsets",
+                            topic.name
+                        );
+                    }
+                    lowest = Some(match lowest {
+                        None => found.offsets,
+                        Some(mut low) => {
+                            low.retain(|p, next| match found.offsets.get(p) {
+                                Some(theirs) => {
+                                    *next = (*next).min(*theirs);
+                                    true
+                                }
+                                None => false,
+                            });
+                            low
+                        }
+                    });
                 }
-                let offsets = found.offsets;
+                let offsets = lowest.unwrap_or_default();
                 {
-                    let mut known = self.counters.table_offsets.lock().expect("offsets lock");
+                    let counters = self.counters.topic(signal);
+                    let mut known = counters.table_offsets.lock().expect("offsets lock");
                     known.retain(|p, _| !partitions.contains(p));
                     known.extend(offsets.iter().filter(|(p, _)| partitions.contains(p)));
+                    *counters.identity.lock().expect("identity lock") = Some(identity.clone());
                 }
-                *self.counters.identity.lock().expect("identity lock") = Some(identity.clone());
                 for partition in partitions {
                     let start =
                         offsets.get(partition).map_or(Offset::Beginning, |next| Offset::Offset(*next));
-                    let _ = tpl.set_partition_offset(&self.topic, *partition, start);
+                    let _ = tpl.set_partition_offset(&topic.name, *partition, start);
                 }
-                tracing::info!(?offsets, %identity, "starting assigned partitions from the table's offsets");
+                tracing::info!(topic = %topic.name, ?offsets, %identity, "starting assigned partitions from the tables' offsets");
             }
             // Safe, only slower: the fence drops rows the table already holds.
             Err(error) => {
-                tracing::warn!(%error, "table offsets unavailable, starting from the group's committed offsets")
+                tracing::warn!(%error, topic = %topic.name, "table offsets unavailable, starting from the group's committed offsets")
             }
         }
     }
