@@ -993,7 +993,7 @@ def test_sdk_metrics_land_point_for_point(http: bool, appender: Appender) -> Non
     assert (in_flight_r0["value"], in_flight_r0["is_monotonic"]) == (-1.0, False)
     for route in ("/r0", "/r1", "/r2"):
         (exemplar,) = point(rows["metrics_sum"], "requests", route=route)["exemplars"]
-        assert exemplar["trace_id"] == trace_id and re.fullmatch(r"[0-9a-f]{16}", exemplar["span_id"]), exemplar
+        assert exemplar["trace_id"] == trace_id and re.fullmatch(r"[0-9a-f]{16}", exemplar["span_id"] or ""), exemplar
         assert set(dict(exemplar["filtered_attributes"])) == {"user"}, "the attribute the View dropped"
     assert point(rows["metrics_gauge"], "queue_depth", queue="orders")["value"] == 7.0, "as_int as a double"
     assert point(rows["metrics_gauge"], "temperature", room="r0")["value"] == 23.5
