@@ -1,18 +1,21 @@
-//! The appender: OTLP logs (embedded mode) or the Kafka topic (Kafka mode), staged in DuckDB and
-//! appended to an Iceberg table. The modules follow the data:
+//! The appender: OTLP logs, traces and metrics (embedded mode) or their Kafka topics (Kafka
+//! mode), staged in DuckDB and appended to Iceberg tables. The modules follow the data:
 //!
 //! ```text
-//!  source::otlp  (OTLP gRPC/HTTP, embedded) --rows--+
-//!                                                   +--> staging (DuckDB file, group commit)
-//!  source::kafka (the topic, Kafka mode) ----rows---+        | sealed sets
-//!                                                            v
+//!  source::otlp  (OTLP gRPC/HTTP, both modes) ---encoded requests--+
+//!                                                                  +--> staging (DuckDB file,
+//!  source::kafka (the topics, Kafka mode) ------encoded messages---+     group commit)
+//!                                                                            | sealed sets
+//!                                                                            v
 //!  interval / thresholds / Flush / SIGUSR1 / shutdown --> commit (fence, summary) --> lake
-//!                                                         (one Iceberg snapshot per sealed set)
+//!                       (one Iceberg snapshot per table with rows, per sealed set: logs,
+//!                        traces, metrics_gauge, metrics_sum, metrics_histogram, …)
 //! ```
 //!
-//! `rows` turns OTLP into Arrow rows of the table's shape; `admin` answers Flush and Stats.
-//! An export is answered once its rows are durable in the staging file; a staged row leaves the
-//! staging file only after the Iceberg commit that holds it.
+//! `rows` turns OTLP into Arrow rows of each table's shape (`rows` for logs, `rows::spans`,
+//! `rows::metrics`); `admin` answers Flush and Stats. An export is answered once its request is
+//! durable in the staging file; a staged request leaves the staging file only after the
+//! Iceberg commits that hold its rows, each table's commit checked against that table alone.
 
 pub mod admin;
 pub mod commit;

@@ -1,11 +1,15 @@
-//! Sealed sets, as the committer reads them: counted, then decoded into rows and handed out in
-//! `service_name, timestamp` order, from a DuckDB connection of their own.
+//! Sealed sets, as the committer reads them, one table at a time: counted, then decoded into rows
+//! and handed out in the table's order (`service_name, timestamp` for logs), from a DuckDB
+//! connection of their own.
 //!
 //! ```text
 //!  DuckDB batches (seq <= the set's last) --dump, in ranges of ~4 MiB--> batches.bin beside the
 //!      staging file (+ an index of (seq, part) -> offset in memory)        DuckDB is done here
-//!  batches.bin --each batch's parts, in arrival order--> SortedRuns (sorted runs of encoded
-//!      records) --> rows (decoded once, from the bytes) --> Arrow batches in order
+//!  batches.bin --each batch's parts, in arrival order--> logs: SortedRuns (sorted runs of
+//!      encoded records) --> rows (decoded once, from the bytes) --> Arrow batches in order
+//!                                                        traces, metrics: prost --> rows
+//!      (rows::spans, rows::metrics) --> arrow_sort::SortedBatches (runs spilled as Arrow IPC)
+//!      --> Arrow batches in order
 //! ```
 //!
 //! DuckDB is queried only briefly: while a query runs the checkpointer waits (DuckDB 1.5.5

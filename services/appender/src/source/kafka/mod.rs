@@ -1,24 +1,29 @@
-//! The appender's Kafka source: the topic in, staged rows out, exactly once into Iceberg.
+//! The appender's Kafka source: the topics in, staged messages out, exactly once into Iceberg.
 //!
 //! ```text
-//!  Kafka topic --poll (consumer.rs, its own thread)--> decode OTLP --> rows with
-//!       |                                              (partition, offset) --> staging
-//!       |                   \--undecodable, too large, malformed records--> dead_letters.rs
-//!       +-- rebalance.rs: on assignment drop unsealed rows of those partitions and start each at
-//!           the table's next offset of this topic id (from the Iceberg table), not the group's
+//!  Kafka topics: kafka.topic (logs), kafka.traces_topic, kafka.metrics_topic (of the signals
+//!       |        served), one consumer group
+//!       +--poll (consumer.rs, its own thread)--> check each message as its topic's OTLP request
+//!       |        --> the message's bytes, with (partition, offset), tagged with its tables --> staging
+//!       |   \--undecodable, too large, malformed items--> dead_letters.rs
+//!       +-- rebalance.rs: on assignment drop unsealed messages of those partitions and start each
+//!           at the lowest next offset its signal's tables hold for this topic id, not the group's
 //! ```
 //!
-//! Exactly once rests on the table, not on Kafka: every commit carries, in its snapshot summary
-//! and the table's properties, the next offset of every partition the table holds rows of, with
-//! the topic id and cluster id they belong to, and each commit takes only rows of partitions
-//! this appender owns now, past the offsets the table already holds for that topic id
-//! (`crate::commit::fence`). A topic deleted and created again under the same name is a new
-//! topic: its partitions start from their earliest offsets.
+//! Exactly once rests on the tables, not on Kafka: every commit to a table carries, in its
+//! snapshot summary and the table's properties, the next offset of every partition of its
+//! signal's topic the table holds rows of, with the topic id and cluster id they belong to, and
+//! each commit takes only rows of partitions this appender owns now, past the offsets that table
+//! already holds for that topic id (`crate::commit::fence`). A metrics message has rows in up to
+//! five tables: it counts for all five, so each records the topic's offsets past it. A topic
+//! deleted and created again under the same name is a new topic: its partitions start from their
+//! earliest offsets.
 //! A commit lands only on the table state whose offsets it checked (`crate::lake`'s pinned
 //! catalog), so a zombie appender that lost its partitions without noticing cannot commit rows
 //! the new owner committed: its commit is refused and checked again. Rows consumed twice (a
-//! rebalance, a restart, a crash mid-commit) land once. Kafka's own committed offsets are
-//! written after each Iceberg commit, only so lag can be watched with the usual tools.
+//! rebalance, a restart, a crash mid-commit, between two tables' commits) land once. Kafka's own
+//! committed offsets are written after each Iceberg commit, only so lag can be watched with the
+//! usual tools.
 
 mod consumer;
 mod dead_letters;

@@ -1,9 +1,11 @@
 //! Rebalances: what happens when the group gives this appender partitions or takes them away.
 //!
 //! - Assigned: unsealed rows of those partitions are dropped (they are read again), and each
-//!   partition starts at the table's next offset of this topic id and cluster (from the table's
-//!   properties and snapshot summaries), or at its earliest offset when the table holds none,
-//!   never at the group's committed offset (unless the table or Kafka cannot be asked). Each
+//!   partition starts at the lowest next offset of this topic id and cluster among its signal's
+//!   tables (from their properties and snapshot summaries; logs and traces have one table,
+//!   metrics five), or at its earliest offset when one of them holds none, never at the group's
+//!   committed offset (unless a table or Kafka cannot be asked). Partitions are of three topics:
+//!   everything here is per (signal, partition). Each
 //!   assignment gets a new generation ([`Assignments`]); a message is tagged with its
 //!   partition's generation when it is read, and the consumer thread stages it only while that
 //!   partition still has that generation, so nothing read under an old assignment is staged
