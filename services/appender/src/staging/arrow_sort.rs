@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  push(batch) ... until the run's batches hold run_bytes of Arrow memory
-//!      --> sort the run's rows by key --> write them in order, OUT_ROWS per batch (run-N.arrow)
+//!      --> sort the run's rows by key --> write them in order, SPILL_ROWS per batch (run-N.arrow)
 //!  finish(each): nothing spilled --> the one run sorted in memory
 //!                runs spilled    --> the last run spilled too, then a k-way merge of the files,
 //!                                    each read batch by batch
@@ -32,6 +32,11 @@ use arrow_select::interleave::interleave_record_batch;
 
 /// Rows per batch handed out.
 pub const OUT_ROWS: usize = 2048;
+/// Rows per batch of a spilled run. The merge holds a batch (or two) of every run at once, and
+/// spans or data points with their attributes take kilobytes a row: with 2,048-row batches the
+/// embedded appender peaked at 467-475 MiB on spans, with 256 at 258 MiB
+/// (bench/compare/signals_appender.py).
+const SPILL_ROWS: usize = 256;
 
 /// Batches pushed in any order, handed out as sorted rows (see the module docs). After an error,
 /// drop it: the run being spilled may be lost.
@@ -213,7 +218,7 @@ impl SortedBatches {
         self.spilled.push(path.clone());
         let mut writer =
             FileWriter::try_new(BufWriter::new(file), &self.schema).map_err(|e| cannot_write(&path, e))?;
-        for chunk in order.chunks(OUT_ROWS) {
+        for chunk in order.chunks(SPILL_ROWS) {
             let batch = self.gather_from_run(&run, chunk)?;
             writer.write(&batch).map_err(|e| cannot_write(&path, e))?;
         }
