@@ -792,7 +792,7 @@ def test_object_store_secret_reaches_the_appenders_s3_client(
         # A store that refuses it: the appender cannot create its table, and waits (retrying)
         # rather than exiting, until stopped.
         wait_until(
-            lambda: S3Recorder.requests and "cannot open the iceberg table yet" in appender.log_text(),
+            lambda: S3Recorder.requests and "cannot open the iceberg tables yet" in appender.log_text(),
             timeout=60,
             what="a refused table creation on the S3 endpoint",
         )
@@ -1195,7 +1195,7 @@ def test_compose_config_is_accepted_by_both_binaries(
     appender.start()
     assert appender.process is not None
     # The config is accepted; with no catalog behind the address the appender waits for it.
-    wait_until(lambda: "cannot open the iceberg table yet" in appender.log_text(), timeout=60, what="a catalog retry")
+    wait_until(lambda: "cannot open the iceberg tables yet" in appender.log_text(), timeout=60, what="a catalog retry")
     appender.assert_alive()
     appender.process.terminate()
     code = appender.process.wait(timeout=30)

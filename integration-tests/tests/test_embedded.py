@@ -431,7 +431,7 @@ def test_waits_for_an_unreachable_catalog_instead_of_exiting(make_appender: Appe
     wait_until(lambda: "retrying" in appender.log_text(), timeout=30, what="a retry of the catalog")
     time.sleep(3)
     appender.assert_alive()
-    assert appender.log_text().count("cannot open the iceberg table yet") >= 2, appender.log_tail()
+    assert appender.log_text().count("cannot open the iceberg tables yet") >= 2, appender.log_tail()
     started = time.monotonic()
     appender.stop(timeout=15)
     assert time.monotonic() - started < 15

@@ -925,6 +925,25 @@ def export_request(appender: Appender, signal: str, request: Message, *, http: b
     return response_type.FromString(reply)
 
 
+def wait_collector_sent(collector: Collector, spans: int, points: int) -> None:
+    """Waits until the Collector's exporter has sent `spans` spans and `points` data points,
+    and checks that it failed to send none."""
+    wait_until(
+        lambda: (
+            (
+                collector.metric_sum("otelcol_exporter_sent_spans"),
+                collector.metric_sum("otelcol_exporter_sent_metric_points"),
+            )
+            == (spans, points)
+        ),
+        timeout=60,
+        what=f"the collector to export {spans} spans and {points} data points",
+        interval=0.5,
+    )
+    assert collector.metric_sum("otelcol_exporter_send_failed_spans") == 0
+    assert collector.metric_sum("otelcol_exporter_send_failed_metric_points") == 0
+
+
 def telemetrygen_args(host_port: str, *, http: bool) -> list[str]:
     return ["--otlp-insecure", "--otlp-endpoint", host_port, "--workers", "1", "--rate", "0"] + (
         ["--otlp-http"] if http else []
@@ -1110,21 +1129,7 @@ def test_a_collector_in_front_forwards_traces_and_metrics(
 
     expected_points = metric_rows(encode_metrics(data))
     sdk_points = sum(map(len, expected_points.values()))
-    wanted = (200 + len(spans), 200 + sdk_points)
-    wait_until(
-        lambda: (
-            (
-                collector.metric_sum("otelcol_exporter_sent_spans"),
-                collector.metric_sum("otelcol_exporter_sent_metric_points"),
-            )
-            == wanted
-        ),
-        timeout=60,
-        what=f"the collector to export {wanted[0]} spans and {wanted[1]} data points",
-        interval=0.5,
-    )
-    assert collector.metric_sum("otelcol_exporter_send_failed_spans") == 0
-    assert collector.metric_sum("otelcol_exporter_send_failed_metric_points") == 0
+    wait_collector_sent(collector, 200 + len(spans), 200 + sdk_points)
     appender.flush_http()
 
     traces = table_rows(appender, "traces")

@@ -65,6 +65,7 @@ from test_signals_appender import (
     spans_request,
     summary_and_exemplar_request,
     telemetrygen_args,
+    wait_collector_sent,
 )
 
 METRICS_TABLES = tuple(f"metrics_{kind}" for kind in METRIC_TYPES)
@@ -649,21 +650,7 @@ def test_the_collector_s_kafka_exporter_feeds_the_appender_spans_and_points(
             "--otlp-metric-name", name, "--service", "gen", timeout=120, check=True,
         )  # fmt: skip
     spans = 2 * traces  # a parent and one child span per trace
-    wanted = (spans, sum(points.values()))
-    wait_until(
-        lambda: (
-            (
-                collector.metric_sum("otelcol_exporter_sent_spans"),
-                collector.metric_sum("otelcol_exporter_sent_metric_points"),
-            )
-            == wanted
-        ),
-        timeout=60,
-        what=f"the collector to write {wanted[0]} spans and {wanted[1]} data points to Kafka",
-        interval=0.5,
-    )
-    assert collector.metric_sum("otelcol_exporter_send_failed_spans") == 0
-    assert collector.metric_sum("otelcol_exporter_send_failed_metric_points") == 0
+    wait_collector_sent(collector, spans, sum(points.values()))
 
     expected = {"traces": spans, **{TELEMETRYGEN_TYPES[kind]: n for kind, n in points.items()}}
     drain(appender, expected)

@@ -26,6 +26,7 @@ use base64::Engine;
 use opentelemetry_proto::tonic::{
     collector::logs::v1::ExportLogsServiceRequest,
     common::v1::{AnyValue, KeyValue, any_value::Value},
+    resource::v1::Resource,
 };
 use telemetry_lake_common::otlp::records;
 use telemetry_lake_proto::{MAP_ENTRIES, RowTable, UTC};
@@ -81,6 +82,13 @@ impl serde::Serialize for AttributeMap<'_> {
         }
         map.end()
     }
+}
+
+/// A resource's service name (`service.name`) and attributes: what every row of its items
+/// carries (`spans`, `metrics`).
+pub(crate) fn resource_columns(resource: Option<&Resource>) -> (Option<String>, AttributeMap<'_>) {
+    let attributes = resource.map(|r| r.attributes.as_slice()).unwrap_or_default();
+    (string_attribute(attributes, "service.name"), AttributeMap::of(attributes))
 }
 
 /// Rows of a table made with serde (`spans`, `metrics`): `rows` serialized against the

@@ -12,14 +12,18 @@
 
 use opentelemetry_proto::tonic::{
     collector::metrics::v1::ExportMetricsServiceRequest,
-    metrics::v1::{AggregationTemporality, Exemplar, Metric, exemplar, metric::Data, number_data_point},
+    common::v1::KeyValue,
+    metrics::v1::{
+        AggregationTemporality, Exemplar, ExponentialHistogramDataPoint, HistogramDataPoint, Metric,
+        NumberDataPoint, SummaryDataPoint, exemplar, metric::Data, number_data_point,
+    },
 };
 use serde::{Serialize, Serializer, ser::SerializeStruct};
 use telemetry_lake_common::otlp::records;
 use telemetry_lake_proto::RowTable;
 
 use super::{
-    AttributeMap, KafkaPosition, Rows, hex_id, nanos_to_micros, non_empty, serde_batch, string_attribute,
+    AttributeMap, KafkaPosition, Rows, hex_id, nanos_to_micros, non_empty, serde_batch, resource_columns,
 };
 
 /// The resource and scope a point belongs to, shared by the rows of a scope.
@@ -238,11 +242,46 @@ struct Gathered<'a, V> {
 
 /// The shared part of a data point, as its fields are named in every point type.
 struct Point<'a> {
-    attributes: &'a [opentelemetry_proto::tonic::common::v1::KeyValue],
+    attributes: &'a [KeyValue],
     start_time_unix_nano: u64,
     time_unix_nano: u64,
     flags: u32,
     exemplars: &'a [Exemplar],
+}
+
+/// The point types' shared part.
+trait SharedFields {
+    fn shared(&self) -> Point<'_>;
+}
+
+macro_rules! shared_fields {
+    ($($point:ty),*) => {$(
+        impl SharedFields for $point {
+            fn shared(&self) -> Point<'_> {
+                Point {
+                    attributes: &self.attributes,
+                    start_time_unix_nano: self.start_time_unix_nano,
+                    time_unix_nano: self.time_unix_nano,
+                    flags: self.flags,
+                    exemplars: &self.exemplars,
+                }
+            }
+        }
+    )*};
+}
+
+shared_fields!(NumberDataPoint, HistogramDataPoint, ExponentialHistogramDataPoint);
+
+impl SharedFields for SummaryDataPoint {
+    fn shared(&self) -> Point<'_> {
+        Point {
+            attributes: &self.attributes,
+            start_time_unix_nano: self.start_time_unix_nano,
+            time_unix_nano: self.time_unix_nano,
+            flags: self.flags,
+            exemplars: &[],
+        }
+    }
 }
 
 impl<'a, V> Gathered<'a, V> {
@@ -310,14 +349,7 @@ pub fn to_rows(
     source: Option<KafkaPosition>,
     received_at_micros: i64,
 ) -> Result<Rows, String> {
-    let resources: Vec<(Option<String>, AttributeMap<'_>)> = request
-        .resource_metrics
-        .iter()
-        .map(|r| {
-            let attributes = r.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or_default();
-            (string_attribute(attributes, "service.name"), AttributeMap::of(attributes))
-        })
-        .collect();
+    let resources: Vec<_> = request.resource_metrics.iter().map(|r| resource_columns(r.resource.as_ref())).collect();
     let scopes: Vec<AttributeMap<'_>> = request
         .resource_metrics
         .iter()
@@ -355,14 +387,7 @@ pub fn to_rows(
             for (context, bytes, metric) in metrics {
                 let Some(Data::Gauge(gauge)) = &metric.data else { continue };
                 for p in &gauge.data_points {
-                    let point = Point {
-                        attributes: &p.attributes,
-                        start_time_unix_nano: p.start_time_unix_nano,
-                        time_unix_nano: p.time_unix_nano,
-                        flags: p.flags,
-                        exemplars: &p.exemplars,
-                    };
-                    out.push(context, bytes, metric, point, || GaugeValues {
+                    out.push(context, bytes, metric, p.shared(), || GaugeValues {
                         value: number(p.value.as_ref()),
                     });
                 }
@@ -374,14 +399,7 @@ pub fn to_rows(
             for (context, bytes, metric) in metrics {
                 let Some(Data::Sum(sum)) = &metric.data else { continue };
                 for p in &sum.data_points {
-                    let point = Point {
-                        attributes: &p.attributes,
-                        start_time_unix_nano: p.start_time_unix_nano,
-                        time_unix_nano: p.time_unix_nano,
-                        flags: p.flags,
-                        exemplars: &p.exemplars,
-                    };
-                    out.push(context, bytes, metric, point, || SumValues {
+                    out.push(context, bytes, metric, p.shared(), || SumValues {
                         value: number(p.value.as_ref()),
                         aggregation_temporality: temporality(sum.aggregation_temporality),
                         is_monotonic: sum.is_monotonic,
@@ -395,14 +413,7 @@ pub fn to_rows(
             for (context, bytes, metric) in metrics {
                 let Some(Data::Histogram(histogram)) = &metric.data else { continue };
                 for p in &histogram.data_points {
-                    let point = Point {
-                        attributes: &p.attributes,
-                        start_time_unix_nano: p.start_time_unix_nano,
-                        time_unix_nano: p.time_unix_nano,
-                        flags: p.flags,
-                        exemplars: &p.exemplars,
-                    };
-                    out.push(context, bytes, metric, point, || HistogramValues {
+                    out.push(context, bytes, metric, p.shared(), || HistogramValues {
                         count: long(p.count),
                         sum: p.sum,
                         bucket_counts: counts(&p.bucket_counts),
@@ -420,14 +431,7 @@ pub fn to_rows(
             for (context, bytes, metric) in metrics {
                 let Some(Data::ExponentialHistogram(histogram)) = &metric.data else { continue };
                 for p in &histogram.data_points {
-                    let point = Point {
-                        attributes: &p.attributes,
-                        start_time_unix_nano: p.start_time_unix_nano,
-                        time_unix_nano: p.time_unix_nano,
-                        flags: p.flags,
-                        exemplars: &p.exemplars,
-                    };
-                    out.push(context, bytes, metric, point, || ExponentialHistogramValues {
+                    out.push(context, bytes, metric, p.shared(), || ExponentialHistogramValues {
                         count: long(p.count),
                         sum: p.sum,
                         scale: p.scale,
@@ -457,14 +461,7 @@ pub fn to_rows(
             for (context, bytes, metric) in metrics {
                 let Some(Data::Summary(summary)) = &metric.data else { continue };
                 for p in &summary.data_points {
-                    let point = Point {
-                        attributes: &p.attributes,
-                        start_time_unix_nano: p.start_time_unix_nano,
-                        time_unix_nano: p.time_unix_nano,
-                        flags: p.flags,
-                        exemplars: &[],
-                    };
-                    out.push(context, bytes, metric, point, || SummaryValues {
+                    out.push(context, bytes, metric, p.shared(), || SummaryValues {
                         count: long(p.count),
                         sum: p.sum,
                         quantile_values: p

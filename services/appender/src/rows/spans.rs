@@ -16,7 +16,7 @@ use telemetry_lake_common::otlp::records;
 use telemetry_lake_proto::RowTable;
 
 use super::{
-    AttributeMap, KafkaPosition, Rows, hex_id, nanos_to_micros, non_empty, serde_batch, string_attribute,
+    AttributeMap, KafkaPosition, Rows, hex_id, nanos_to_micros, non_empty, serde_batch, resource_columns,
 };
 
 #[derive(Serialize)]
@@ -95,14 +95,7 @@ pub fn to_rows(
     let mut rejected = 0u64;
     let mut rejection = String::new();
     // Every row of a resource points at its service name and attributes.
-    let resources: Vec<(Option<String>, AttributeMap<'_>)> = request
-        .resource_spans
-        .iter()
-        .map(|r| {
-            let attributes = r.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or_default();
-            (string_attribute(attributes, "service.name"), AttributeMap::of(attributes))
-        })
-        .collect();
+    let resources: Vec<_> = request.resource_spans.iter().map(|r| resource_columns(r.resource.as_ref())).collect();
     for (resource_spans, (service_name, resource_attributes)) in request.resource_spans.iter().zip(&resources)
     {
         let resource_bytes = resource_attributes.bytes();
