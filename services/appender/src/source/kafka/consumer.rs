@@ -1,6 +1,7 @@
-//! The consumer thread: polls the topic, sorts each message ([`sort_message`]) and stages the
-//! messages as they came (with their partition and offset) in appends of up to
-//! [`MAX_BATCH_RECORDS`] records and staging's largest batch in bytes.
+//! The consumer thread: polls the topics (logs, spans, metrics), sorts each message as its
+//! topic's request type ([`sort_message`]) and stages the messages as they came (with their
+//! partition and offset, tagged with their signal's tables) in appends of up to
+//! [`MAX_BATCH_RECORDS`] items and staging's largest batch in bytes.
 //!
 //! No record is dropped in silence. What cannot be staged is dead-lettered (`dead_letters.rs`):
 //! a message that does not decode or is larger than staging takes in one piece goes whole, the

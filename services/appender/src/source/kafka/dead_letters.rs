@@ -3,7 +3,8 @@
 //! (`telemetry-lake-error`) and where it came from (`telemetry-lake-source`: topic/partition/
 //! offset), and is counted in `Stats` and `/metrics`. A dead letter is a whole message (one that
 //! does not decode, or is larger than staging takes in one piece) sent unchanged, or the
-//! malformed records of a message, as an encoded `ExportLogsServiceRequest` holding just them.
+//! malformed items of a message (log records, spans, data points), as an encoded request of the
+//! message's type holding just them.
 //!
 //! [`DeadLetters::send`] reports whether Kafka acknowledged the dead letter; the consumer moves
 //! past a message only once it did, so a dead letter is never skipped (it may be sent twice if
@@ -40,11 +41,11 @@ pub(super) struct DeadLetter {
     pub(super) partition: i32,
     pub(super) offset: i64,
     pub(super) key: Option<Vec<u8>>,
-    /// The whole message, or an `ExportLogsServiceRequest` holding only its malformed records.
+    /// The whole message, or a request of its type holding only its malformed items.
     pub(super) payload: Vec<u8>,
     /// Why it cannot be staged.
     pub(super) reason: String,
-    /// Log records in `payload`; 0 when it does not decode.
+    /// Items (log records, spans, data points) in `payload`; 0 when it does not decode.
     pub(super) records: u64,
 }
 
