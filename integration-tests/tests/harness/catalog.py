@@ -101,17 +101,19 @@ class GateProcess(Process):
 
     def up(self) -> None:
         """Forward everything again."""
-        self._require_process().send_signal(signal.SIGUSR2)
-        wait_until(self.listens, timeout=15, what=f"the gate on {self.port} to open")
+        self._signal(signal.SIGUSR2, "gate open", timeout=15)
+        wait_until(lambda: not port_refuses(self.port), timeout=15, what=f"the gate on {self.port} to open")
 
     def lose_commit_replies(self) -> None:
         """REST commits still reach the catalog, their replies never reach the client."""
-        self._require_process().send_signal(signal.SIGHUP)
-        wait_until(
-            lambda: self.log_text().rstrip().endswith("gate loses commit replies"),
-            timeout=10,
-            what="the gate to lose commit replies",
-        )
+        self._signal(signal.SIGHUP, "gate loses commit replies", timeout=10)
+
+    def _signal(self, signum: signal.Signals, line: str, timeout: float) -> None:
+        """Sends `signum` and waits for the gate to log `line`, anywhere after it: a commit in
+        flight may log its lost reply right after `line`."""
+        seen = len(self.log_text())
+        self._require_process().send_signal(signum)
+        wait_until(lambda: line in self.log_text()[seen:], timeout=timeout, what=f"the gate to log {line!r}")
 
     @property
     def lost_replies(self) -> int:

@@ -23,7 +23,7 @@ use telemetry_lake_common::otlp::records;
 use telemetry_lake_proto::RowTable;
 
 use super::{
-    AttributeMap, KafkaPosition, Rows, hex_id, nanos_to_micros, non_empty, serde_batch, resource_columns,
+    AttributeMap, KafkaPosition, Rows, hex_id, nanos_to_micros, non_empty, resource_columns, serde_batch,
 };
 
 /// The resource and scope a point belongs to, shared by the rows of a scope.
@@ -349,7 +349,8 @@ pub fn to_rows(
     source: Option<KafkaPosition>,
     received_at_micros: i64,
 ) -> Result<Rows, String> {
-    let resources: Vec<_> = request.resource_metrics.iter().map(|r| resource_columns(r.resource.as_ref())).collect();
+    let resources: Vec<_> =
+        request.resource_metrics.iter().map(|r| resource_columns(r.resource.as_ref())).collect();
     let scopes: Vec<AttributeMap<'_>> = request
         .resource_metrics
         .iter()

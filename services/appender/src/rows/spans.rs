@@ -16,7 +16,7 @@ use telemetry_lake_common::otlp::records;
 use telemetry_lake_proto::RowTable;
 
 use super::{
-    AttributeMap, KafkaPosition, Rows, hex_id, nanos_to_micros, non_empty, serde_batch, resource_columns,
+    AttributeMap, KafkaPosition, Rows, hex_id, nanos_to_micros, non_empty, resource_columns, serde_batch,
 };
 
 #[derive(Serialize)]
@@ -95,7 +95,8 @@ pub fn to_rows(
     let mut rejected = 0u64;
     let mut rejection = String::new();
     // Every row of a resource points at its service name and attributes.
-    let resources: Vec<_> = request.resource_spans.iter().map(|r| resource_columns(r.resource.as_ref())).collect();
+    let resources: Vec<_> =
+        request.resource_spans.iter().map(|r| resource_columns(r.resource.as_ref())).collect();
     for (resource_spans, (service_name, resource_attributes)) in request.resource_spans.iter().zip(&resources)
     {
         let resource_bytes = resource_attributes.bytes();
