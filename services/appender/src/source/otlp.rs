@@ -148,8 +148,13 @@ impl EmbeddedExporter {
                 return Ok(None);
             }
             let tables = tables_of(&message);
-            let payload = if unchanged { bytes.to_vec() } else { message.encode_to_vec() };
-            Ok(Some(Batch::new(&payload, accepted, None, now_micros()).holding(&tables)))
+            // A clean request is staged as the bytes it came as, without a copy.
+            let batch = if unchanged {
+                Batch::new(&bytes, accepted, None, now_micros())
+            } else {
+                Batch::new(&message.encode_to_vec(), accepted, None, now_micros())
+            };
+            Ok(Some(batch.holding(&tables)))
         };
         self.stage(kind, received, checked, prepare).await
     }
