@@ -330,9 +330,18 @@ impl Committer {
                         Err(e) => e,
                     }
                 } else {
-                    // A batch holds rows of several tables: its count is of all of them.
+                    // A metrics batch holds rows of several tables: its count is of all of them.
                     match reader.read_table_sorted(row, &condition, send) {
-                        Ok(_) => return,
+                        Ok(read) if read.items == expected => {
+                            if read.rejected > 0 {
+                                let rejected = read.rejected;
+                                tracing::warn!(?row, rejected, "staged items failed the id rule, left out");
+                            }
+                            return;
+                        }
+                        Ok(read) => {
+                            format!("read {} sealed items where {expected} were counted", read.items)
+                        }
                         Err(e) => e,
                     }
                 };

@@ -61,6 +61,11 @@ fn spans(n: usize) -> Batch {
 }
 
 fn gauges(n: usize) -> Batch {
+    gauges_counted(n, n as u64)
+}
+
+/// `n` gauge points, staged as `counted` items.
+fn gauges_counted(n: usize, counted: u64) -> Batch {
     let request = ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
             scope_metrics: vec![ScopeMetrics {
@@ -81,7 +86,7 @@ fn gauges(n: usize) -> Batch {
             ..Default::default()
         }],
     };
-    Batch::new(&request.encode_to_vec(), n as u64, None, 0).holding(&[RowTable::MetricsGauge])
+    Batch::new(&request.encode_to_vec(), counted, None, 0).holding(&[RowTable::MetricsGauge])
 }
 
 /// Snapshots of the table holding rows, and its rows, from its snapshot summaries.
@@ -123,4 +128,25 @@ async fn a_set_committed_to_one_table_but_not_the_next_lands_once_in_each() {
     assert_eq!(table_rows(&lakes[1]).await, (1, 4));
     assert_eq!(staging.counters().records.load(std::sync::atomic::Ordering::Relaxed), 0, "released");
     assert_eq!(second.metrics.rows_committed(RowTable::MetricsGauge), 4);
+}
+
+/// A sealed set whose batches read back as fewer items than staging counted for them is not
+/// committed: the flush fails, naming both counts, and the set stays staged.
+#[tokio::test]
+async fn a_set_that_reads_back_fewer_items_than_were_staged_is_not_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(dir.path());
+    let (thresholds, _) = mpsc::channel(1);
+    let staging = Staging::open(&settings.staging, &FlushConfig::default(), thresholds).unwrap();
+    staging.append(vec![gauges_counted(4, 5)]).await.unwrap();
+    let lakes: Vec<Arc<Lake>> = Lake::open_tables(&settings.iceberg, &[RowTable::MetricsGauge])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Arc::new)
+        .collect();
+    let error = committer(&staging, lakes.clone()).flush(FlushTrigger::Admin).await.unwrap_err();
+    assert!(error.to_string().contains("read 4 sealed items where 5 were counted"), "{error}");
+    assert_eq!(table_rows(&lakes[0]).await, (0, 0), "nothing committed");
+    assert_eq!(staging.counters().records.load(std::sync::atomic::Ordering::Relaxed), 5, "still staged");
 }

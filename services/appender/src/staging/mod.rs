@@ -55,7 +55,7 @@ mod tests;
 
 pub use self::db::FORMAT_VERSION;
 use self::db::{BrokenFlag, MAX_GROUP, StagingDb};
-pub use self::sealed::{SealedReader, SealedSummary, table_condition};
+pub use self::sealed::{SealedReader, SealedSummary, TableRead, table_condition};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StagingError {

@@ -85,6 +85,19 @@ pub struct SealedSummary {
     pub next_offsets: BTreeMap<i32, i64>,
 }
 
+/// What [`SealedReader::read_table_sorted`] read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableRead {
+    /// Rows handed out.
+    pub rows: u64,
+    /// Items of the table's type that the id rule rejected: none, for batches the export path
+    /// checked.
+    pub rejected: u64,
+    /// Items of every table (spans; data points of every metric type) in the batches read: the
+    /// sum of what staging counted for them.
+    pub items: u64,
+}
+
 /// Where one part of a dumped batch is.
 struct DumpedPart {
     seq: i64,
@@ -221,18 +234,19 @@ impl SealedReader {
     /// As [`SealedReader::read_sorted`], for a table of traces or metrics: the sealed batches
     /// with rows for `table` that pass `condition`, decoded (prost), made rows of the table
     /// (`rows::spans`, `rows::metrics`) and handed to `each` ordered by the table's sort
-    /// columns (`arrow_sort`). Returns the rows handed out and the items rejected by the id
-    /// rule (none, for batches the export path checked).
+    /// columns (`arrow_sort`). Fails if the sort hands out fewer rows than it was given (unless
+    /// `each` stopped it).
     pub fn read_table_sorted(
         &self,
         table: RowTable,
         condition: &str,
         mut each: impl FnMut(RecordBatch) -> bool,
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<TableRead, String> {
         use opentelemetry_proto::tonic::collector::{
             metrics::v1::ExportMetricsServiceRequest, trace::v1::ExportTraceServiceRequest,
         };
         use prost::Message as _;
+        use telemetry_lake_common::otlp::signal::{count_data_points, count_spans};
         let dir = self.read_dir()?;
         let mut sorted = SortedBatches::new(
             table.arrow_schema(),
@@ -240,7 +254,8 @@ impl SealedReader {
             dir.0.join("runs"),
             self.run_bytes,
         )?;
-        let mut rejected = 0;
+        let mut read = TableRead::default();
+        let mut converted = 0;
         let condition = format!("{} AND ({condition})", table_condition(table));
         self.for_each_batch(&dir, &condition, |seq, decoded, source, received_at| {
             let undecodable = |e: prost::DecodeError| format!("staged batch {seq} does not decode: {e}");
@@ -249,19 +264,31 @@ impl SealedReader {
                 RowTable::Traces => {
                     let request =
                         ExportTraceServiceRequest::decode(decoded.as_slice()).map_err(undecodable)?;
+                    read.items += count_spans(&request);
                     rows::spans::to_rows(&request, source, received_at)
                 }
                 _ => {
                     let request =
                         ExportMetricsServiceRequest::decode(decoded.as_slice()).map_err(undecodable)?;
+                    read.items += count_data_points(&request);
                     rows::metrics::to_rows(&request, table, source, received_at)
                 }
             }
             .map_err(|e| format!("staged batch {seq}: {e}"))?;
-            rejected += rows.rejected;
+            read.rejected += rows.rejected;
+            converted += rows.batch.num_rows() as u64;
             sorted.push(rows.batch)
         })?;
-        Ok((sorted.finish(&mut each)?, rejected))
+        let mut stopped = false;
+        read.rows = sorted.finish(|batch| {
+            let more = each(batch);
+            stopped |= !more;
+            more
+        })?;
+        if !stopped && read.rows != converted {
+            return Err(format!("the sort handed out {} of the {converted} rows it was given", read.rows));
+        }
+        Ok(read)
     }
 
     /// A fresh directory for one read's dump and spills.

@@ -457,7 +457,7 @@ async fn spans_staged_beside_logs_are_read_for_their_table_only_in_its_order() {
     assert_eq!(reader.tables().unwrap(), table_bits(&[RowTable::Logs, RowTable::Traces]));
     assert_eq!(read_all(&reader, "TRUE").len(), 5, "logs read alone");
     let mut names = Vec::new();
-    let (rows, rejected) = reader
+    let read = reader
         .read_table_sorted(RowTable::Traces, "TRUE", |batch| {
             let column = batch.column_by_name("span_name").unwrap().as_string::<i32>().clone();
             let times = batch.column_by_name("timestamp").unwrap().clone();
@@ -466,11 +466,11 @@ async fn spans_staged_beside_logs_are_read_for_their_table_only_in_its_order() {
             true
         })
         .expect("read traces");
-    assert_eq!((rows, rejected), (6, 0));
+    assert_eq!(read, TableRead { rows: 6, rejected: 0, items: 6 });
     let mut expected = names.clone();
     expected.sort();
     assert_eq!(names, expected, "ordered by span name, then time");
     assert_eq!(names.iter().filter(|(n, _)| n == "a").count(), 3);
     let none = reader.read_table_sorted(RowTable::MetricsGauge, "TRUE", |_| true).expect("read gauges");
-    assert_eq!(none, (0, 0));
+    assert_eq!(none, TableRead::default());
 }
