@@ -29,15 +29,11 @@ from harness.catalog import (
     rest_config,
 )
 from harness.kafka import Broker, Ingester
-from harness.lake import APPENDERS, Appender, AppenderFactory
+from harness.lake import APPENDERS, AppenderFactory
+from harness.outages import FAST_FAILURE, committed_snapshots, outage
 from harness.wait import wait_until
 from otlp_client import loghub_records, table_mismatches
 from test_backpressure import assert_retryable_grpc, assert_retryable_http, fill_until_refused
-
-OUTAGE_SECONDS = 30
-# Catalog calls give up after 10 s of silence (the default is 30 s): the REST server itself
-# retries its storage for minutes before it answers, so this bounds how long a flush can hang.
-FAST_FAILURE = {"rest.client.socket-timeout-ms": "10000"}
 
 
 @pytest.fixture
@@ -52,51 +48,6 @@ def catalog(tmp_path: Path, store: ObjectStore) -> Iterator[RestCatalog]:
     rest = RestCatalog(tmp_path / "rest", store).start_and_wait()
     yield rest
     rest.close()
-
-
-def committed_snapshots(appender: Appender) -> int:
-    """Snapshots the appender says it committed (its own count, no catalog needed)."""
-    return int(appender.stats()["appender"]["snapshots"])
-
-
-def outage(
-    name: str,
-    appender: Appender,
-    load: Load,
-    health: HealthLog,
-    take_down: Callable[[], None],
-    bring_back: Callable[[], None],
-) -> str:
-    """Takes a dependency away for OUTAGE_SECONDS under load and brings it back; checks that
-    staging kept acknowledging, health went NOT_SERVING, and commits resumed by themselves."""
-    acknowledged_before = load.acknowledged
-    take_down()
-    started = time.monotonic()
-    # A flush under way when the outage starts fails only after the S3 client's retries and the
-    # catalog's timeout: NOT_SERVING may take longer than the outage's 30 s.
-    wait_until(
-        lambda: "NOT_SERVING" in health.statuses_since(started),
-        timeout=60,
-        what=f"health to turn NOT_SERVING with the {name} down",
-    )
-    not_serving_after = time.monotonic() - started
-    time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - started)))
-    appender.assert_alive()
-    assert load.acknowledged > acknowledged_before + 1000, (
-        f"exports stopped being acknowledged while the {name} was down "
-        f"({load.acknowledged - acknowledged_before} in {OUTAGE_SECONDS} s)"
-    )
-    flushes = committed_snapshots(appender)
-    bring_back()
-    back = time.monotonic()
-    wait_until(
-        lambda: committed_snapshots(appender) > flushes and health.statuses_since(back)[-1:] == ["SERVING"],
-        timeout=60,
-        what=f"commits to resume and health to be SERVING after the {name} came back",
-        interval=0.5,
-    )
-    resumed_after = time.monotonic() - back
-    return f"{name}: NOT_SERVING after {not_serving_after:.1f} s, commits resumed {resumed_after:.1f} s after return"
 
 
 @pytest.mark.timeout(420)

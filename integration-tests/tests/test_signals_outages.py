@@ -13,9 +13,8 @@ same `telemetry-lake.writer-id` and `telemetry-lake.seal-id`).
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from pyiceberg.table import Table
 from harness.catalog import HealthLog, ObjectStore, RestCatalog, load_rest_table, rest_config
 from harness.clients import http_session
 from harness.lake import Appender, AppenderFactory
+from harness.outages import FAST_FAILURE, committed_snapshots, outage
 from harness.wait import wait_until
 from test_signals_appender import (
     BASE_NS,
@@ -51,10 +51,6 @@ from test_signals_appender import (
     table_name,
 )
 
-OUTAGE_SECONDS = 30
-# Catalog calls give up after 10 s of silence (as in test_outages.py): the REST server retries
-# its storage for minutes before it answers.
-FAST_FAILURE = {"rest.client.socket-timeout-ms": "10000"}
 SERVICES = ("checkout", "cart", "auth")
 POINT_ID = "point.id"
 WRITER_ID = "telemetry-lake.writer-id"
@@ -260,11 +256,6 @@ def check_no_rejections(otlp_signal: str, reply: bytes) -> None:
 # ---- the appender and the lake ------------------------------------------------------------------
 
 
-def committed_snapshots(appender: Appender) -> int:
-    """Snapshots the appender says it committed, to every table."""
-    return int(appender.stats()["appender"]["snapshots"])
-
-
 def committed_rows(appender: Appender) -> dict[str, int]:
     """Rows committed per signal by this process (stats)."""
     return {s["signal"]: int(s["committed"]) for s in appender.stats()["appender"]["signals"]}
@@ -352,49 +343,6 @@ def drain(appender: Appender) -> None:
     wait_until(lambda: appender.stats()["buffer_records"] == 0, timeout=90, what="staging to drain", interval=0.5)
 
 
-def outage(
-    name: str,
-    appender: Appender,
-    load: SignalLoad,
-    health: HealthLog,
-    take_down: Callable[[], None],
-    bring_back: Callable[[], None],
-) -> str:
-    """Takes a dependency away for OUTAGE_SECONDS while spans and points flow and brings it
-    back; checks that exports kept being acknowledged, health went NOT_SERVING, and commits
-    resumed by themselves (as test_outages.py's `outage`)."""
-    acknowledged_before = load.acknowledged
-    take_down()
-    started = time.monotonic()
-    # A flush under way when the outage starts fails only after the S3 client's retries and the
-    # catalog's timeout: NOT_SERVING may take longer than the outage's 30 s.
-    wait_until(
-        lambda: "NOT_SERVING" in health.statuses_since(started),
-        timeout=60,
-        what=f"health to turn NOT_SERVING with the {name} down",
-    )
-    not_serving_after = time.monotonic() - started
-    time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - started)))
-    appender.assert_alive()
-    load.assert_sending()
-    acknowledged = load.acknowledged - acknowledged_before
-    assert acknowledged > 1000, f"exports stopped being acknowledged while the {name} was down ({acknowledged})"
-    snapshots = committed_snapshots(appender)
-    bring_back()
-    back = time.monotonic()
-    wait_until(
-        lambda: committed_snapshots(appender) > snapshots and health.statuses_since(back)[-1:] == ["SERVING"],
-        timeout=90,
-        what=f"commits to resume and health to be SERVING after the {name} came back",
-        interval=0.5,
-    )
-    resumed_after = time.monotonic() - back
-    return (
-        f"{name}: NOT_SERVING after {not_serving_after:.1f} s, {acknowledged} spans and points acknowledged "
-        f"while down, commits resumed {resumed_after:.1f} s after return"
-    )
-
-
 # ---- the tests ----------------------------------------------------------------------------------
 
 
@@ -411,8 +359,11 @@ def test_catalog_then_object_store_outage_keeps_every_span_and_point_once(
             what="two flushes of spans and points before the outages",
             interval=0.5,
         )
-        notes.append(outage("catalog", appender, load, health, catalog.stop, lambda: catalog.start_and_wait()))
-        notes.append(outage("object store", appender, load, health, store.down, store.up))
+        for name, down, back in (
+            ("catalog", catalog.stop, lambda: catalog.start_and_wait()),
+            ("object store", store.down, store.up),
+        ):
+            notes.append(outage(name, appender, load, health, down, back, resume_timeout=90))
         result = load.stop()
     drain(appender)
     assert appender.health(appender.ports.otlp_grpc) == "SERVING"

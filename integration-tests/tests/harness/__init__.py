@@ -10,5 +10,6 @@
 - `lake`: `Appender`, `AppenderFactory`, and the pyiceberg and DuckDB readers of its table.
 - `kafka`: `Broker` (Kafka in KRaft mode), Kafka's own client, `Ingester`.
 - `catalog`: `ObjectStore` (moto behind a gate), `RestCatalog`, `Postgres`, their readers, `Load`.
+- `outages`: `outage`, one dependency taken away under load and brought back, and its checks.
 - `collector`: the Go tools (`tool`, `run_tool`), `Collector`, `telemetrygen_logs`.
 """

@@ -362,6 +362,7 @@ class Load:
         self.batch = batch
         self.pause = pause
         self.result = LoadResult()
+        self.error: BaseException | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -382,12 +383,16 @@ class Load:
         for thread in self._threads:
             thread.join(timeout=120)
             assert not thread.is_alive(), f"{thread.name} did not stop"
+        self.assert_sending()
         return self.result
 
     @property
     def acknowledged(self) -> int:
         with self._lock:
             return len(self.result.acknowledged)
+
+    def assert_sending(self) -> None:
+        assert self.error is None, f"a sender failed: {self.error!r}"
 
     def _take(self) -> int:
         with self._lock:
@@ -428,6 +433,8 @@ class Load:
                     if self._stop.wait(min(float(retry_after or 1), 1.0)):
                         # Stopping: this batch was never acknowledged nor staged.
                         break
+        except BaseException as error:  # noqa: BLE001 - reported by `assert_sending` and `stop`
+            self.error = error
         finally:
             session.close()
 
