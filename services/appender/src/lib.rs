@@ -136,14 +136,13 @@ pub async fn run(
     let kafka = match &config.mode {
         Mode::Embedded => None,
         Mode::Kafka(kafka) => {
-            let mut by_signal: Vec<(SignalKind, Vec<Arc<Lake>>)> = Vec::new();
-            for lake in &lakes {
-                let signal = signal_of(lake.row());
-                match by_signal.iter_mut().find(|(s, _)| *s == signal) {
-                    Some((_, lakes)) => lakes.push(lake.clone()),
-                    None => by_signal.push((signal, vec![lake.clone()])),
-                }
-            }
+            let by_signal: Vec<(SignalKind, Vec<Arc<Lake>>)> = SignalKind::ALL
+                .into_iter()
+                .map(|signal| {
+                    (signal, lakes.iter().filter(|l| signal_of(l.row()) == signal).cloned().collect())
+                })
+                .filter(|(_, lakes): &(_, Vec<_>)| !lakes.is_empty())
+                .collect();
             let source = KafkaSource::start(kafka, staging.clone(), by_signal, consumer_stop.clone())
                 .await
                 .context("cannot start the kafka consumer")?;

@@ -107,7 +107,9 @@ impl AppenderMetrics {
 
     /// Rows committed to `table` so far.
     pub fn rows_committed(&self, table: RowTable) -> u64 {
-        self.table_rows_committed.get_or_create(&TableLabel { table: table.default_name() }).get()
+        self.table_rows_committed
+            .get(&TableLabel { table: table.default_name() })
+            .map_or(0, |rows| rows.get())
     }
 }
 

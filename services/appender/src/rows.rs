@@ -48,15 +48,10 @@ pub struct KafkaPosition {
 #[derive(Debug, Clone)]
 pub struct Rows {
     pub batch: RecordBatch,
-    /// Approximate bytes the rows take: what `flush.max_bytes` and `staging.max_bytes` count.
-    pub bytes: u64,
     pub rejected: u64,
     /// Why the first rejected record was rejected; empty when none was.
     pub rejection: String,
 }
-
-/// Bytes charged per row on top of its strings, for the fixed-width columns.
-const FIXED_ROW_BYTES: u64 = 48;
 
 /// Attributes as a `map<string, string>` column of a serde row (`spans`, `metrics`), in their
 /// order, as [`flatten_attributes`] gives them.
@@ -66,10 +61,6 @@ pub(crate) struct AttributeMap<'a>(pub Vec<(&'a str, Cow<'a, str>)>);
 impl<'a> AttributeMap<'a> {
     pub(crate) fn of(attributes: &'a [KeyValue]) -> Self {
         Self(flatten_attributes(attributes))
-    }
-
-    pub(crate) fn bytes(&self) -> u64 {
-        attributes_bytes(&self.0)
     }
 }
 
@@ -115,7 +106,6 @@ pub fn to_rows(
     let capacity =
         request.resource_logs.iter().flat_map(|r| &r.scope_logs).map(|s| s.log_records.len()).sum();
     let mut b = RowBuilders::new(capacity);
-    let mut bytes = 0u64;
     let mut rejected = 0u64;
     let mut rejection = String::new();
     for resource_logs in &request.resource_logs {
@@ -125,12 +115,10 @@ pub fn to_rows(
         let environment = string_attribute(resource_attributes, "deployment.environment.name")
             .or_else(|| string_attribute(resource_attributes, "deployment.environment"));
         let resource_attributes = flatten_attributes(resource_attributes);
-        let resource_bytes = attributes_bytes(&resource_attributes);
         for scope_logs in &resource_logs.scope_logs {
             let scope = scope_logs.scope.as_ref();
             let scope_attributes =
                 flatten_attributes(scope.map(|s| s.attributes.as_slice()).unwrap_or_default());
-            let scope_bytes = attributes_bytes(&scope_attributes);
             for record in &scope_logs.log_records {
                 if let Err(reason) = records::check_record(record) {
                     if rejected == 0 {
@@ -173,17 +161,10 @@ pub fn to_rows(
                     .append_value(record.dropped_attributes_count.min(i32::MAX as u32) as i32);
                 b.kafka_partition.append_option(source.map(|s| s.partition));
                 b.kafka_offset.append_option(source.map(|s| s.offset));
-                bytes += FIXED_ROW_BYTES
-                    + body.len() as u64
-                    + record.severity_text.len() as u64
-                    + record.event_name.len() as u64
-                    + resource_bytes
-                    + scope_bytes
-                    + attributes_bytes(&log_attributes);
             }
         }
     }
-    Rows { batch: b.finish(), bytes, rejected, rejection }
+    Rows { batch: b.finish(), rejected, rejection }
 }
 
 pub(crate) fn nanos_to_micros(nanos: u64) -> i64 {
@@ -263,10 +244,6 @@ fn plain_json(value: Option<&Value>) -> serde_json::Value {
         ),
         Some(_) => J::Null,
     }
-}
-
-pub(crate) fn attributes_bytes(attributes: &[(&str, Cow<'_, str>)]) -> u64 {
-    attributes.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum()
 }
 
 fn append_map(builder: &mut MapBuilder<StringBuilder, StringBuilder>, entries: &[(&str, Cow<'_, str>)]) {
@@ -540,7 +517,6 @@ mod tests {
         assert!(map_entries(resource_attributes.as_map(), 0).contains(&("host.cpus".into(), "8".into())));
         let scope_attributes = col("scope_attributes");
         assert_eq!(map_entries(scope_attributes.as_map(), 0), vec![("lib".into(), "slog".into())]);
-        assert!(rows.bytes > "payment declined".len() as u64);
     }
 
     #[test]

@@ -118,6 +118,24 @@ pub fn merge_max(into: &mut PartitionOffsets, from: &PartitionOffsets) {
     }
 }
 
+/// The offsets several tables of one topic all hold: per partition that every one of them
+/// has, the lowest next offset (a partition some table has no offset of is left out); empty for
+/// no tables.
+pub fn lowest_common(tables: &[PartitionOffsets]) -> PartitionOffsets {
+    let Some((first, rest)) = tables.split_first() else { return PartitionOffsets::new() };
+    let mut lowest = first.clone();
+    for offsets in rest {
+        lowest.retain(|partition, next| match offsets.get(partition) {
+            Some(theirs) => {
+                *next = (*next).min(*theirs);
+                true
+            }
+            None => false,
+        });
+    }
+    lowest
+}
+
 /// The table's offsets of the topic `identity` names.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableOffsets {
@@ -162,6 +180,15 @@ pub fn table_offsets<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_lowest_common_offsets_keep_partitions_every_table_has_at_their_lowest() {
+        let a = PartitionOffsets::from([(0, 10), (1, 5), (2, 7)]);
+        let b = PartitionOffsets::from([(0, 4), (1, 9)]);
+        assert_eq!(lowest_common(&[a.clone(), b]), PartitionOffsets::from([(0, 4), (1, 5)]));
+        assert_eq!(lowest_common(std::slice::from_ref(&a)), a);
+        assert_eq!(lowest_common(&[]), PartitionOffsets::new());
+    }
 
     fn identity(topic_id: &str, cluster_id: &str) -> TopicIdentity {
         TopicIdentity { topic: "otel-logs".into(), topic_id: topic_id.into(), cluster_id: cluster_id.into() }

@@ -592,11 +592,10 @@ pub fn table_ident(config: &IcebergSettings, row: RowTable) -> Result<TableIdent
 
 /// The configured name of the table of `row`.
 pub fn table_name(config: &IcebergSettings, row: RowTable) -> String {
-    match (row, row.metric_type()) {
-        (RowTable::Logs, _) => config.table.clone(),
-        (RowTable::Traces, _) => config.traces_table.clone(),
-        (_, Some(metric_type)) => format!("{}{metric_type}", config.metrics_table_prefix),
-        (_, None) => unreachable!("every table but logs and traces is of a metric type"),
+    match row {
+        RowTable::Logs => config.table.clone(),
+        RowTable::Traces => config.traces_table.clone(),
+        _ => format!("{}{}", config.metrics_table_prefix, row.metric_type().expect("a metrics table")),
     }
 }
 

@@ -235,7 +235,6 @@ struct Gathered<'a, V> {
     received_at_micros: i64,
     source: Option<KafkaPosition>,
     rows: Vec<PointRow<'a, V>>,
-    bytes: u64,
     rejected: u64,
     rejection: String,
 }
@@ -286,13 +285,12 @@ impl SharedFields for SummaryDataPoint {
 
 impl<'a, V> Gathered<'a, V> {
     fn new(received_at_micros: i64, source: Option<KafkaPosition>) -> Self {
-        Self { received_at_micros, source, rows: Vec::new(), bytes: 0, rejected: 0, rejection: String::new() }
+        Self { received_at_micros, source, rows: Vec::new(), rejected: 0, rejection: String::new() }
     }
 
     fn push(
         &mut self,
         context: &'a Context<'a>,
-        context_bytes: u64,
         metric: &'a Metric,
         point: Point<'a>,
         values: impl FnOnce() -> V,
@@ -308,12 +306,6 @@ impl<'a, V> Gathered<'a, V> {
             }
         };
         let attributes = AttributeMap::of(point.attributes);
-        self.bytes += super::FIXED_ROW_BYTES
-            + 64
-            + context_bytes
-            + (metric.name.len() + metric.description.len() + metric.unit.len()) as u64
-            + attributes.bytes()
-            + exemplars.iter().map(|e| 48 + e.filtered_attributes.bytes()).sum::<u64>();
         let time = point.time_unix_nano;
         self.rows.push(PointRow {
             context,
@@ -334,7 +326,6 @@ impl<V: PointValues> Gathered<'_, V> {
     fn finish(self, table: RowTable) -> Result<Rows, String> {
         Ok(Rows {
             batch: serde_batch(table, &self.rows)?,
-            bytes: self.bytes,
             rejected: self.rejected,
             rejection: self.rejection,
         })
@@ -376,31 +367,29 @@ pub fn to_rows(
             scope_index += 1;
         }
     }
-    let metrics = request.resource_metrics.iter().flat_map(|r| &r.scope_metrics).zip(&contexts).flat_map(
-        |(scope, context)| {
-            let bytes = context.resource_attributes.bytes() + context.scope_attributes.bytes();
-            scope.metrics.iter().map(move |metric| (context, bytes, metric))
-        },
-    );
+    let metrics = request
+        .resource_metrics
+        .iter()
+        .flat_map(|r| &r.scope_metrics)
+        .zip(&contexts)
+        .flat_map(|(scope, context)| scope.metrics.iter().map(move |metric| (context, metric)));
     match table {
         RowTable::MetricsGauge => {
             let mut out = Gathered::new(received_at_micros, source);
-            for (context, bytes, metric) in metrics {
+            for (context, metric) in metrics {
                 let Some(Data::Gauge(gauge)) = &metric.data else { continue };
                 for p in &gauge.data_points {
-                    out.push(context, bytes, metric, p.shared(), || GaugeValues {
-                        value: number(p.value.as_ref()),
-                    });
+                    out.push(context, metric, p.shared(), || GaugeValues { value: number(p.value.as_ref()) });
                 }
             }
             out.finish(table)
         }
         RowTable::MetricsSum => {
             let mut out = Gathered::new(received_at_micros, source);
-            for (context, bytes, metric) in metrics {
+            for (context, metric) in metrics {
                 let Some(Data::Sum(sum)) = &metric.data else { continue };
                 for p in &sum.data_points {
-                    out.push(context, bytes, metric, p.shared(), || SumValues {
+                    out.push(context, metric, p.shared(), || SumValues {
                         value: number(p.value.as_ref()),
                         aggregation_temporality: temporality(sum.aggregation_temporality),
                         is_monotonic: sum.is_monotonic,
@@ -411,10 +400,10 @@ pub fn to_rows(
         }
         RowTable::MetricsHistogram => {
             let mut out = Gathered::new(received_at_micros, source);
-            for (context, bytes, metric) in metrics {
+            for (context, metric) in metrics {
                 let Some(Data::Histogram(histogram)) = &metric.data else { continue };
                 for p in &histogram.data_points {
-                    out.push(context, bytes, metric, p.shared(), || HistogramValues {
+                    out.push(context, metric, p.shared(), || HistogramValues {
                         count: long(p.count),
                         sum: p.sum,
                         bucket_counts: counts(&p.bucket_counts),
@@ -429,10 +418,10 @@ pub fn to_rows(
         }
         RowTable::MetricsExponentialHistogram => {
             let mut out = Gathered::new(received_at_micros, source);
-            for (context, bytes, metric) in metrics {
+            for (context, metric) in metrics {
                 let Some(Data::ExponentialHistogram(histogram)) = &metric.data else { continue };
                 for p in &histogram.data_points {
-                    out.push(context, bytes, metric, p.shared(), || ExponentialHistogramValues {
+                    out.push(context, metric, p.shared(), || ExponentialHistogramValues {
                         count: long(p.count),
                         sum: p.sum,
                         scale: p.scale,
@@ -459,10 +448,10 @@ pub fn to_rows(
         }
         RowTable::MetricsSummary => {
             let mut out = Gathered::new(received_at_micros, source);
-            for (context, bytes, metric) in metrics {
+            for (context, metric) in metrics {
                 let Some(Data::Summary(summary)) = &metric.data else { continue };
                 for p in &summary.data_points {
-                    out.push(context, bytes, metric, p.shared(), || SummaryValues {
+                    out.push(context, metric, p.shared(), || SummaryValues {
                         count: long(p.count),
                         sum: p.sum,
                         quantile_values: p

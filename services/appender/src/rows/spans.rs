@@ -91,7 +91,6 @@ pub fn to_rows(
     received_at_micros: i64,
 ) -> Result<Rows, String> {
     let mut rows = Vec::new();
-    let mut bytes = 0u64;
     let mut rejected = 0u64;
     let mut rejection = String::new();
     // Every row of a resource points at its service name and attributes.
@@ -99,7 +98,6 @@ pub fn to_rows(
         request.resource_spans.iter().map(|r| resource_columns(r.resource.as_ref())).collect();
     for (resource_spans, (service_name, resource_attributes)) in request.resource_spans.iter().zip(&resources)
     {
-        let resource_bytes = resource_attributes.bytes();
         let service_name = service_name.as_deref();
         for scope_spans in &resource_spans.scope_spans {
             let scope = scope_spans.scope.as_ref();
@@ -154,28 +152,11 @@ pub fn to_rows(
                     kafka_partition: source.map(|s| s.partition),
                     kafka_offset: source.map(|s| s.offset),
                 };
-                bytes += row_bytes(&row, resource_bytes);
                 rows.push(row);
             }
         }
     }
-    Ok(Rows { batch: serde_batch(RowTable::Traces, &rows)?, bytes, rejected, rejection })
-}
-
-/// What a row counts against `flush.max_bytes`: its strings and a fixed amount per value.
-fn row_bytes(row: &SpanRow<'_>, resource_bytes: u64) -> u64 {
-    let len = |s: Option<&str>| s.map_or(0, str::len) as u64;
-    let events: u64 = row.events.iter().map(|e| 16 + len(e.name) + e.attributes.bytes()).sum();
-    let links: u64 = row.links.iter().map(|l| 40 + len(l.trace_state) + l.attributes.bytes()).sum();
-    super::FIXED_ROW_BYTES
-        + 64
-        + len(row.span_name)
-        + len(row.trace_state)
-        + len(row.status_message)
-        + resource_bytes
-        + row.span_attributes.bytes()
-        + events
-        + links
+    Ok(Rows { batch: serde_batch(RowTable::Traces, &rows)?, rejected, rejection })
 }
 
 #[cfg(test)]
@@ -291,7 +272,6 @@ mod tests {
         let links = b.column_by_name("links").unwrap().as_any().downcast_ref::<ListArray>().unwrap().value(0);
         let links = links.as_any().downcast_ref::<StructArray>().unwrap();
         assert_eq!(links.column_by_name("span_id").unwrap().as_string::<i32>().value(0), "0808080808080808");
-        assert!(rows.bytes > 100);
     }
 
     #[test]

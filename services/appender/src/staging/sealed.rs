@@ -255,7 +255,6 @@ impl SealedReader {
             self.run_bytes,
         )?;
         let mut read = TableRead::default();
-        let mut converted = 0;
         let condition = format!("{} AND ({condition})", table_condition(table));
         self.for_each_batch(&dir, &condition, |seq, decoded, source, received_at| {
             let undecodable = |e: prost::DecodeError| format!("staged batch {seq} does not decode: {e}");
@@ -276,17 +275,17 @@ impl SealedReader {
             }
             .map_err(|e| format!("staged batch {seq}: {e}"))?;
             read.rejected += rows.rejected;
-            converted += rows.batch.num_rows() as u64;
             sorted.push(rows.batch)
         })?;
+        let pushed = sorted.rows();
         let mut stopped = false;
         read.rows = sorted.finish(|batch| {
             let more = each(batch);
             stopped |= !more;
             more
         })?;
-        if !stopped && read.rows != converted {
-            return Err(format!("the sort handed out {} of the {converted} rows it was given", read.rows));
+        if !stopped && read.rows != pushed {
+            return Err(format!("the sort handed out {} of the {pushed} rows it was given", read.rows));
         }
         Ok(read)
     }

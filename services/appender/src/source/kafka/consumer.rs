@@ -25,10 +25,13 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::{
+    logs::v1::ExportLogsServiceRequest, metrics::v1::ExportMetricsServiceRequest,
+    trace::v1::ExportTraceServiceRequest,
+};
 use rdkafka::{Message, Offset, TopicPartitionList, consumer::Consumer, message::BorrowedMessage};
 use telemetry_lake_common::otlp::{
-    SignalKind, count_records, records,
+    SignalKind, records,
     signal::{count_data_points, count_spans},
     walk::walk_logs_request,
 };
@@ -122,13 +125,12 @@ fn request_name(signal: SignalKind) -> &'static str {
 fn check(signal: SignalKind, payload: &[u8]) -> Result<Checked, String> {
     fn decoded<M: prost::Message + Default>(
         payload: &[u8],
-        count: fn(&M) -> u64,
         split: fn(&mut M) -> (records::Checked, M),
     ) -> Result<Checked, String> {
         let mut request = M::decode(payload).map_err(|e| e.to_string())?;
         let (checked, malformed) = split(&mut request);
         if checked.rejected == 0 {
-            return Ok(Checked::Good { items: count(&request) });
+            return Ok(Checked::Good { items: checked.accepted });
         }
         Ok(Checked::Malformed {
             checked,
@@ -142,10 +144,22 @@ fn check(signal: SignalKind, payload: &[u8]) -> Result<Checked, String> {
             if walk.malformed == 0 {
                 return Ok(Checked::Good { items: walk.records });
             }
-            decoded::<ExportLogsServiceRequest>(payload, count_records, records::split_malformed)
+            decoded::<ExportLogsServiceRequest>(payload, records::split_malformed)
         }
-        SignalKind::Traces => decoded(payload, count_spans, records::split_malformed_spans),
-        SignalKind::Metrics => decoded(payload, count_data_points, records::split_malformed_points),
+        SignalKind::Traces => decoded(payload, records::split_malformed_spans),
+        SignalKind::Metrics => decoded(payload, records::split_malformed_points),
+    }
+}
+
+/// The items of a message of `signal`, malformed ones included; 0 when it does not decode.
+fn count_items(signal: SignalKind, payload: &[u8]) -> u64 {
+    use prost::Message as _;
+    match signal {
+        SignalKind::Logs => walk_logs_request(payload).map(|walk| walk.records).unwrap_or(0),
+        SignalKind::Traces => ExportTraceServiceRequest::decode(payload).map_or(0, |r| count_spans(&r)),
+        SignalKind::Metrics => {
+            ExportMetricsServiceRequest::decode(payload).map_or(0, |r| count_data_points(&r))
+        }
     }
 }
 
@@ -180,23 +194,17 @@ pub(super) fn sort_message(
         keep: batch(&MARKER, 0),
         letter: letter(payload.to_vec(), reason, records),
     };
-    let checked = check(signal, payload);
     if payload.len() as u64 > max_batch_bytes {
-        let items = match &checked {
-            Ok(Checked::Good { items }) => *items,
-            Ok(Checked::Malformed { checked, .. }) => checked.accepted + checked.rejected,
-            Err(_) => 0,
-        };
         return whole(
             format!(
                 "{} bytes, more than staging takes in one piece ({max_batch_bytes} bytes: \
                  otlp.max_recv_msg_size, at most staging.max_bytes)",
                 payload.len()
             ),
-            items,
+            count_items(signal, payload),
         );
     }
-    match checked {
+    match check(signal, payload) {
         Err(e) => whole(format!("not an OTLP {}: {e}", request_name(signal)), 0),
         Ok(Checked::Good { items }) => Sorted::Stage(batch(payload, items)),
         Ok(Checked::Malformed { checked, keep, malformed }) => Sorted::DeadLetter {

@@ -291,33 +291,23 @@ impl LakeContext {
         let found = found.and_then(|states| Ok((states, self.ids.identify(&topic.name, IDENTIFY_TIMEOUT)?)));
         match found {
             Ok((states, identity)) => {
-                // Per partition, the lowest next offset of the tables; absent when one has none.
-                let mut lowest: Option<summary::PartitionOffsets> = None;
-                for state in &states {
-                    let found = summary::table_offsets(&state.properties, &state.summaries, &identity);
-                    if let Some(recorded_for) = &found.recorded_for {
-                        tracing::warn!(
-                            "the table's offsets of topic {} are of {recorded_for}, but the topic is \
-                             {identity} now (deleted and created again, or another cluster): they do \
-                             not apply, its partitions start from their earliest offsets",
-                            topic.name
-                        );
-                    }
-                    lowest = Some(match lowest {
-                        None => found.offsets,
-                        Some(mut low) => {
-                            low.retain(|p, next| match found.offsets.get(p) {
-                                Some(theirs) => {
-                                    *next = (*next).min(*theirs);
-                                    true
-                                }
-                                None => false,
-                            });
-                            low
+                let tables: Vec<summary::PartitionOffsets> = states
+                    .iter()
+                    .map(|state| {
+                        let found = summary::table_offsets(&state.properties, &state.summaries, &identity);
+                        if let Some(recorded_for) = &found.recorded_for {
+                            tracing::warn!(
+                                "the table's offsets of topic {} are of {recorded_for}, but the topic \
+                                 is {identity} now (deleted and created again, or another cluster): \
+                                 they do not apply, its partitions start from their earliest offsets",
+                                topic.name
+                            );
                         }
-                    });
-                }
-                let offsets = lowest.unwrap_or_default();
+                        found.offsets
+                    })
+                    .collect();
+                // Per partition, the lowest next offset of the tables; absent when one has none.
+                let offsets = summary::lowest_common(&tables);
                 {
                     let counters = self.counters.topic(signal);
                     let mut known = counters.table_offsets.lock().expect("offsets lock");
