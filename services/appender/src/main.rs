@@ -50,14 +50,16 @@ async fn main() -> ExitCode {
             // Library warnings only (RUST_LOG still wins): stdout is the result.
             telemetry::init(&LogConfig { level: "warn".into(), ..settings.log.clone() });
             let redactor = Redactor::for_iceberg(&settings.iceberg);
-            let mut tables = Vec::with_capacity(RowTable::ALL.len());
-            for row in RowTable::ALL {
-                let name = lake::table_name(&settings.iceberg, row);
-                let alias = (name != row.default_name()).then(|| row.default_name().to_string());
-                let table = lake::load_existing(&settings.iceberg, row, &redactor).await;
-                tables.push(NamedTable { name, alias, table });
-            }
-            telemetry_lake_query::main(args, tables, &redactor).await
+            let tables = RowTable::ALL
+                .into_iter()
+                .map(|row| {
+                    let name = lake::table_name(&settings.iceberg, row);
+                    let alias = (name != row.default_name()).then(|| row.default_name().to_string());
+                    NamedTable { name, alias, table: row }
+                })
+                .collect();
+            let open = async |row: &RowTable| lake::load_existing(&settings.iceberg, *row, &redactor).await;
+            telemetry_lake_query::main(args, tables, open, &redactor).await
         }
         None => {
             cli::run_service(

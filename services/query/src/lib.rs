@@ -166,39 +166,40 @@ impl From<arrow_schema::ArrowError> for QueryError {
 
 /// A table a statement may use: the name it goes by (`iceberg.table`, `iceberg.traces_table`,
 /// …), the table's default name when that differs (a view of that name is made too, so
-/// `logs` always works), and the table, or why it cannot be opened.
-pub struct NamedTable {
+/// `logs` always works), and `table`: what [`main`] opens it from, or the table opened.
+pub struct NamedTable<T> {
     pub name: String,
     pub alias: Option<String>,
-    pub table: Result<Table, String>,
+    pub table: T,
 }
 
-/// A table opened for a statement, with its names (see [`NamedTable`]).
-pub struct QueryTable {
-    pub name: String,
-    pub alias: Option<String>,
-    pub table: Table,
-}
+/// A table opened for a statement, with its names.
+pub type QueryTable = NamedTable<Table>;
 
 /// The tables among `tables` that `sql` names (as a word, any case); the first one (the logs
 /// table) when it names none, as `SELECT 1` does.
-pub fn referenced(sql: &str, tables: &[NamedTable]) -> Vec<usize> {
+pub fn referenced<T>(sql: &str, tables: &[NamedTable<T>]) -> Vec<usize> {
     let words: std::collections::HashSet<String> = sql
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| !w.is_empty())
         .map(str::to_ascii_lowercase)
         .collect();
-    let named = |t: &NamedTable| {
+    let named = |t: &NamedTable<T>| {
         std::iter::once(&t.name).chain(&t.alias).any(|n| words.contains(&n.to_ascii_lowercase()))
     };
     let found: Vec<usize> = (0..tables.len()).filter(|i| named(&tables[*i])).collect();
     if found.is_empty() && !tables.is_empty() { vec![0] } else { found }
 }
 
-/// The subcommand: runs the statement over the tables it names among `tables` (or reports why
-/// one cannot be opened), prints the result on stdout and errors on stderr, and returns the
-/// exit code.
-pub async fn main(args: QueryArgs, tables: Vec<NamedTable>, redactor: &Redactor) -> ExitCode {
+/// The subcommand: opens the tables the statement names among `tables` with `open` (or reports
+/// why one cannot be opened), runs the statement over them, prints the result on stdout and
+/// errors on stderr, and returns the exit code.
+pub async fn main<T>(
+    args: QueryArgs,
+    tables: Vec<NamedTable<T>>,
+    open: impl AsyncFn(&T) -> Result<Table, String>,
+    redactor: &Redactor,
+) -> ExitCode {
     const NAME: &str = "appender query";
     // Errors are redacted where they are made; this holds for any that is not.
     let report = |message: String| eprintln!("{NAME}: {}", redactor.redact(&message));
@@ -215,7 +216,7 @@ pub async fn main(args: QueryArgs, tables: Vec<NamedTable>, redactor: &Redactor)
     let wanted = referenced(&sql, &tables);
     let mut opened = Vec::with_capacity(wanted.len());
     for named in tables.into_iter().enumerate().filter(|(i, _)| wanted.contains(i)).map(|(_, t)| t) {
-        match named.table {
+        match open(&named.table).await {
             Ok(table) => opened.push(QueryTable { name: named.name, alias: named.alias, table }),
             Err(message) => {
                 report(message);
@@ -281,23 +282,10 @@ pub async fn run<W: Write + Send + 'static>(
 
     // Nothing is read until DuckDB has accepted the statement; when it refuses it, the worker
     // has returned and says why.
-    let mut scanned = None;
-    if ready_rx.await.is_ok() {
-        let mut all = Ok(0);
-        for (index, t) in tables.iter().enumerate() {
-            match scan(&t.table, index, snapshot, redactor, &batches_tx).await {
-                Ok(rows) => {
-                    debug!(table = %t.table.identifier(), rows, "table scanned into duckdb");
-                    all = all.map(|n| n + rows);
-                }
-                Err(e) => {
-                    all = Err(e);
-                    break;
-                }
-            }
-        }
-        scanned = Some(all);
-    }
+    let scanned = match ready_rx.await {
+        Ok(()) => Some(scan_all(&tables, snapshot, redactor, &batches_tx).await),
+        Err(_) => None,
+    };
     if let Some(Ok(_)) = &scanned {
         // Without this the worker takes the closed channel for a failed scan.
         let _ = batches_tx.send(Loaded::End).await;
@@ -338,6 +326,20 @@ enum Loaded {
     Batch(usize, RecordBatch),
     /// Every batch was sent: the table is complete.
     End,
+}
+
+/// Streams every table's rows into `tx`, in turn (see [`scan`]); stops at the first failure.
+async fn scan_all(
+    tables: &[QueryTable],
+    snapshot: Option<i64>,
+    redactor: &Redactor,
+    tx: &mpsc::Sender<Loaded>,
+) -> Result<(), QueryError> {
+    for (index, t) in tables.iter().enumerate() {
+        let rows = scan(&t.table, index, snapshot, redactor, tx).await?;
+        debug!(table = %t.table.identifier(), rows, "table scanned into duckdb");
+    }
+    Ok(())
 }
 
 /// Streams the rows of `snapshot` (the current one for `None`) into `tx`; returns how many.

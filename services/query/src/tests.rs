@@ -126,7 +126,7 @@ fn a_statement_reads_the_tables_it_names_and_logs_when_it_names_none() {
     let named = |name: &str, alias: Option<&str>| NamedTable {
         name: name.into(),
         alias: alias.map(String::from),
-        table: Err("not opened".into()),
+        table: (),
     };
     let tables = [named("app_logs", Some("logs")), named("traces", None), named("metrics_sum", None)];
     assert_eq!(referenced("SELECT 1", &tables), vec![0]);
