@@ -38,10 +38,10 @@ COMMIT_TIMEOUT = 300.0
 
 def committed(appender: Appender, signal: str) -> int:
     """Items of `signal` the appender's `Stats` counts as committed to its tables."""
-    for entry in appender.stats()["appender"]["signals"]:
-        if entry["signal"] == signal:
-            return int(entry["committed"])
-    raise RuntimeError(f"the appender's Stats has no signal {signal!r}")
+    per_signal = appender.committed_per_signal()
+    if signal not in per_signal:
+        raise RuntimeError(f"the appender's Stats has no signal {signal!r}")
+    return per_signal[signal]
 
 
 def one_run(setup: Setup, bin_dir: Path, signal: str, duration: float) -> dict[str, Any]:

@@ -950,6 +950,61 @@ def telemetrygen_args(host_port: str, *, http: bool) -> list[str]:
     )
 
 
+# ---- numbered spans and points, to count (test_signals_kafka.py, test_signals_outages.py) -------
+
+POINT_ID = "point.id"
+
+
+def numbered_spans(first: int, n: int, service: str) -> tuple[ExportTraceServiceRequest, list[str]]:
+    """Spans `first`..`first`+`n`-1 (ids derived from the number) and their span ids (hex)."""
+    spans = [proto_span(i, f"op {i % 5}", BASE_NS + i * 1_000_000) for i in range(first, first + n)]
+    return spans_request(service, spans), [span.span_id.hex() for span in spans]
+
+
+def numbered_points(
+    first: int, per_type: int, service: str
+) -> tuple[ExportMetricsServiceRequest, dict[str, list[str]]]:
+    """`per_type` points of each metric type, each with a `point.id` attribute of its own; the
+    request and the ids per table (by default name)."""
+    metrics = []
+    ids: dict[str, list[str]] = {}
+    for kind in METRIC_TYPES:
+        numbers = range(first, first + per_type)
+        metric = point_metric(kind, f"flow.{kind}", [BASE_NS + i * 1_000_000 for i in numbers])
+        names = [f"{kind}-{i}" for i in numbers]
+        for data_point, name in zip(getattr(metric, kind).data_points, names, strict=True):
+            data_point.attributes.extend(key_values({POINT_ID: name}))
+        metrics.append(metric)
+        ids[f"metrics_{kind}"] = names
+    return metrics_request(service, metrics), ids
+
+
+def numbered_id(row: Row, table: str) -> Any:
+    """The id of a numbered span's or point's row of `table`: its span id (traces) or its
+    `point.id` attribute (metrics tables; None without one)."""
+    return row["span_id"] if table == "traces" else dict(row["attributes"] or []).get(POINT_ID)
+
+
+def once_differences(
+    landed: Iterable[Any], acknowledged: Iterable[str], uncertain: Iterable[str] = ()
+) -> tuple[list[Any], list[str], list[Any]]:
+    """How the ids `landed` in a table differ from "every acknowledged id exactly once, uncertain
+    ones at most once, nothing else", each sorted: the ids landed twice or more, the acknowledged
+    ones missing, those neither acknowledged nor uncertain."""
+    counts = Counter(landed)
+    sent = set(acknowledged)
+    doubled = sorted(i for i, n in counts.items() if n > 1)
+    missing = sorted(sent - set(counts))
+    unexpected = sorted(set(counts) - sent - set(uncertain), key=str)
+    return doubled, missing, unexpected
+
+
+def spans_and_points_committed(appender: Appender) -> bool:
+    """Whether this process has committed spans and data points (`Stats`)."""
+    committed = appender.committed_per_signal()
+    return committed["traces"] > 0 and committed["metrics"] > 0
+
+
 # ---- SDK exporters: every column ----------------------------------------------------------------
 
 

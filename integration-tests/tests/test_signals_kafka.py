@@ -29,7 +29,6 @@ import requests
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.metrics.v1.metrics_pb2 import Exemplar, Gauge, Metric, NumberDataPoint
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from pyiceberg.exceptions import NoSuchTableError
@@ -44,7 +43,7 @@ from test_appender_kafka import kafka_config
 from test_signals_appender import (
     BASE_NS,
     EXEMPLAR_TRACE_ID,
-    METRIC_TYPES,
+    SIGNAL_TABLES,
     TELEMETRYGEN_TYPES,
     Row,
     assert_rows,
@@ -55,6 +54,10 @@ from test_signals_appender import (
     load_signal_table,
     metric_rows,
     metrics_request,
+    numbered_id,
+    numbered_points,
+    numbered_spans,
+    once_differences,
     point_metric,
     proto_span,
     same_point,
@@ -62,14 +65,14 @@ from test_signals_appender import (
     sdk_metrics,
     sdk_spans,
     span_rows,
+    spans_and_points_committed,
     spans_request,
     summary_and_exemplar_request,
     telemetrygen_args,
     wait_collector_sent,
 )
 
-METRICS_TABLES = tuple(f"metrics_{kind}" for kind in METRIC_TYPES)
-SIGNAL_TABLES = ("traces", *METRICS_TABLES)
+METRICS_TABLES = SIGNAL_TABLES[1:]
 TOPIC = "telemetry-lake.kafka.topic"
 TOPIC_ID = "telemetry-lake.kafka.topic-id"
 CLUSTER_ID = "telemetry-lake.kafka.cluster-id"
@@ -77,7 +80,6 @@ OFFSETS = "telemetry-lake.kafka.offsets"
 PARTITIONS = 4
 # Services spread the ingester's records over the partitions (it keys them by service.name).
 SERVICES = ("checkout", "cart", "auth", "payments", "search", "shipping")
-POINT_ID = "point.id"
 
 
 def signals_config(broker: Broker, topic: str, lake: Path, **flush: Any) -> dict[str, dict[str, Any]]:
@@ -158,11 +160,6 @@ def caught_up(appender: Appender) -> list[dict[str, Any]] | None:
     if listed != every_partition(appender) or any(p["lag"] != 0 or p["high_watermark"] < 0 for p in stats):
         return None
     return stats
-
-
-def committed(appender: Appender) -> dict[str, int]:
-    """Stats' rows committed per signal by this process."""
-    return {s["signal"]: int(s["committed"]) for s in appender.stats()["appender"]["signals"]}
 
 
 def kafka_properties(snapshot: Snapshot | None) -> dict[str, str]:
@@ -266,30 +263,6 @@ def point_positions(records: list[KafkaRecord]) -> dict[tuple[str, str, str], tu
 # ---- numbered spans and points, to count --------------------------------------------------------
 
 
-def numbered_spans(first: int, n: int, service: str) -> ExportTraceServiceRequest:
-    """Spans `first`..`first`+`n`-1 (span ids derived from the number, see `proto_span`)."""
-    spans = [proto_span(i, f"op {i % 5}", BASE_NS + i * 1_000_000) for i in range(first, first + n)]
-    return spans_request(service, spans)
-
-
-def numbered_points(
-    first: int, per_type: int, service: str
-) -> tuple[ExportMetricsServiceRequest, dict[str, list[str]]]:
-    """`per_type` points of each metric type, each with a `point.id` attribute of its own; the
-    request and the ids per table."""
-    metrics = []
-    ids: dict[str, list[str]] = {}
-    for kind in METRIC_TYPES:
-        numbers = range(first, first + per_type)
-        metric = point_metric(kind, f"flow.{kind}", [BASE_NS + i * 1_000_000 for i in numbers])
-        names = [f"{kind}-{i}" for i in numbers]
-        for data_point, name in zip(getattr(metric, kind).data_points, names, strict=True):
-            data_point.attributes.extend(key_values({POINT_ID: name}))
-        metrics.append(metric)
-        ids[f"metrics_{kind}"] = names
-    return metrics_request(service, metrics), ids
-
-
 class SignalSender:
     """Sends numbered spans and data points to the ingester, alternately over gRPC and HTTP,
     until stopped; keeps the ids of what the ingester acknowledged."""
@@ -310,9 +283,9 @@ class SignalSender:
         try:
             while not self.stopped.is_set():
                 service = SERVICES[i % len(SERVICES)]
-                request = numbered_spans(i * self.spans, self.spans, service)
+                request, span_ids = numbered_spans(i * self.spans, self.spans, service)
                 export_request(self.ingester, "traces", request, http=i % 2 == 1)
-                self.span_ids += [span.span_id.hex() for span in request.resource_spans[0].scope_spans[0].spans]
+                self.span_ids += span_ids
                 points, ids = numbered_points(i * self.points_per_type, self.points_per_type, service)
                 export_request(self.ingester, "metrics", points, http=i % 2 == 0)
                 for table, names in ids.items():
@@ -349,7 +322,7 @@ def landed_ids(appender: Appender, table: str) -> tuple[list[str], int]:
         .to_arrow()
         .to_pylist()
     )
-    ids = [row["span_id"] if table == "traces" else dict(row["attributes"] or []).get(POINT_ID) for row in rows]
+    ids = [numbered_id(row, table) for row in rows]
     unplaced = sum(row["kafka_partition"] is None or row["kafka_offset"] is None for row in rows)
     return ids, unplaced
 
@@ -360,10 +333,7 @@ def once_problems(appender: Appender, sender: SignalSender) -> list[str]:
     wanted = {"traces": sender.span_ids, **sender.point_ids}
     for table, sent in wanted.items():
         ids, unplaced = landed_ids(appender, table)
-        counts = Counter(ids)
-        doubled = sorted(i for i, n in counts.items() if n > 1)
-        missing = sorted(set(sent) - set(counts))
-        unexpected = sorted(set(counts) - set(sent), key=str)
+        doubled, missing, unexpected = once_differences(ids, sent)
         if doubled or missing or unexpected or unplaced or len(ids) != len(sent):
             problems.append(
                 f"{table}: {len(ids)} rows for {len(sent)} sent; {len(doubled)} twice or more (e.g. {doubled[:3]}), "
@@ -416,7 +386,8 @@ def test_sdk_spans_and_points_land_once_at_their_kafka_positions(
     appender_stats = appender.stats()["appender"]
     assert appender_stats["dead_lettered"] == 0, appender_stats
     points_sent = sum(map(len, expected_points.values()))
-    assert committed(appender) == {"logs": 0, "traces": len(expected_spans), "metrics": points_sent}, appender_stats
+    committed = appender.committed_per_signal()
+    assert committed == {"logs": 0, "traces": len(expected_spans), "metrics": points_sent}, appender_stats
 
 
 # ---- 2. kill -9 while spans and points flow -----------------------------------------------------------
@@ -431,37 +402,33 @@ def test_kill9_and_restarts_while_spans_and_points_flow_keep_each_once(
     )
     appender = make_appender(config)
     sender = SignalSender(ingester)
-    kills = 0
     try:
         # After commits of this process (the restart must start from the tables' offsets) ...
         wait_until(
-            lambda: committed(appender)["traces"] > 0 and committed(appender)["metrics"] > 0,
+            lambda: spans_and_points_committed(appender),
             timeout=60,
             what="spans and points committed",
             interval=0.5,
         )
         appender.kill9()
-        kills += 1
         appender.start_and_wait()
         # ... as soon as it reads again (what came meanwhile), before it commits ...
         wait_until(
             lambda: appender.stats()["appender"]["kafka_messages"] > 0, timeout=60, what="messages read", interval=0.2
         )
         appender.kill9()
-        kills += 1
         appender.start_and_wait()
         # ... and during a commit: a flush asked for and a kill while it runs.
-        wait_until(lambda: committed(appender)["traces"] > 0, timeout=60, what="a commit after the restart")
+        wait_until(lambda: appender.committed_per_signal()["traces"] > 0, timeout=60, what="a commit after the restart")
         sender.wait_for(5)
         flush_in_background(appender)
         time.sleep(0.05)
         appender.kill9()
-        kills += 1
         appender.start_and_wait()
         sender.wait_for(10)
     finally:
         sender.stop()
-    assert kills == 3 and sender.exports >= 20, f"{sender.exports} exports while the appender was killed {kills} times"
+    assert sender.exports >= 20, f"{sender.exports} exports while the appender was killed 3 times"
     drain(appender, sender.expected(), timeout=240)
     wait_until(lambda: caught_up(appender), timeout=60, what="every partition at lag 0")
     appender.flush_http()
@@ -481,7 +448,7 @@ def test_two_appenders_in_one_group_rebalance_spans_and_points_without_doubles(
     sender = SignalSender(ingester)
     try:
         wait_until(
-            lambda: committed(first)["traces"] > 0 and committed(first)["metrics"] > 0,
+            lambda: spans_and_points_committed(first),
             timeout=60,
             what="the first appender committing spans and points",
             interval=0.5,
@@ -496,8 +463,8 @@ def test_two_appenders_in_one_group_rebalance_spans_and_points_without_doubles(
         assert not owned(first) & owned(second), "a partition assigned to both"
         wait_until(
             lambda: (
-                committed(first)["traces"] + committed(first)["metrics"] > 0
-                and committed(second)["traces"] + committed(second)["metrics"] > 0
+                first.committed_per_signal()["traces"] + first.committed_per_signal()["metrics"] > 0
+                and second.committed_per_signal()["traces"] + second.committed_per_signal()["metrics"] > 0
             ),
             timeout=60,
             what="both appenders committing spans or points to the shared tables",
@@ -704,7 +671,7 @@ def test_a_restart_with_nothing_new_reads_nothing_and_commits_nothing(
     for sent in data:
         export_metrics(ingester.ports, sent, http=False)
     for i in range(4):
-        export_request(ingester, "traces", numbered_spans(100 + 40 * i, 40, SERVICES[i]), http=False)
+        export_request(ingester, "traces", numbered_spans(100 + 40 * i, 40, SERVICES[i])[0], http=False)
     expected = {table: len(rows) for table, rows in metric_rows(*map(encode_metrics, data)).items()}
     assert expected["metrics_summary"] == 0
     expected["traces"] = len(spans) + 160
@@ -742,4 +709,4 @@ def test_a_restart_with_nothing_new_reads_nothing_and_commits_nothing(
         new = {t: [s for s in ids if s not in snapshots[t]] for t, ids in snapshot_ids(appender).items()}
         assert row_counts(appender) == counts, f"{restart}: new snapshots {new}"
         assert appender.stats()["appender"]["kafka_messages"] == 0
-        assert committed(appender) == {"logs": 0, "traces": 0, "metrics": 0}
+        assert appender.committed_per_signal() == {"logs": 0, "traces": 0, "metrics": 0}

@@ -38,21 +38,18 @@ from harness.lake import Appender, AppenderFactory
 from harness.outages import FAST_FAILURE, committed_snapshots, outage
 from harness.wait import wait_until
 from test_signals_appender import (
-    BASE_NS,
     EXPORTS,
-    METRIC_TYPES,
     SIGNAL_TABLES,
     grpc_call,
-    key_values,
-    metrics_request,
-    point_metric,
-    proto_span,
-    spans_request,
+    numbered_id,
+    numbered_points,
+    numbered_spans,
+    once_differences,
+    spans_and_points_committed,
     table_name,
 )
 
 SERVICES = ("checkout", "cart", "auth")
-POINT_ID = "point.id"
 WRITER_ID = "telemetry-lake.writer-id"
 SEAL_ID = "telemetry-lake.seal-id"
 # OTLP's retryable refusals.
@@ -82,30 +79,6 @@ def gated_catalog(tmp_path: Path, store: ObjectStore) -> Iterator[RestCatalog]:
 
 
 # ---- numbered spans and points ------------------------------------------------------------------
-
-
-def numbered_spans(first: int, n: int, service: str) -> tuple[ExportTraceServiceRequest, list[str]]:
-    """Spans `first`..`first`+`n`-1 (ids derived from the number) and their span ids (hex)."""
-    spans = [proto_span(i, f"op {i % 5}", BASE_NS + i * 1_000_000) for i in range(first, first + n)]
-    return spans_request(service, spans), [span.span_id.hex() for span in spans]
-
-
-def numbered_points(
-    first: int, per_type: int, service: str
-) -> tuple[ExportMetricsServiceRequest, dict[str, list[str]]]:
-    """`per_type` points of each metric type, each with a `point.id` attribute of its own; the
-    request and the ids per table (by default name)."""
-    metrics = []
-    ids: dict[str, list[str]] = {}
-    for kind in METRIC_TYPES:
-        numbers = range(first, first + per_type)
-        metric = point_metric(kind, f"flow.{kind}", [BASE_NS + i * 1_000_000 for i in numbers])
-        names = [f"{kind}-{i}" for i in numbers]
-        for data_point, name in zip(getattr(metric, kind).data_points, names, strict=True):
-            data_point.attributes.extend(key_values({POINT_ID: name}))
-        metrics.append(metric)
-        ids[f"metrics_{kind}"] = names
-    return metrics_request(service, metrics), ids
 
 
 @dataclass
@@ -158,7 +131,7 @@ class SignalLoad:
         for thread in self._threads:
             thread.join(timeout=120)
             assert not thread.is_alive(), f"{thread.name} did not stop"
-        assert self.error is None, f"a sender failed: {self.error!r}"
+        self.assert_sending()
         return self.result
 
     @property
@@ -256,16 +229,6 @@ def check_no_rejections(otlp_signal: str, reply: bytes) -> None:
 # ---- the appender and the lake ------------------------------------------------------------------
 
 
-def committed_rows(appender: Appender) -> dict[str, int]:
-    """Rows committed per signal by this process (stats)."""
-    return {s["signal"]: int(s["committed"]) for s in appender.stats()["appender"]["signals"]}
-
-
-def spans_and_points_committed(appender: Appender) -> bool:
-    rows = committed_rows(appender)
-    return rows["traces"] > 0 and rows["metrics"] > 0
-
-
 def signal_config(catalog: RestCatalog, properties: dict[str, str], max_records: int) -> dict[str, dict[str, Any]]:
     """The appender on `catalog` (its logs table unused), flushing every second or at
     `max_records` staged rows."""
@@ -281,25 +244,21 @@ def lake_table(catalog: RestCatalog, appender: Appender, table: str) -> Table:
 def landed_ids(table: Table, name: str) -> list[str]:
     """The span ids (traces) or `point.id` attributes (metrics tables) of the table's rows."""
     column = "span_id" if name == "traces" else "attributes"
-    values = table.scan(selected_fields=(column,)).to_arrow().column(column).to_pylist()
-    if name == "traces":
-        return [str(value) for value in values]
-    return [str(dict(value or []).get(POINT_ID)) for value in values]
+    rows = table.scan(selected_fields=(column,)).to_arrow().to_pylist()
+    return [str(numbered_id(row, name)) for row in rows]
 
 
 def once_problems(catalog: RestCatalog, appender: Appender, result: SignalResult) -> list[str]:
     """Per table: every acknowledged id exactly once, uncertain ones at most once, nothing else."""
     problems = []
     for name in SIGNAL_TABLES:
-        ids = Counter(landed_ids(lake_table(catalog, appender, name), name))
+        ids = landed_ids(lake_table(catalog, appender, name), name)
         sent = set(result.acknowledged[name])
         uncertain = set(result.uncertain[name])
-        doubled = sorted(i for i, n in ids.items() if n > 1)
-        missing = sorted(sent - set(ids))
-        unexpected = sorted(set(ids) - sent - uncertain)
+        doubled, missing, unexpected = once_differences(ids, sent, uncertain)
         if doubled or missing or unexpected:
             problems.append(
-                f"{name}: {ids.total()} rows for {len(sent)} acknowledged and {len(uncertain)} uncertain; "
+                f"{name}: {len(ids)} rows for {len(sent)} acknowledged and {len(uncertain)} uncertain; "
                 f"{len(doubled)} twice or more (e.g. {doubled[:3]}), {len(missing)} missing (e.g. {missing[:3]}), "
                 f"{len(unexpected)} never acknowledged (e.g. {unexpected[:3]})"
             )

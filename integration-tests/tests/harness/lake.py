@@ -178,6 +178,11 @@ class Appender(Process):
         topic = self.config["kafka"]["topic"]
         return [p for p in self.stats()["appender"]["partitions"] if p["topic"] == topic]
 
+    def committed_per_signal(self) -> dict[str, int]:
+        """`Stats`' items committed to the tables by this process, per signal ("logs", "traces",
+        "metrics")."""
+        return {s["signal"]: int(s["committed"]) for s in self.stats()["appender"]["signals"]}
+
     def metrics(self) -> str:
         response = self.http("GET", "/metrics", timeout=10)
         assert response.status_code == 200, f"GET /metrics: {response.status_code} {response.text}"
