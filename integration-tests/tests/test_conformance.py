@@ -340,7 +340,7 @@ def broker_signal(broker: Broker, signum: signal.Signals) -> None:
     os.kill(int((broker.workdir / "broker.pid").read_text()), signum)
 
 
-@pytest.mark.timeout(300)  # a 20 s outage, a broker restart and the Collector's backoff
+@pytest.mark.timeout(420)  # a 20 s outage, a broker restart, the producer's drain and the Collector's backoff
 @pytest.mark.parametrize("outage", ["stopped", "frozen"])
 def test_collector_retries_through_a_kafka_outage(
     outage: str,
@@ -356,7 +356,14 @@ def test_collector_retries_through_a_kafka_outage(
     Frozen: exports already handed to the producer are held until Kafka answers, longer than
     the Collector's default 5 s timeout; the config's 35 s lets the Collector wait for the
     answer instead of resending (with 5 s, this test finds hundreds of records twice). Either
-    way the Collector queues and retries, and every record it was given lands exactly once."""
+    way the Collector queues and retries, and every record it was given lands exactly once.
+
+    Once Kafka is back, delivery can stall for a while longer: when the broker returns with new
+    leader epochs (its session timed out during the freeze), librdkafka's idempotent producer
+    drains a partition's requests still in flight before it produces to the new leader, and a
+    request sent into the freeze ends only at `message.timeout.ms` (30 s). Exports queued behind
+    it time out too (in one CI run the last one failed 47 s after Kafka returned). So the Collector gets up to two
+    producer timeouts, its own 35 s export timeout and a 15 s backoff to deliver everything."""
     own = Broker(tmp_path_factory.mktemp("kafka-outage")).start_and_wait()
     try:
         ingester = make_ingester(topic, broker=own)
@@ -407,7 +414,8 @@ def test_collector_retries_through_a_kafka_outage(
             )
             time.sleep(1)
         sent = sender.check()
-        wait_collector_sent(collector, len(sent), timeout=60)
+        # two producer timeouts + the Collector's export timeout + its longest backoff + slack
+        wait_collector_sent(collector, len(sent), timeout=2 * 30 + 35 + 15 + 30)
         assert_nothing_dropped(collector)
         drain_kafka_appender(appender, len(sent))
         assert_table_holds(appender, sent, from_kafka=True)
