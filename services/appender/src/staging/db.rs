@@ -351,6 +351,7 @@ impl StagingDb {
                     limit: ByteSize(self.max_batch_bytes),
                 }));
             } else if bytes > 0 && staged + bytes > self.max_bytes {
+                self.counters.full.store(true, Ordering::Relaxed);
                 let _ = reply.send(Err(StagingError::Full {
                     staged: ByteSize(staged),
                     limit: ByteSize(self.max_bytes),
@@ -554,6 +555,9 @@ impl StagingDb {
         ] {
             counter.fetch_sub(n, Ordering::Relaxed);
         }
+        if bytes > 0 {
+            self.counters.full.store(false, Ordering::Relaxed);
+        }
         if records > 0 {
             tracing::info!(
                 dropped = records,
@@ -584,6 +588,7 @@ impl StagingDb {
         self.checkpoint_wanted.store(true, Ordering::SeqCst);
         self.counters.records.fetch_sub(records, Ordering::Relaxed);
         self.counters.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.counters.full.store(false, Ordering::Relaxed);
         Ok(())
     }
 }

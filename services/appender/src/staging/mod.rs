@@ -33,7 +33,10 @@
 //! `arrow_sort`).
 
 use std::{
-    sync::{Arc, atomic::AtomicU64},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
     thread,
 };
 
@@ -174,6 +177,9 @@ pub struct StagingCounters {
     pub bytes: AtomicU64,
     pub unsealed_records: AtomicU64,
     pub unsealed_bytes: AtomicU64,
+    /// Set when an append was refused for want of room; cleared when a release or a discard
+    /// makes room. While set, [`Staging::refusing`] refuses before a batch is even made.
+    pub full: AtomicBool,
 }
 
 /// Which threshold a group commit crossed.
@@ -207,6 +213,7 @@ enum Command {
 pub struct Staging {
     commands: mpsc::Sender<Command>,
     max_batch_bytes: u64,
+    max_bytes: u64,
     counters: Arc<StagingCounters>,
     broken: BrokenFlag,
 }
@@ -232,7 +239,13 @@ impl Staging {
             .name("staging".into())
             .spawn(move || db.run(receiver, thresholds))
             .map_err(|source| StagingError::Io { path, source })?;
-        Ok(Self { commands, max_batch_bytes: config.max_batch.as_u64(), counters, broken })
+        Ok(Self {
+            commands,
+            max_batch_bytes: config.max_batch.as_u64(),
+            max_bytes: config.max_bytes.as_u64(),
+            counters,
+            broken,
+        })
     }
 
     /// The largest batch staging takes (larger ones get [`StagingError::TooLarge`]).
@@ -242,6 +255,17 @@ impl Staging {
 
     pub fn counters(&self) -> &StagingCounters {
         &self.counters
+    }
+
+    /// [`StagingError::Full`] once an append was refused for want of room, until a flush (or a
+    /// discard) makes room: an export can be refused with it before its batch is compressed.
+    /// `append` still decides for itself; this only spares the work of a batch bound to be
+    /// refused.
+    pub fn refusing(&self) -> Option<StagingError> {
+        self.counters.full.load(Ordering::Relaxed).then(|| StagingError::Full {
+            staged: ByteSize(self.counters.bytes.load(Ordering::Relaxed)),
+            limit: ByteSize(self.max_bytes),
+        })
     }
 
     /// Cancelled when the database failed in a way only reopening it repairs (see

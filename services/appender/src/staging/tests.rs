@@ -176,6 +176,42 @@ async fn kafka_batches_are_fenced_summarized_and_discarded_by_partition() {
 }
 
 #[tokio::test]
+async fn once_full_staging_refuses_up_front_until_a_release_or_a_discard_makes_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = |offset| batch(&request(&["web"], 10, 100), Some((0, offset)));
+    let size = kafka(0).bytes();
+    let config = StagingSettings {
+        path: dir.path().join("staging.duckdb"),
+        memory_limit: ByteSize::mib(64),
+        max_bytes: ByteSize(2 * size + size / 2),
+        max_batch: ByteSize(size),
+    };
+    let (thresholds, _) = mpsc::channel(1);
+    let staging = Staging::open(&config, &FlushConfig::default(), thresholds).unwrap();
+    staging.append(vec![kafka(0), kafka(1)]).await.unwrap();
+    assert!(staging.refusing().is_none(), "room is left until an append finds none");
+
+    let refused = staging.append(vec![kafka(2)]).await;
+    assert!(matches!(refused, Err(StagingError::Full { .. })), "{refused:?}");
+    let up_front = staging.refusing().expect("refusing once an append was refused");
+    assert_eq!(up_front.to_string(), refused.unwrap_err().to_string());
+
+    let (sealed, reader) = staging.seal().await.unwrap().unwrap();
+    drop(reader);
+    assert!(staging.refusing().is_some(), "sealing makes no room");
+    staging.release(sealed.seal_id).await.unwrap();
+    assert!(staging.refusing().is_none(), "a release makes room");
+
+    staging.append(vec![kafka(2), kafka(3)]).await.unwrap();
+    assert!(matches!(staging.append(vec![kafka(4)]).await, Err(StagingError::Full { .. })));
+    assert!(staging.refusing().is_some());
+    let logs = table_bits(&[RowTable::Logs]);
+    assert_eq!(staging.discard_unsealed_partitions(logs, vec![0]).await.unwrap(), 20);
+    assert!(staging.refusing().is_none(), "a discard makes room");
+    staging.append(vec![kafka(2)]).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_failed_append_stops_staging_until_it_is_reopened_and_keeps_what_was_staged() {
     let dir = tempfile::tempdir().unwrap();
     let staging = open(dir.path(), ByteSize::mib(64));
