@@ -27,6 +27,21 @@ fn settings(dir: &std::path::Path) -> Settings {
     Settings::from_config(config).expect("settings")
 }
 
+fn open_staging(settings: &Settings) -> Staging {
+    let (thresholds, _) = mpsc::channel(1);
+    Staging::open(&settings.staging, &FlushConfig::default(), thresholds).unwrap()
+}
+
+/// The lakes of `tables`, created if missing.
+async fn open_lakes(settings: &Settings, tables: &[RowTable]) -> Vec<Arc<Lake>> {
+    Lake::open_tables(&settings.iceberg, tables).await.unwrap().into_iter().map(Arc::new).collect()
+}
+
+/// Records staging holds, sealed or not.
+fn staged_records(staging: &Staging) -> u64 {
+    staging.counters().records.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 fn committer(staging: &Staging, lakes: Vec<Arc<Lake>>) -> Committer {
     Committer {
         fencer: Fencer::Embedded,
@@ -104,12 +119,10 @@ async fn table_rows(lake: &Lake) -> (usize, u64) {
 async fn a_set_committed_to_one_table_but_not_the_next_lands_once_in_each() {
     let dir = tempfile::tempdir().unwrap();
     let settings = settings(dir.path());
-    let (thresholds, _) = mpsc::channel(1);
-    let staging = Staging::open(&settings.staging, &FlushConfig::default(), thresholds).unwrap();
+    let staging = open_staging(&settings);
     staging.append(vec![spans(3), gauges(4)]).await.unwrap();
     let tables = [RowTable::Traces, RowTable::MetricsGauge];
-    let lakes: Vec<Arc<Lake>> =
-        Lake::open_tables(&settings.iceberg, &tables).await.unwrap().into_iter().map(Arc::new).collect();
+    let lakes = open_lakes(&settings, &tables).await;
     // The gauge table disappears before the flush reaches it.
     let catalog = crate::lake::connect(&settings.iceberg, &Redactor::default()).await.unwrap();
     catalog.drop_table(lakes[1].table_ident()).await.unwrap();
@@ -117,16 +130,15 @@ async fn a_set_committed_to_one_table_but_not_the_next_lands_once_in_each() {
     let first = committer(&staging, lakes.clone());
     assert!(first.flush(FlushTrigger::Admin).await.is_err(), "the gauge table is gone");
     assert_eq!(table_rows(&lakes[0]).await, (1, 3), "the traces table has the set");
-    assert_eq!(staging.counters().records.load(std::sync::atomic::Ordering::Relaxed), 7, "still staged");
+    assert_eq!(staged_records(&staging), 7, "still staged");
 
-    let lakes: Vec<Arc<Lake>> =
-        Lake::open_tables(&settings.iceberg, &tables).await.unwrap().into_iter().map(Arc::new).collect();
+    let lakes = open_lakes(&settings, &tables).await;
     let second = committer(&staging, lakes.clone());
     let done = second.flush(FlushTrigger::Admin).await.expect("the second flush");
     assert_eq!(done.records, 7, "3 spans found committed, 4 points committed now");
     assert_eq!(table_rows(&lakes[0]).await, (1, 3), "not committed twice");
     assert_eq!(table_rows(&lakes[1]).await, (1, 4));
-    assert_eq!(staging.counters().records.load(std::sync::atomic::Ordering::Relaxed), 0, "released");
+    assert_eq!(staged_records(&staging), 0, "released");
     assert_eq!(second.metrics.rows_committed(RowTable::MetricsGauge), 4);
 }
 
@@ -136,17 +148,11 @@ async fn a_set_committed_to_one_table_but_not_the_next_lands_once_in_each() {
 async fn a_set_that_reads_back_fewer_items_than_were_staged_is_not_committed() {
     let dir = tempfile::tempdir().unwrap();
     let settings = settings(dir.path());
-    let (thresholds, _) = mpsc::channel(1);
-    let staging = Staging::open(&settings.staging, &FlushConfig::default(), thresholds).unwrap();
+    let staging = open_staging(&settings);
     staging.append(vec![gauges_counted(4, 5)]).await.unwrap();
-    let lakes: Vec<Arc<Lake>> = Lake::open_tables(&settings.iceberg, &[RowTable::MetricsGauge])
-        .await
-        .unwrap()
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let lakes = open_lakes(&settings, &[RowTable::MetricsGauge]).await;
     let error = committer(&staging, lakes.clone()).flush(FlushTrigger::Admin).await.unwrap_err();
     assert!(error.to_string().contains("read 4 sealed items where 5 were counted"), "{error}");
     assert_eq!(table_rows(&lakes[0]).await, (0, 0), "nothing committed");
-    assert_eq!(staging.counters().records.load(std::sync::atomic::Ordering::Relaxed), 5, "still staged");
+    assert_eq!(staged_records(&staging), 5, "still staged");
 }

@@ -65,15 +65,23 @@ fn batch(request: &ExportLogsServiceRequest, source: Option<(i32, i64)>) -> Batc
     )
 }
 
-fn open(dir: &Path, memory_limit: ByteSize) -> Staging {
-    let config = StagingSettings {
+/// Staging in `dir` with `memory_limit`, 2 GiB of room and batches of up to 16 MiB.
+fn config(dir: &Path, memory_limit: ByteSize) -> StagingSettings {
+    StagingSettings {
         path: dir.join("staging.duckdb"),
         memory_limit,
         max_bytes: ByteSize::gib(2),
         max_batch: ByteSize::mib(16),
-    };
+    }
+}
+
+fn open_with(config: &StagingSettings) -> Staging {
     let (thresholds, _) = mpsc::channel(1);
-    Staging::open(&config, &FlushConfig::default(), thresholds).expect("open staging")
+    Staging::open(config, &FlushConfig::default(), thresholds).expect("open staging")
+}
+
+fn open(dir: &Path, memory_limit: ByteSize) -> Staging {
+    open_with(&config(dir, memory_limit))
 }
 
 /// (service, timestamp, body) of every row `read_sorted` hands out, and how many batches.
@@ -180,14 +188,11 @@ async fn once_full_staging_refuses_up_front_until_a_release_or_a_discard_makes_r
     let dir = tempfile::tempdir().unwrap();
     let kafka = |offset| batch(&request(&["web"], 10, 100), Some((0, offset)));
     let size = kafka(0).bytes();
-    let config = StagingSettings {
-        path: dir.path().join("staging.duckdb"),
-        memory_limit: ByteSize::mib(64),
+    let staging = open_with(&StagingSettings {
         max_bytes: ByteSize(2 * size + size / 2),
         max_batch: ByteSize(size),
-    };
-    let (thresholds, _) = mpsc::channel(1);
-    let staging = Staging::open(&config, &FlushConfig::default(), thresholds).unwrap();
+        ..config(dir.path(), ByteSize::mib(64))
+    });
     staging.append(vec![kafka(0), kafka(1)]).await.unwrap();
     assert!(staging.refusing().is_none(), "room is left until an append finds none");
 
@@ -246,14 +251,9 @@ async fn a_format_1_staging_file_is_refused_with_how_to_drain_it() {
         )
         .unwrap();
     }
-    let config = StagingSettings {
-        path: path.clone(),
-        memory_limit: ByteSize::mib(64),
-        max_bytes: ByteSize::gib(2),
-        max_batch: ByteSize::mib(16),
-    };
+    let settings = config(dir.path(), ByteSize::mib(64));
     let (thresholds, _) = mpsc::channel(1);
-    let Err(err) = Staging::open(&config, &FlushConfig::default(), thresholds) else {
+    let Err(err) = Staging::open(&settings, &FlushConfig::default(), thresholds) else {
         panic!("opened a format 1 file")
     };
     let message = err.to_string();
@@ -403,14 +403,8 @@ async fn duckdb_hands_freed_memory_back_instead_of_caching_it() {
 #[tokio::test]
 async fn duckdb_never_gets_less_than_its_floor_however_small_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let config = StagingSettings {
-        path: dir.path().join("staging.duckdb"),
-        memory_limit: ByteSize::mib(16),
-        max_bytes: ByteSize::gib(2),
-        max_batch: ByteSize::mib(1),
-    };
-    let (thresholds, _) = mpsc::channel(1);
-    let staging = Staging::open(&config, &FlushConfig::default(), thresholds).expect("open staging");
+    let staging =
+        open_with(&StagingSettings { max_batch: ByteSize::mib(1), ..config(dir.path(), ByteSize::mib(16)) });
     staging.append(vec![batch(&request(&["web"], 10, 10), None)]).await.expect("append");
     let (_, reader) = staging.seal().await.unwrap().unwrap();
     let limit: String = reader
